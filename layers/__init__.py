@@ -1,0 +1,21 @@
+"""Shared building blocks of kd's models: the registry, safe checkpoint loading and audio frontends.
+
+The bottom of the import graph: ``teachers`` and ``students`` import from here, nothing here imports
+from the rest of the project.
+"""
+from .checkpoint import CheckpointError, load_checkpoint, load_state_dict_strict, sha256_file
+from .mel import MelSTFT, kaldi_mel_banks, mask_along_axis
+from .registry import Registry, RegistryEntry, UnknownModelError
+
+__all__ = [
+    "CheckpointError",
+    "MelSTFT",
+    "Registry",
+    "RegistryEntry",
+    "UnknownModelError",
+    "kaldi_mel_banks",
+    "load_checkpoint",
+    "load_state_dict_strict",
+    "mask_along_axis",
+    "sha256_file",
+]
