@@ -1,0 +1,181 @@
+"""The shared bottom layer: registry, checkpoint loading, Kaldi mel banks and the EfficientAT/PaSST frontend."""
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from layers import (
+    CheckpointError,
+    MelSTFT,
+    Registry,
+    UnknownModelError,
+    kaldi_mel_banks,
+    load_checkpoint,
+    load_state_dict_strict,
+    mask_along_axis,
+)
+
+
+# --- registry ---------------------------------------------------------------------------------------------------
+def test_registry_registers_by_function_name_and_lists_sorted():
+    reg = Registry("widget")
+
+    @reg.register(cfg={"sample_rate": 32000})
+    def widget_b(size: int = 1):
+        return ("b", size)
+
+    @reg.register
+    def widget_a():
+        return "a"
+
+    assert reg.names() == ["widget_a", "widget_b"]
+    assert reg.names("*_b") == ["widget_b"]
+    assert reg.create("widget_b", size=3) == ("b", 3)
+    assert reg.get("widget_b").cfg["sample_rate"] == 32000
+    assert "widget_a" in reg and len(reg) == 2
+
+
+def test_registry_unknown_name_suggests_close_matches():
+    reg = Registry("student")
+    reg.register(lambda: None)  # registered under "<lambda>"
+
+    @reg.register
+    def mn10():
+        return None
+
+    with pytest.raises(UnknownModelError, match=r"unknown student 'mn01'.*mn10"):
+        reg.get("mn01")
+
+
+def test_registry_refuses_duplicate_names():
+    reg = Registry("teacher")
+
+    def dup():
+        return None
+
+    reg.register(dup)
+    with pytest.raises(ValueError, match="registered twice"):
+        reg.register(dup)
+
+
+# --- checkpoints ------------------------------------------------------------------------------------------------
+def _tiny_net():
+    return nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+
+
+def test_checkpoint_round_trip_and_wrapper_unwrapping(tmp_path):
+    net = _tiny_net()
+    path = tmp_path / "ckpt.pt"
+    torch.save({"state_dict": net.state_dict(), "epoch": 3}, path)
+    other = _tiny_net()
+    load_state_dict_strict(other, load_checkpoint(path))
+    for a, b in zip(net.parameters(), other.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_checkpoint_mismatch_names_keys_and_shapes():
+    sd = _tiny_net().state_dict()
+    sd["extra.weight"] = torch.zeros(5)
+    del sd["0.bias"]
+    sd["2.weight"] = torch.zeros(7, 3)
+    with pytest.raises(CheckpointError) as err:
+        load_state_dict_strict(_tiny_net(), sd, source="my.pt")
+    msg = str(err.value)
+    assert "my.pt does not match" in msg
+    assert "1 missing key(s): 0.bias (3,)" in msg
+    assert "1 unexpected key(s): extra.weight (5,)" in msg
+    assert "2.weight (model (2, 3), checkpoint (7, 3))" in msg
+    assert "\n" not in msg
+
+
+def test_checkpoint_filter_fn_is_applied_before_matching():
+    sd = {f"module.{k}": v for k, v in _tiny_net().state_dict().items()}
+    net = _tiny_net()
+    load_state_dict_strict(net, sd, filter_fn=lambda s, m: {k.removeprefix("module."): v for k, v in s.items()})
+
+
+class _NotATensor:
+    pass
+
+
+def test_checkpoint_with_pickled_objects_is_refused(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"state_dict": _tiny_net().state_dict(), "obj": _NotATensor()}, path)
+    with pytest.raises(CheckpointError, match="cannot read checkpoint"):
+        load_checkpoint(path)
+
+
+def test_checkpoint_missing_file_and_non_state_dict(tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "nope.pt")
+    path = tmp_path / "list.pt"
+    torch.save([1, 2, 3], path)
+    with pytest.raises(CheckpointError, match="no state dict"):
+        load_checkpoint(path)
+
+
+# --- mel banks --------------------------------------------------------------------------------------------------
+# Golden values from Kaldi's mel-bank definition as implemented by torchaudio.compliance.kaldi.get_mel_banks
+# (n_mels=128, n_fft=1024, sr=32000, fmin=0, fmax=15000: the EfficientAT/PaSST eval frontend).
+@pytest.mark.parametrize(
+    "row, first, last, total",
+    [(0, 1, 1, 0.188595250248909), (1, 1, 1, 0.8114047646522522), (64, 83, 87, 2.6713342666625977),
+     (127, 457, 480, 11.83276081085205)],
+)
+def test_kaldi_mel_banks_match_kaldi(row, first, last, total):
+    banks = kaldi_mel_banks(128, 1024, 32000, 0.0, 15000.0)
+    assert banks.shape == (128, 513)
+    nonzero = banks[row].nonzero().flatten()
+    assert (nonzero.min().item(), nonzero.max().item()) == (first, last)
+    assert banks[row].sum().item() == pytest.approx(total, abs=1e-6)
+    assert torch.all(banks[:, -1] == 0)
+
+
+def test_kaldi_mel_banks_negative_fmax_counts_from_nyquist():
+    assert torch.equal(kaldi_mel_banks(128, 512, 16000, 20.0, 0.0), kaldi_mel_banks(128, 512, 16000, 20.0, 8000.0))
+    assert kaldi_mel_banks(128, 512, 16000, 20.0, 0.0)[127].sum().item() == pytest.approx(5.257264614105225, abs=1e-6)
+    with pytest.raises(ValueError, match="mel range"):
+        kaldi_mel_banks(64, 512, 16000, 9000.0, 0.0)
+
+
+# --- frontend ---------------------------------------------------------------------------------------------------
+def test_mel_frontend_shape_and_frame_rate():
+    fe = MelSTFT().eval()
+    x = torch.randn(2, 32000 * 2)
+    y = fe(x)
+    assert y.shape == (2, 1, 128, fe.num_frames(x.shape[-1]))
+    assert fe.num_frames(320000) == 1000 and fe.frames_per_second == 100
+
+
+def test_mel_frontend_puts_a_tone_in_the_right_band():
+    fe = MelSTFT().eval()
+    t = torch.arange(32000) / 32000
+    spec = fe(torch.sin(2 * math.pi * 1000.0 * t)[None])[0, 0]
+    peak_bin = spec.mean(dim=1).argmax().item()
+    centres = (kaldi_mel_banks(128, 1024, 32000, 0.0, 15000.0) * torch.arange(513)).sum(1) / kaldi_mel_banks(
+        128, 1024, 32000, 0.0, 15000.0
+    ).sum(1) * 32000 / 1024
+    assert abs(centres[peak_bin].item() - 1000.0) < 60.0
+
+
+def test_mel_frontend_is_deterministic_in_eval_and_augments_in_training():
+    fe = MelSTFT(freqm=20, timem=20)
+    x = torch.randn(4, 16000)
+    fe.eval()
+    assert torch.equal(fe(x), fe(x))
+    fe.train()
+    torch.manual_seed(0)
+    a = fe(x)
+    torch.manual_seed(1)
+    assert not torch.equal(a, fe(x))
+
+
+def test_masks_are_drawn_per_example_and_bounded():
+    torch.manual_seed(0)
+    x = torch.ones(64, 1, 40, 30)
+    y = mask_along_axis(x, max_width=10, axis=2)
+    zero_rows = (y[:, 0, :, 0] == 0).sum(dim=1)
+    assert zero_rows.max() <= 10
+    assert len(set(zero_rows.tolist())) > 1
+    assert torch.equal(mask_along_axis(x, 0, axis=2), x)
