@@ -1,0 +1,263 @@
+"""The training engine shared by ``kd train-teacher`` and ``kd distill``.
+
+It owns what every run needs and nothing task-specific: AdamW with the warm-up/ramp-down schedule of
+EfficientAT, gradient clipping, AMP on CUDA, one checkpoint per epoch (plus the best one), an exact
+``--resume`` and DistributedDataParallel when started by ``torchrun``. The task-specific parts arrive as
+two functions: ``step(model, batch) -> LossTerms`` and ``evaluate(model) -> metrics``.
+
+Exact resume: every epoch starts by seeding torch, NumPy and Python from ``(seed, epoch)``, so shuffling,
+DataLoader worker seeds and augmentation draws of epoch ``e`` do not depend on whether epochs ``< e``
+ran in this process or in an earlier one that was killed; with the optimizer, scheduler and AMP-scaler
+states restored from the checkpoint, a resumed run continues bit for bit (on CPU).
+"""
+from __future__ import annotations
+
+import math
+import os
+import random
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from kd.errors import KdError
+from kd.losses import LossTerms
+
+__all__ = ["DistEnv", "OptimConfig", "Trainer", "WarmupRampDown", "init_distributed", "select_device"]
+
+
+def select_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when available; ``cuda`` without a GPU is a user error, not a silent fallback."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise KdError("--device cuda was asked for, but torch sees no CUDA device")
+    return device
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: torch.device) -> DistEnv:
+    """Join the process group that ``torchrun`` describes in the environment; a no-op for one process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistEnv()
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return DistEnv(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Optimiser and schedule: AdamW, exponential warm-up, then a linear ramp-down to ``final_lr_factor``.
+
+    The ramp-down starts at ``rampdown_start`` (a fraction of all steps) and ends with the last step, the
+    shape EfficientAT uses (warm-up 8 of 200 epochs, ramp-down over the second half).
+    """
+
+    epochs: int = 10
+    lr: float = 1e-3
+    weight_decay: float = 1e-2
+    warmup_epochs: float = 1.0
+    rampdown_start: float = 0.5
+    final_lr_factor: float = 0.01
+    grad_clip: float = 5.0
+    amp: bool = True
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.lr <= 0:
+            raise KdError(f"epochs must be >= 1 and lr > 0, got epochs={self.epochs}, lr={self.lr}")
+
+
+class WarmupRampDown:
+    """Learning-rate factor per optimiser step (a picklable callable, so the scheduler state round-trips)."""
+
+    def __init__(self, total_steps: int, warmup_steps: int, rampdown_start: float, final_factor: float) -> None:
+        self.total, self.warmup = max(total_steps, 1), warmup_steps
+        self.start, self.final = int(rampdown_start * total_steps), final_factor
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return math.exp(-5.0 * (1.0 - step / self.warmup) ** 2)
+        if step < self.start:
+            return 1.0
+        progress = min(1.0, (step - self.start) / max(self.total - self.start, 1))
+        return 1.0 - (1.0 - self.final) * progress
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    return seed * 1_000_003 + epoch
+
+
+StepFn = Callable[[nn.Module, Mapping[str, Any]], LossTerms]
+EvalFn = Callable[[nn.Module], dict[str, float]]
+EpochEnd = Callable[[int, dict[str, float]], None]
+
+
+class Trainer:
+    """Runs epochs of ``step`` over a loader, evaluates, checkpoints, resumes.
+
+    Args:
+        model: the trainable module (wrapped in DDP here when several processes run).
+        out_dir: where ``last.pt`` and ``best.pt`` go.
+        primary_metric: the evaluation metric that decides ``best.pt`` (higher is better).
+        meta: JSON-like description saved into every checkpoint (what to rebuild the model from).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        cfg: OptimConfig,
+        *,
+        steps_per_epoch: int,
+        out_dir: str | os.PathLike,
+        primary_metric: str,
+        meta: Mapping[str, Any],
+        seed: int = 0,
+        device: torch.device | None = None,
+        dist: DistEnv | None = None,
+    ) -> None:
+        self.cfg, self.seed, self.meta = cfg, seed, dict(meta)
+        self.device = device or torch.device("cpu")
+        self.dist = dist or DistEnv()
+        self.model = model.to(self.device)
+        self.train_model: nn.Module = self.model
+        if self.dist.world_size > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.train_model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        self.out_dir, self.primary_metric = Path(out_dir), primary_metric
+        self.optimizer = torch.optim.AdamW(
+            [p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay
+        )
+        total = cfg.epochs * steps_per_epoch
+        schedule = WarmupRampDown(total, int(cfg.warmup_epochs * steps_per_epoch), cfg.rampdown_start, cfg.final_lr_factor)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
+        self.use_amp = cfg.amp and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.epoch = 0
+        self.best: float | None = None
+        self.history: list[dict[str, float]] = []
+
+    # --- checkpoints ----------------------------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": self.epoch,
+            "best": self.best,
+            "history": self.history,
+            "seed": self.seed,
+            "optim_config": asdict(self.cfg),
+            "meta": self.meta,
+        }
+
+    def save(self, name: str) -> Path:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        path = self.out_dir / name
+        tmp = path.with_suffix(".tmp")
+        torch.save(self.state(), tmp)
+        os.replace(tmp, path)  # a run killed while saving keeps the previous checkpoint intact
+        return path
+
+    def resume(self, path: str | os.PathLike | None = None) -> bool:
+        """Continue from ``path`` (default ``out_dir/last.pt``); returns False when there is nothing to resume."""
+        path = Path(path) if path else self.out_dir / "last.pt"
+        if not path.is_file():
+            return False
+        state = torch.load(path, map_location=self.device, weights_only=True)
+        if state.get("optim_config") != asdict(self.cfg) or state.get("seed") != self.seed:
+            raise KdError(f"{path} was written with other training settings; resume needs the same options")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.epoch, self.best, self.history = state["epoch"], state["best"], list(state["history"])
+        return True
+
+    # --- loop -----------------------------------------------------------------------------------------------------
+    def fit(
+        self,
+        loader: Iterable[Mapping[str, Any]],
+        step: StepFn,
+        evaluate: EvalFn,
+        on_epoch_end: EpochEnd | None = None,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> list[dict[str, float]]:
+        """Train from ``self.epoch`` to ``cfg.epochs``; returns the per-epoch history (train loss + eval metrics)."""
+        while self.epoch < self.cfg.epochs:
+            seed_everything(epoch_seed(self.seed, self.epoch))
+            sampler = getattr(loader, "sampler", None)
+            if hasattr(sampler, "set_epoch"):
+                sampler.set_epoch(self.epoch)
+            record = self._train_epoch(loader, step, on_batch)
+            self.model.eval()
+            with torch.inference_mode():
+                record.update(evaluate(self.model))
+            self.epoch += 1
+            record["epoch"] = float(self.epoch)
+            self.history.append(record)
+            if self.dist.is_main:
+                self._checkpoint(record)
+                if on_epoch_end:
+                    on_epoch_end(self.epoch, record)
+        return self.history
+
+    def _checkpoint(self, record: dict[str, float]) -> None:
+        score = record.get(self.primary_metric)
+        improved = score is not None and (self.best is None or score > self.best)
+        if improved:
+            self.best = score
+        self.save("last.pt")
+        if improved:
+            self.save("best.pt")
+
+    def _train_epoch(self, loader, step: StepFn, on_batch) -> dict[str, float]:
+        self.train_model.train()
+        sums: dict[str, float] = {"loss": 0.0, "hard_loss": 0.0}
+        batches = 0
+        for batch in loader:
+            with torch.autocast(self.device.type, enabled=self.use_amp):
+                terms = step(self.train_model, batch)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(terms.total).backward()
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            sums["loss"] += terms.total.item()
+            sums["hard_loss"] += terms.hard.item()
+            if terms.soft is not None:
+                sums["soft_loss"] = sums.get("soft_loss", 0.0) + terms.soft.item()
+            batches += 1
+            if on_batch:
+                on_batch(batches)
+        if batches == 0:
+            raise KdError("the training split yielded no batch (is it empty, or smaller than the batch size?)")
+        out = {f"train_{k}": v / batches for k, v in sums.items()}
+        out["lr"] = self.scheduler.get_last_lr()[0]
+        return out

@@ -1,0 +1,88 @@
+"""The training engine: schedule, checkpoints and an exact resume."""
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from kd.errors import KdError
+from kd.losses import DistillLoss
+from kd.train import OptimConfig, Trainer, WarmupRampDown
+
+
+def test_schedule_warms_up_holds_and_ramps_down():
+    s = WarmupRampDown(total_steps=100, warmup_steps=10, rampdown_start=0.5, final_factor=0.01)
+    assert s(0) == pytest.approx(torch.exp(torch.tensor(-5.0)).item())
+    assert s(5) < s(9) < 1.0
+    assert s(10) == s(49) == 1.0
+    assert s(75) == pytest.approx(1 - 0.99 * 0.5)
+    assert s(100) == pytest.approx(0.01)
+
+
+def _problem():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 8, generator=g)
+    y = (x[:, :3].argmax(dim=1))
+    return DataLoader(TensorDataset(x, y), batch_size=16, shuffle=True, num_workers=0)
+
+
+def _trainer(tmp_path, epochs=3):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Dropout(0.2), nn.Linear(16, 3))
+    cfg = OptimConfig(epochs=epochs, lr=1e-2, warmup_epochs=0.5)
+    return Trainer(model, cfg, steps_per_epoch=4, out_dir=tmp_path, primary_metric="accuracy", meta={"name": "mlp"})
+
+
+def _step(model, batch):
+    x, y = batch
+    return DistillLoss("asc")(model(x), nn.functional.one_hot(y, 3).float())
+
+
+def _evaluate(loader):
+    def evaluate(model):
+        correct = sum((model(x).argmax(1) == y).sum().item() for x, y in loader)
+        return {"accuracy": correct / 64}
+
+    return evaluate
+
+
+def test_training_learns_and_writes_checkpoints(tmp_path):
+    loader = _problem()
+    trainer = _trainer(tmp_path, epochs=4)
+    history = trainer.fit(loader, _step, _evaluate(loader))
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4]
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert (tmp_path / "last.pt").is_file() and (tmp_path / "best.pt").is_file()
+    state = torch.load(tmp_path / "best.pt", weights_only=True)
+    assert state["meta"] == {"name": "mlp"} and state["best"] == max(h["accuracy"] for h in history)
+
+
+def test_resume_after_an_interruption_matches_an_uninterrupted_run(tmp_path):
+    loader = _problem()
+    full = _trainer(tmp_path / "full")
+    full.fit(loader, _step, _evaluate(loader))
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_first_epoch(epoch, record):
+        if epoch == 1:
+            raise Killed
+
+    first = _trainer(tmp_path / "resumed")
+    with pytest.raises(Killed):
+        first.fit(loader, _step, _evaluate(loader), on_epoch_end=kill_after_first_epoch)
+    second = _trainer(tmp_path / "resumed")
+    assert second.resume()
+    assert second.epoch == 1
+    second.fit(loader, _step, _evaluate(loader))
+    for a, b in zip(full.model.state_dict().values(), second.model.state_dict().values()):
+        assert torch.equal(a, b)
+    assert [h["train_loss"] for h in full.history] == [h["train_loss"] for h in second.history]
+
+
+def test_resume_refuses_other_settings(tmp_path):
+    loader = _problem()
+    _trainer(tmp_path, epochs=1).fit(loader, _step, _evaluate(loader))
+    other = _trainer(tmp_path, epochs=5)
+    with pytest.raises(KdError, match="other training settings"):
+        other.resume()
