@@ -1,0 +1,42 @@
+"""Teachers: pretrained audio taggers that produce the soft targets kd distils from.
+
+Every teacher is built by name (``create_teacher``; names from ``list_teachers``) and follows one contract:
+
+* ``sample_rate`` (Hz), ``clip_seconds`` (context of one pass), ``num_classes``;
+* ``frames_per_second``: the rate of frame logits, or None for clip-only teachers;
+* ``frontend``: an ``nn.Module`` turning a waveform ``[B, N]`` into the spectrogram the model takes
+  (jitter and SpecAugment masks only in training mode);
+* ``forward_spectrogram(spec) -> TeacherOutput``: the model on spectrograms, so training can augment them
+  (mixup, masks) between frontend and model;
+* ``forward(waveform) -> TeacherOutput``: frontend + model; inputs longer than ``clip_seconds`` are windowed and
+  aggregated the way the authors do (see ``Teacher``), never silently truncated;
+* ``frontend_config() -> dict``: frontend and windowing settings to record next to stored logits.
+
+``TeacherOutput(clip, frame)`` holds raw logits: ``clip`` ``[B, C]``, ``frame`` ``[B, T, C]`` or None.
+Buffers (windows, mel banks) move with the module, so ``teacher.to("cuda")`` runs on the GPU.
+
+Checkpoints (official release files or ones saved from these models) load strictly through each family's
+``checkpoint_filter_fn``; ``create_teacher(name, checkpoint=..., num_classes=10)`` re-initialises only the
+classifier heads for fine-tuning on a new label set. Families: ``passt`` (PaSST releases, frame-wise PaSST,
+``passt_tiny``), ``ast`` (AST releases, ``ast_tiny``).
+"""
+from . import ast, passt
+from ._base import Teacher, TeacherInputError, TeacherOutput
+from ._factory import create_teacher, list_teachers, load_teacher_checkpoint, teacher_cfg
+from ._registry import TEACHERS, register_teacher
+from .ensemble import TeacherEnsemble
+
+__all__ = [
+    "TEACHERS",
+    "Teacher",
+    "TeacherEnsemble",
+    "TeacherInputError",
+    "TeacherOutput",
+    "ast",
+    "create_teacher",
+    "list_teachers",
+    "load_teacher_checkpoint",
+    "passt",
+    "register_teacher",
+    "teacher_cfg",
+]

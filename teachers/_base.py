@@ -1,0 +1,116 @@
+"""The teacher contract shared by every family, and the windowing of inputs longer than a teacher's context."""
+from __future__ import annotations
+
+import abc
+import math
+from typing import Any, NamedTuple
+
+import torch
+from torch import nn
+
+__all__ = ["Teacher", "TeacherInputError", "TeacherOutput"]
+
+
+class TeacherInputError(ValueError):
+    """An input a teacher cannot process as given (wrong rank, too short, spectrogram of the wrong size)."""
+
+
+class TeacherOutput(NamedTuple):
+    """Raw logits of one teacher: ``clip`` ``[B, C]``; ``frame`` ``[B, T, C]`` for frame-wise teachers, else None."""
+
+    clip: torch.Tensor
+    frame: torch.Tensor | None = None
+
+
+class Teacher(nn.Module, abc.ABC):
+    """Base of all teachers: a frontend, a spectrogram-level forward and waveform windowing.
+
+    Subclasses set ``sample_rate``, ``clip_seconds``, ``num_classes``, ``frames_per_second`` (None for
+    clip-only teachers) and ``frontend``, and implement ``forward_spectrogram`` and ``frontend_config``.
+
+    Inputs up to ``clip_seconds`` go through the model in one pass. Longer inputs are windowed:
+
+    * clip-only teachers follow hear21passt's scene embeddings: the waveform is reflect-padded by half a
+      window on both sides, cut into ``clip_seconds`` windows every ``window_hop_seconds`` and the clip
+      logits of all windows are averaged;
+    * frame-wise teachers follow PretrainedSED's inference: consecutive windows (the last one zero-padded),
+      their frame logits concatenated and cut to the frame count of the input; the clip logits are the
+      windows' clip logits averaged with weights proportional to the real audio each window holds.
+      ``frame_window_hop_samples`` lets a family shift windows so that concatenated frames keep a constant rate.
+    """
+
+    sample_rate: int
+    clip_seconds: float
+    num_classes: int
+    frames_per_second: float | None = None
+    window_hop_seconds: float = 2.5
+    frontend: nn.Module
+
+    @abc.abstractmethod
+    def forward_spectrogram(self, spec: torch.Tensor) -> TeacherOutput:
+        """Logits for a batch of spectrograms as produced by ``self.frontend``."""
+
+    @abc.abstractmethod
+    def frontend_config(self) -> dict[str, Any]:
+        """Frontend and windowing settings, JSON-serialisable, recorded next to stored logits."""
+
+    @property
+    def context_samples(self) -> int:
+        return int(round(self.clip_seconds * self.sample_rate))
+
+    def frame_window_hop_samples(self) -> int:
+        """Hop between consecutive windows for frame-wise teachers (default: the whole context)."""
+        return self.context_samples
+
+    def num_output_frames(self, num_samples: int) -> int:
+        """Frames a frame-wise teacher returns for ``num_samples`` of audio (from its frame rate by default)."""
+        return math.ceil(num_samples * self.frames_per_second / self.sample_rate)
+
+    def windowing_config(self) -> dict[str, Any]:
+        if self.frames_per_second is None:
+            return {
+                "context_seconds": self.clip_seconds,
+                "long_input": "reflect-pad half a window, windows every window_hop_seconds, mean of clip logits",
+                "window_hop_seconds": self.window_hop_seconds,
+            }
+        return {
+            "context_seconds": self.clip_seconds,
+            "long_input": "consecutive windows, frame logits concatenated, clip logits weighted mean",
+            "window_hop_seconds": self.frame_window_hop_samples() / self.sample_rate,
+            "frames_per_second": self.frames_per_second,
+        }
+
+    def forward(self, waveform: torch.Tensor) -> TeacherOutput:
+        """Logits for mono audio ``[B, N]`` at ``self.sample_rate``; longer inputs are windowed, never cut."""
+        if waveform.dim() != 2:
+            raise TeacherInputError(f"expected a waveform batch [B, N], got shape {tuple(waveform.shape)}")
+        if waveform.shape[-1] <= self.context_samples:
+            return self.forward_spectrogram(self.frontend(waveform))
+        if self.frames_per_second is None:
+            return self._forward_overlapping_windows(waveform)
+        return self._forward_consecutive_windows(waveform)
+
+    def _forward_overlapping_windows(self, waveform: torch.Tensor) -> TeacherOutput:
+        window = self.context_samples
+        hop = max(1, int(round(self.window_hop_seconds * self.sample_rate)))
+        pad = window // 2
+        padded = nn.functional.pad(waveform.unsqueeze(1), (pad, pad), mode="reflect").squeeze(1)
+        windows = padded.unfold(-1, window, hop)
+        clip = sum(self.forward_spectrogram(self.frontend(windows[:, i])).clip for i in range(windows.shape[1]))
+        return TeacherOutput(clip / windows.shape[1])
+
+    def _forward_consecutive_windows(self, waveform: torch.Tensor) -> TeacherOutput:
+        window, hop = self.context_samples, self.frame_window_hop_samples()
+        num_samples = waveform.shape[-1]
+        starts = range(0, num_samples - window + hop, hop)
+        clips, frames, weights = [], [], []
+        for start in starts:
+            piece = waveform[:, start : start + window]
+            weights.append(piece.shape[-1] / window)
+            piece = nn.functional.pad(piece, (0, window - piece.shape[-1]))
+            out = self.forward_spectrogram(self.frontend(piece))
+            clips.append(out.clip * weights[-1])
+            frames.append(out.frame)
+        clip = sum(clips) / sum(weights)
+        frame = torch.cat(frames, dim=1)[:, : self.num_output_frames(num_samples)]
+        return TeacherOutput(clip, frame)
