@@ -31,8 +31,8 @@ class Teacher(nn.Module, abc.ABC):
     Inputs up to ``clip_seconds`` go through the model in one pass. Longer inputs are windowed:
 
     * clip-only teachers follow hear21passt's scene embeddings: the waveform is reflect-padded by half a
-      window on both sides, cut into ``clip_seconds`` windows every ``window_hop_seconds`` and the clip
-      logits of all windows are averaged;
+      window on both sides, cut into ``clip_seconds`` windows every ``window_hop_seconds`` (plus one window
+      aligned to the end, so no tail is dropped) and the clip logits of all windows are averaged;
     * frame-wise teachers follow PretrainedSED's inference: consecutive windows (the last one zero-padded),
       their frame logits concatenated and cut to the frame count of the input; the clip logits are the
       windows' clip logits averaged with weights proportional to the real audio each window holds.
@@ -43,7 +43,7 @@ class Teacher(nn.Module, abc.ABC):
     clip_seconds: float
     num_classes: int
     frames_per_second: float | None = None
-    window_hop_seconds: float = 2.5
+    window_hop_seconds: float
     frontend: nn.Module
 
     @abc.abstractmethod
@@ -95,9 +95,11 @@ class Teacher(nn.Module, abc.ABC):
         hop = max(1, int(round(self.window_hop_seconds * self.sample_rate)))
         pad = window // 2
         padded = nn.functional.pad(waveform.unsqueeze(1), (pad, pad), mode="reflect").squeeze(1)
-        windows = padded.unfold(-1, window, hop)
-        clip = sum(self.forward_spectrogram(self.frontend(windows[:, i])).clip for i in range(windows.shape[1]))
-        return TeacherOutput(clip / windows.shape[1])
+        starts = list(range(0, padded.shape[-1] - window + 1, hop))
+        if starts[-1] + window < padded.shape[-1]:
+            starts.append(padded.shape[-1] - window)  # hear21passt's unfold would drop this tail
+        clip = sum(self.forward_spectrogram(self.frontend(padded[:, s : s + window])).clip for s in starts)
+        return TeacherOutput(clip / len(starts))
 
     def _forward_consecutive_windows(self, waveform: torch.Tensor) -> TeacherOutput:
         window, hop = self.context_samples, self.frame_window_hop_samples()

@@ -79,6 +79,7 @@ class AST(SpectrogramTransformer):
         clip_seconds: context; ``input_tdim`` defaults to ``100 * clip_seconds`` fbank frames (1024 for 10.24 s).
         fstride, tstride: patch strides (10 in the main release; 12, 14, 16 in the ensemble members).
         freqm, timem: SpecAugment mask widths of the frontend in training (AST's AudioSet recipe: 48, 192).
+        window_hop_seconds: hop between windows of long inputs (default ``clip_seconds / 4``).
     """
 
     head_names = ("head",)
@@ -100,13 +101,14 @@ class AST(SpectrogramTransformer):
         drop_path_rate: float = 0.0,
         freqm: int = 48,
         timem: int = 192,
-        window_hop_seconds: float = 2.5,
+        window_hop_seconds: float | None = None,
     ) -> None:
         super().__init__(
             num_classes, embed_dim, depth, num_heads, mlp_ratio, patch_size, (fstride, tstride), drop_rate,
             drop_path_rate,
         )
-        self.sample_rate, self.clip_seconds, self.window_hop_seconds = 16000, clip_seconds, window_hop_seconds
+        self.sample_rate, self.clip_seconds = 16000, clip_seconds
+        self.window_hop_seconds = window_hop_seconds or clip_seconds / 4
         self.input_tdim = input_tdim or int(round(clip_seconds * _FRAMES_PER_SECOND))
         self.input_fdim = input_fdim
         self.frontend = ASTFrontend(self.input_tdim, input_fdim, freqm=freqm, timem=timem)

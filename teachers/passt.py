@@ -56,6 +56,7 @@ class PaSST(SpectrogramTransformer):
         s_patchout_t, s_patchout_f, u_patchout: patchout sizes (training only).
         frame_head: add the frame-wise head (see the module docstring).
         freqm, timem: SpecAugment mask widths of the frontend in training.
+        window_hop_seconds: hop between windows of long inputs (default ``clip_seconds / 4``: hear21passt's 2.5 s).
     """
 
     head_names = ("head", "head_dist", "frame_head")
@@ -84,7 +85,7 @@ class PaSST(SpectrogramTransformer):
         drop_path_rate: float = 0.0,
         freqm: int = 48,
         timem: int = 192,
-        window_hop_seconds: float = 2.5,
+        window_hop_seconds: float | None = None,
     ) -> None:
         super().__init__(
             num_classes, embed_dim, depth, num_heads, mlp_ratio, patch_size, stride, drop_rate, drop_path_rate,
@@ -92,7 +93,8 @@ class PaSST(SpectrogramTransformer):
         )
         if frame_head and (s_patchout_t or u_patchout):
             raise ValueError("a frame-wise PaSST cannot use time or unstructured patchout: it would drop frames")
-        self.sample_rate, self.clip_seconds, self.window_hop_seconds = sample_rate, clip_seconds, window_hop_seconds
+        self.sample_rate, self.clip_seconds = sample_rate, clip_seconds
+        self.window_hop_seconds = window_hop_seconds or clip_seconds / 4
         self.frontend = MelSTFT(
             n_mels=n_mels, sample_rate=sample_rate, win_length=win_length, hop_length=hop_length, n_fft=n_fft,
             freqm=freqm, timem=timem,
