@@ -1,0 +1,91 @@
+"""Decoding clips with soundfile (wav/flac/ogg/mp3, from paths or bytes), mono mixdown, soxr resampling, pad/crop.
+
+Every check that makes a clip unusable raises :class:`AudioError` with a short reason, so that callers record
+``(clip id, reason)`` and skip the clip instead of feeding a row of zeros to a model. A file at another sample
+rate than expected is not an error: it is resampled from the rate its header states.
+"""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+from .errors import AudioError
+
+__all__ = ["decode_audio", "fit_length", "load_audio"]
+
+
+def _open(source: str | Path | bytes, clip_id: str) -> str | io.BytesIO:
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        if len(source) == 0:
+            raise AudioError(clip_id, "empty (0 bytes)")
+        return io.BytesIO(bytes(source))
+    path = Path(source)
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise AudioError(clip_id, f"missing file {path}") from None
+    except OSError as e:
+        raise AudioError(clip_id, f"unreadable file {path}: {e.strerror}") from None
+    if size == 0:
+        raise AudioError(clip_id, "empty file (0 bytes)")
+    return str(path)
+
+
+def decode_audio(source: str | Path | bytes, clip_id: str = "") -> tuple[np.ndarray, int]:
+    """Decodes a whole file to mono float32 at its native rate.
+
+    Returns:
+        ``(samples [N], sample_rate)``; multichannel audio is averaged over channels.
+
+    Raises:
+        AudioError: missing, empty, unreadable (corrupt or unknown format), non-finite or all-zero audio.
+    """
+    handle = _open(source, clip_id)
+    try:
+        data, rate = sf.read(handle, dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, ValueError, TypeError, EOFError) as e:
+        detail = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise AudioError(clip_id, f"unreadable: {detail}") from None
+    if data.shape[0] == 0:
+        raise AudioError(clip_id, "empty (no samples)")
+    mono = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
+    _check_content(mono, clip_id)
+    return np.ascontiguousarray(mono), int(rate)
+
+
+def _check_content(x: np.ndarray, clip_id: str, where: str = "") -> None:
+    if not np.isfinite(x).all():
+        raise AudioError(clip_id, f"non-finite samples{where}")
+    if not np.any(x):
+        raise AudioError(clip_id, f"silent (all zeros){where}")
+
+
+def fit_length(x: np.ndarray, num_samples: int) -> np.ndarray:
+    """Crops the end off, or pads zeros at the end, to exactly ``num_samples``."""
+    if len(x) >= num_samples:
+        return x[:num_samples]
+    return np.pad(x, (0, num_samples - len(x)))
+
+
+def load_audio(
+    source: str | Path | bytes, sample_rate: int, seconds: float | None = None, clip_id: str = ""
+) -> np.ndarray:
+    """Decodes, mixes to mono, resamples to ``sample_rate`` (soxr, high quality) and pads/crops to ``seconds``.
+
+    Cropping keeps the beginning of the clip; padding appends zeros. A clip whose kept part is all zeros
+    (e.g. silence followed by sound beyond ``seconds``) is rejected like a silent file.
+
+    Returns:
+        float32 ``[round(seconds * sample_rate)]`` (or the whole resampled clip when ``seconds`` is None).
+    """
+    x, rate = decode_audio(source, clip_id)
+    if rate != sample_rate:
+        x = soxr.resample(x, rate, sample_rate, quality="HQ").astype(np.float32, copy=False)
+    if seconds is not None:
+        x = fit_length(x, int(round(seconds * sample_rate)))
+        _check_content(x, clip_id, f" in the first {seconds:g} s")
+    return np.ascontiguousarray(x, dtype=np.float32)

@@ -1,0 +1,251 @@
+"""The dataset object every reader returns: clips, class vocabulary, hard targets, audio access, fingerprint."""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+import numpy as np
+
+from .audio import load_audio
+from .clip import Clip
+from .errors import DatasetError
+
+__all__ = ["SPLIT_ALIASES", "Dataset", "canonical_split", "read_class_list", "read_table"]
+
+TASKS = ("asc", "tagging", "sed")
+SPLIT_ALIASES = {"evaluate": "eval", "evaluation": "eval", "val": "eval"}
+
+
+def canonical_split(split: str | None) -> str | None:
+    """``evaluate`` (TAU22's name), ``evaluation`` and ``val`` all mean ``eval``."""
+    if split is None:
+        return None
+    split = split.strip().lower()
+    return SPLIT_ALIASES.get(split, split)
+
+
+class Dataset:
+    """A labelled (or unlabelled) list of clips of one split, with the ways to read them.
+
+    Plain Python (no torch), picklable, so that DataLoader and dask workers each get a copy; HDF5 handles are
+    opened lazily in whichever process reads.
+
+    Attributes:
+        clips: The clips of the split, in the order of the metadata.
+        classes: Class display names; index ``i`` is the ``i``-th entry of every target vector.
+        mids: AudioSet machine ids of the classes (``None`` where the format has none).
+        task: ``"asc"`` (single-label scenes), ``"tagging"`` (multi-label) or ``"sed"`` (strong labels).
+        name: Short name (the folder or file name).
+        split: The canonical split (``train``, ``eval``, ...) or ``None`` for a whole manifest.
+        spec: ``FORMAT:PATH`` that reopens this dataset.
+        has_labels: Whether the metadata carries labels (targets of an unlabelled set are all zero).
+        seen_devices: For ASC, devices of the training split (the rest are "unseen"); ``None`` if unknown.
+        skipped: ``(clip id, reason)`` of metadata entries left out (e.g. an AudioSet segment without audio).
+    """
+
+    def __init__(
+        self,
+        *,
+        clips: Sequence[Clip],
+        classes: Sequence[str],
+        task: str,
+        name: str,
+        split: str | None,
+        spec: str,
+        mids: Sequence[str] | None = None,
+        has_labels: bool = True,
+        seen_devices: Sequence[str] | None = None,
+        skipped: Sequence[tuple[str, str]] = (),
+    ) -> None:
+        if task not in TASKS:
+            raise DatasetError(f"{spec}: unknown task {task!r}; expected one of {', '.join(TASKS)}")
+        self.clips = list(clips)
+        self.classes = list(classes)
+        self.mids = None if mids is None else list(mids)
+        self.task, self.name, self.split, self.spec = task, name, split, spec
+        self.has_labels = has_labels
+        self.seen_devices = None if seen_devices is None else sorted(seen_devices)
+        self.skipped = list(skipped)
+        self._fingerprint: str | None = None
+        self._check_ids()
+
+    def _check_ids(self) -> None:
+        counts = Counter(c.id for c in self.clips)
+        dupes = [i for i, n in counts.items() if n > 1]
+        if dupes:
+            raise DatasetError(
+                f"{self.spec}: {len(dupes)} clip ids occur more than once (e.g. {', '.join(sorted(dupes)[:3])}); "
+                "clip ids are the join key with stored logits and must be unique"
+            )
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def __iter__(self) -> Iterator[Clip]:
+        return iter(self.clips)
+
+    def __getitem__(self, index: int) -> Clip:
+        return self.clips[index]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.spec!r}, split={self.split!r}, clips={len(self)}, classes={len(self.classes)})"
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def ids(self) -> list[str]:
+        return [c.id for c in self.clips]
+
+    @property
+    def devices(self) -> list[str]:
+        """Sorted recording devices present in this split (empty if the format records none)."""
+        return sorted({c.device for c in self.clips if c.device is not None})
+
+    @property
+    def unseen_devices(self) -> list[str] | None:
+        """Devices of this split that the training split never saw (TAU22: ``s4``, ``s5``, ``s6``)."""
+        if self.seen_devices is None:
+            return None
+        return [d for d in self.devices if d not in self.seen_devices]
+
+    def label_sets(self) -> list[tuple[int, ...]]:
+        """Each clip's class indices, e.g. for ``kd.dataset.balanced_sample_weights``."""
+        return [c.labels for c in self.clips]
+
+    # --- targets ---------------------------------------------------------------------------------------------
+
+    def targets(self, clip: Clip) -> np.ndarray:
+        """Clip-level hard target: float32 ``[C]``, one-hot for ASC, multi-hot for tagging and SED."""
+        out = np.zeros(self.num_classes, dtype=np.float32)
+        out[list(clip.labels)] = 1.0
+        return out
+
+    def frame_targets(self, clip: Clip, frames_per_second: float, num_frames: int | None = None) -> np.ndarray:
+        """Strong labels as float32 ``[T, C]`` frames at ``frames_per_second``.
+
+        Frame ``t`` covers ``[t / fps, (t + 1) / fps)``. An event marks frames ``round(onset * fps)`` up to
+        (excluding) ``round(offset * fps)``, i.e. every frame whose centre lies inside the event, and at least
+        one frame, so events shorter than a frame are not lost. ``num_frames`` defaults to
+        ``ceil(duration * fps)`` when the clip's duration is known.
+        """
+        if self.task != "sed":
+            raise DatasetError(f"{self.spec}: a {self.task} dataset has no strong labels to make frame targets from")
+        if num_frames is None:
+            if clip.duration is None:
+                raise DatasetError(f"{self.spec}: clip {clip.id} has no known duration; pass num_frames")
+            num_frames = int(np.ceil(clip.duration * frames_per_second - 1e-9))
+        out = np.zeros((num_frames, self.num_classes), dtype=np.float32)
+        for event in clip.events:
+            first = int(round(event.onset * frames_per_second))
+            last = max(first + 1, int(round(event.offset * frames_per_second)))
+            out[max(first, 0):min(last, num_frames), event.label] = 1.0
+        return out
+
+    # --- audio -----------------------------------------------------------------------------------------------
+
+    def read_source(self, clip: Clip) -> str | bytes:
+        """What the decoder reads: the file path (bytes for HDF5 rows, see the HDF5 reader)."""
+        return clip.source
+
+    def load_audio(self, clip: Clip, sample_rate: int, seconds: float | None = None) -> np.ndarray:
+        """The clip as float32 mono at ``sample_rate``, padded/cropped to ``seconds`` if given.
+
+        Raises:
+            AudioError: with a short ``reason`` when the clip is missing, empty, corrupt, silent or non-finite.
+        """
+        return load_audio(self.read_source(clip), sample_rate, seconds, clip_id=clip.id)
+
+    # --- identity --------------------------------------------------------------------------------------------
+
+    def source_sizes(self) -> list[int]:
+        """Byte size of each clip's source (-1 for a missing file), in clip order."""
+        sizes = []
+        for clip in self.clips:
+            try:
+                sizes.append(os.stat(clip.source).st_size)
+            except OSError:
+                sizes.append(-1)
+        return sizes
+
+    def fingerprint(self) -> str:
+        """A stable sha256 of the clip ids, their sources' sizes and the class list.
+
+        Independent of where the dataset lives and of the order of the metadata rows, so that a moved copy
+        matches; any added, removed or re-encoded clip, or a changed vocabulary, changes it.
+        """
+        if self._fingerprint is None:
+            rows = sorted(zip(self.ids, self.source_sizes()))
+            payload = {"task": self.task, "classes": self.classes, "mids": self.mids, "clips": rows}
+            blob = json.dumps(payload, separators=(",", ":"), ensure_ascii=True).encode()
+            self._fingerprint = hashlib.sha256(blob).hexdigest()
+        return self._fingerprint
+
+
+def read_table(path: Path, *, delimiter: str | None = None, required: Sequence[str] = ()) -> list[dict[str, str]]:
+    """Reads a CSV/TSV with a header row; checks ``required`` columns are present.
+
+    The delimiter is a tab for ``.tsv`` files and sniffed (tab or comma) otherwise.
+    """
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise DatasetError(f"missing file {path}") from None
+    except UnicodeDecodeError as e:
+        raise DatasetError(f"{path}: not a UTF-8 text file ({e.reason})") from None
+    lines = [line for line in text.splitlines() if line.strip()]
+    if not lines:
+        raise DatasetError(f"{path}: empty file")
+    if delimiter is None:
+        delimiter = "\t" if path.suffix.lower() == ".tsv" or "\t" in lines[0] else ","
+    reader = csv.DictReader(lines, delimiter=delimiter, skipinitialspace=True)
+    header = [h.strip() for h in (reader.fieldnames or [])]
+    reader.fieldnames = header
+    missing = [c for c in required if c not in header]
+    if missing:
+        raise DatasetError(f"{path}: missing column(s) {', '.join(missing)} (header has: {', '.join(header)})")
+    rows = []
+    for n, row in enumerate(reader, start=2):
+        if None in row:
+            raise DatasetError(f"{path}: line {n} has more fields than the header")
+        rows.append({k: (v or "").strip() for k, v in row.items()})
+    return rows
+
+
+def read_class_list(path: Path) -> tuple[list[str], list[str] | None]:
+    """Reads a class vocabulary: ``class_labels_indices.csv`` (``index,mid,display_name``) or one name per line.
+
+    Returns:
+        ``(display names, mids)`` ordered by ``index`` when present; ``mids`` is None for a plain list.
+    """
+    if not path.is_file():
+        raise DatasetError(f"missing class list {path}")
+    first = path.read_text(encoding="utf-8-sig").splitlines()[:1]
+    if first and "display_name" in first[0]:
+        rows = read_table(path, required=("mid", "display_name"))
+        if "index" in rows[0]:
+            try:
+                rows.sort(key=lambda r: int(r["index"]))
+            except ValueError:
+                raise DatasetError(f"{path}: column index must hold integers") from None
+            if [int(r["index"]) for r in rows] != list(range(len(rows))):
+                raise DatasetError(f"{path}: column index must run 0..{len(rows) - 1} without gaps")
+        mids = [r["mid"] for r in rows]
+        _check_unique(path, mids, "mid")
+        return [r["display_name"] for r in rows], mids
+    names = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+    if not names:
+        raise DatasetError(f"{path}: empty class list")
+    _check_unique(path, names, "class")
+    return names, None
+
+
+def _check_unique(path: Path, values: Sequence[str], what: str) -> None:
+    dupes = sorted(v for v, n in Counter(values).items() if n > 1)
+    if dupes:
+        raise DatasetError(f"{path}: {len(dupes)} {what} name(s) listed twice (e.g. {', '.join(dupes[:3])})")
