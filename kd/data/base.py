@@ -129,10 +129,10 @@ class Dataset:
     def frame_targets(self, clip: Clip, frames_per_second: float, num_frames: int | None = None) -> np.ndarray:
         """Strong labels as float32 ``[T, C]`` frames at ``frames_per_second``.
 
-        Frame ``t`` covers ``[t / fps, (t + 1) / fps)``. An event marks frames ``round(onset * fps)`` up to
-        (excluding) ``round(offset * fps)``, i.e. every frame whose centre lies inside the event, and at least
-        one frame, so events shorter than a frame are not lost. ``num_frames`` defaults to
-        ``ceil(duration * fps)`` when the clip's duration is known.
+        Frame ``t`` covers ``[t / fps, (t + 1) / fps)``. An event marks every frame it covers by at least half
+        (whose centre lies in ``[onset, offset]``; ties round up), and always at least one frame, so events
+        shorter than a frame are not lost. ``num_frames`` defaults to ``ceil(duration * fps)`` when the clip's
+        duration is known; events beyond it are cut.
         """
         if self.task != "sed":
             raise DatasetError(f"{self.spec}: a {self.task} dataset has no strong labels to make frame targets from")
@@ -142,8 +142,8 @@ class Dataset:
             num_frames = int(np.ceil(clip.duration * frames_per_second - 1e-9))
         out = np.zeros((num_frames, self.num_classes), dtype=np.float32)
         for event in clip.events:
-            first = int(round(event.onset * frames_per_second))
-            last = max(first + 1, int(round(event.offset * frames_per_second)))
+            first = int(np.floor(event.onset * frames_per_second + 0.5))
+            last = max(first + 1, int(np.floor(event.offset * frames_per_second + 0.5)))
             out[max(first, 0):min(last, num_frames), event.label] = 1.0
         return out
 
