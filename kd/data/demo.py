@@ -42,6 +42,8 @@ DEMO_DEFAULTS = {
     "sed": {"clips": 300, "seconds": 4.0, "sample_rate": 32000},
 }
 EVAL_FRACTION = {"asc": 0.3, "tagging": 0.25, "sed": 0.25}
+MIN_CLIPS = {"asc": 20, "tagging": 2, "sed": 2}
+MIN_REASON = {"asc": "every scene in the training split", "tagging": "one per split", "sed": "one per split"}
 
 # --- acoustic scenes ---------------------------------------------------------------------------------------------
 
@@ -167,10 +169,13 @@ def _asc_recordings(rng: np.random.Generator, clips: int) -> list[tuple[_Locatio
             number += 1
     recordings = []
     for split, counts in per_split.items():
+        # one round-robin over the scenes through each split's device blocks: every device gets a balanced share
+        # of scenes, and a split of at least 10 clips holds every scene
+        k = int(rng.integers(len(scenes)))
         for device, count in counts.items():
-            offset = int(rng.integers(len(scenes)))
-            for k in range(count):
-                scene = scenes[(offset + k) % len(scenes)]
+            for _ in range(count):
+                scene = scenes[k % len(scenes)]
+                k += 1
                 loc = locations[(scene, split)][int(rng.integers(len(locations[(scene, split)])))]
                 reusable = [s for s in loc.segments if device not in s[2]]
                 if reusable and rng.random() < 0.5:
@@ -292,16 +297,19 @@ SOUND_CLASSES: list[tuple[str, str, Callable[[np.random.Generator, int], np.ndar
 CLASS_WEIGHTS = np.array([1 / (1 + 0.2 * i) for i in range(len(SOUND_CLASSES))])
 
 
-def render_events(rng: np.random.Generator, n: int, sr: int, must_have: int | None = None
+def render_events(rng: np.random.Generator, n: int, sr: int, must_have: tuple[int, ...] = ()
                   ) -> tuple[np.ndarray, list[tuple[float, float, int]]]:
-    """A noise bed with 1-4 sound classes (1-2 instances each) at -3..12 dB SNR; returns audio and events."""
+    """A noise bed with 1-4 sound classes (1-2 instances each, plus ``must_have``) at -3..12 dB SNR.
+
+    Returns:
+        The audio and its events ``(onset, offset, class)`` in seconds.
+    """
     bed = synth.colored_noise(rng, n, sr, rng.uniform(-6, -1)) * synth.random_envelope(rng, n, sr, 0.5, 0.5)
     bed = bed + 0.3 * synth.babble(rng, n, sr, 4.0, 2) * (rng.random() < 0.3)
     x = bed / synth.rms(bed)
     count = min(4, 1 + rng.poisson(0.7))
-    chosen = list(rng.choice(len(SOUND_CLASSES), count, replace=False, p=CLASS_WEIGHTS / CLASS_WEIGHTS.sum()))
-    if must_have is not None and must_have not in chosen:
-        chosen[0] = must_have
+    drawn = rng.choice(len(SOUND_CLASSES), count, replace=False, p=CLASS_WEIGHTS / CLASS_WEIGHTS.sum())
+    chosen = list(must_have) + [int(c) for c in drawn if c not in must_have][: max(0, count - len(must_have))]
     events = []
     for label in chosen:
         for _ in range(1 + min(1, rng.poisson(0.4))):
@@ -325,15 +333,17 @@ def _youtube_ids(rng: np.random.Generator, count: int) -> list[str]:
 
 
 def _event_clips(task: str, clips: int, seed: int, seconds: float):
-    """Yields ``(split, ytid, index, audio, events)``; each class occurs at least once per split when it can."""
+    """Yields ``(split, ytid, index, audio, events)``; every class occurs in every split (so the AudioSet-Strong
+    vocabulary, read from the train TSV, is always the 10 classes)."""
     sr = DEMO_DEFAULTS[task]["sample_rate"]
     n_eval = max(1, int(round(clips * EVAL_FRACTION[task])))
+    sizes = {"train": clips - n_eval, "eval": n_eval}
     ids = _youtube_ids(np.random.default_rng([seed, 2]), clips)
     for i, ytid in enumerate(ids):
-        split, k = ("eval", i - (clips - n_eval)) if i >= clips - n_eval else ("train", i)
+        split, k = ("eval", i - sizes["train"]) if i >= sizes["train"] else ("train", i)
+        must_have = tuple(c for c in range(len(SOUND_CLASSES)) if c % sizes[split] == k)
         rng = np.random.default_rng([seed, 3, i])
-        audio, events = render_events(rng, int(round(seconds * sr)), sr,
-                                      must_have=k if k < len(SOUND_CLASSES) else None)
+        audio, events = render_events(rng, int(round(seconds * sr)), sr, must_have)
         yield split, ytid, i, audio, events
 
 
@@ -419,7 +429,8 @@ def make_demo_data(out: str | Path, task: str, clips: int | None = None, seed: i
     Args:
         out: Target folder; it must be empty or absent unless ``overwrite`` (which replaces files, never deletes).
         task: ``asc`` (TAU22 layout), ``tagging`` (AudioSet HDF5 layout) or ``sed`` (AudioSet-Strong layout).
-        clips: Number of clips over both splits (defaults: asc 600, tagging 400, sed 300).
+        clips: Number of clips over both splits (defaults: asc 600, tagging 400, sed 300; at least 20 for asc,
+            2 otherwise).
         seed: Everything but the simulated devices follows it; the same seed writes the same audio.
         seconds: Clip length (defaults: asc 1 s like TAU22, tagging 3 s, sed 4 s; AudioSet's own is 10 s).
         overwrite: Allow writing into a non-empty folder.
@@ -436,8 +447,9 @@ def make_demo_data(out: str | Path, task: str, clips: int | None = None, seed: i
     defaults = DEMO_DEFAULTS[task]
     clips = defaults["clips"] if clips is None else int(clips)
     seconds = defaults["seconds"] if seconds is None else float(seconds)
-    if clips < 2:
-        raise DatasetError(f"demo data needs at least 2 clips (one per split), got {clips}")
+    minimum = MIN_CLIPS[task]
+    if clips < minimum:
+        raise DatasetError(f"{task} demo data needs at least {minimum} clips ({MIN_REASON[task]}), got {clips}")
     if seconds <= 0:
         raise DatasetError(f"demo clip length must be positive, got {seconds} s")
     out = Path(out).expanduser().resolve()
