@@ -59,7 +59,7 @@ def test_same_seed_same_data_other_seed_other_data(tmp_path, task):
     assert a.classes == first["classes"]
     assert a.ids == b.ids and a.fingerprint() == b.fingerprint() != c.fingerprint()
     assert [x.labels for x in a] == [x.labels for x in b] and [x.events for x in a] == [x.events for x in b]
-    for x, y in zip(a.clips, b.clips):
+    for x, y in zip(a.clips, b.clips, strict=True):
         np.testing.assert_array_equal(a.load_audio(x, 16000), b.load_audio(y, 16000))
     if task == "asc":
         assert filecmp.cmp(a.clips[0].source, b.clips[0].source, shallow=False)
@@ -79,7 +79,7 @@ def test_tagging_hdf5_has_the_efficientat_layout(tmp_path):
     assert all(n.startswith("Y") and n.endswith(".mp3") and len(n) == 16 for n in names)
     ds = open_dataset(info["spec"])
     x = ds.load_audio(ds.clips[0], 32000)
-    assert abs(len(x) - 64000) < 1200 and {l for c in ds for l in c.labels} == set(range(10))
+    assert abs(len(x) - 64000) < 1200 and {k for c in ds for k in c.labels} == set(range(10))
     assert max(len(c.labels) for c in ds) > 1
 
 

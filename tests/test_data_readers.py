@@ -2,6 +2,7 @@
 import pickle
 import shutil
 import warnings
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -318,8 +319,8 @@ def test_fingerprint_is_stable_moves_with_the_data_and_changes_with_it(demo, tmp
 def test_fingerprint_changes_with_the_class_list(demo, tmp_path):
     spec = demo["tagging"]["spec"]
     classes = tmp_path / "classes.csv"
-    original = (demo["tagging"]["path"] + "/metadata/class_labels_indices.csv")
-    classes.write_text(open(original).read().replace("Beep", "Bleep"))
+    original = Path(demo["tagging"]["path"]) / "metadata" / "class_labels_indices.csv"
+    classes.write_text(original.read_text().replace("Beep", "Bleep"))
     assert open_dataset(spec, classes=classes).fingerprint() != open_dataset(spec).fingerprint()
 
 

@@ -86,6 +86,6 @@ def load_audio(
     if rate != sample_rate:
         x = soxr.resample(x, rate, sample_rate, quality="HQ").astype(np.float32, copy=False)
     if seconds is not None:
-        x = fit_length(x, int(round(seconds * sample_rate)))
+        x = fit_length(x, round(seconds * sample_rate))
         _check_content(x, clip_id, f" in the first {seconds:g} s")
     return np.ascontiguousarray(x, dtype=np.float32)

@@ -241,7 +241,7 @@ class AudioIndex:
 
     @staticmethod
     def candidates(ytid: str, start: float, end: float) -> Iterable[str]:
-        ms = int(round(start * 1000))
+        ms = round(start * 1000)
         for stem in (f"{ytid}_{ms}", f"{ytid}_{start:.3f}_{end:.3f}", f"{ytid}_{start:g}_{end:g}",
                      f"{ytid}_{int(start)}_{int(end)}", f"{ytid}_{int(start)}", ytid):
             yield stem

@@ -8,6 +8,7 @@ import os
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+
 import numpy as np
 
 from .audio import load_audio
@@ -92,7 +93,8 @@ class Dataset:
         return self.clips[index]
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.spec!r}, split={self.split!r}, clips={len(self)}, classes={len(self.classes)})"
+        name = type(self).__name__
+        return f"{name}({self.spec!r}, split={self.split!r}, clips={len(self)}, classes={len(self.classes)})"
 
     @property
     def num_classes(self) -> int:
@@ -180,7 +182,7 @@ class Dataset:
         matches; any added, removed or re-encoded clip, or a changed vocabulary, changes it.
         """
         if self._fingerprint is None:
-            rows = sorted(zip(self.ids, self.source_sizes()))
+            rows = sorted(zip(self.ids, self.source_sizes(), strict=True))
             payload = {"task": self.task, "classes": self.classes, "mids": self.mids, "clips": rows}
             blob = json.dumps(payload, separators=(",", ":"), ensure_ascii=True).encode()
             self._fingerprint = hashlib.sha256(blob).hexdigest()

@@ -152,17 +152,17 @@ def _split_counts(total: int, shares: dict[str, float]) -> dict[str, int]:
 
 
 def _asc_recordings(rng: np.random.Generator, clips: int) -> list[tuple[_Location, int, int, str]]:
-    n_eval = max(1, int(round(clips * EVAL_FRACTION["asc"])))
+    n_eval = max(1, round(clips * EVAL_FRACTION["asc"]))
     per_split = {
         "train": _split_counts(clips - n_eval, TRAIN_DEVICE_SHARE),
         "eval": {d: n_eval // 9 + (i < n_eval % 9) for i, d in enumerate(EVAL_DEVICE_ORDER)},
     }
     scenes = list(SCENES)
-    n_locations = max(3, int(round(clips / len(scenes) / 6)))
+    n_locations = max(3, round(clips / len(scenes) / 6))
     locations: dict[tuple[str, str], list[_Location]] = {}
     number = 0
     for scene in scenes:
-        n_eval_loc = max(1, int(round(n_locations * EVAL_FRACTION["asc"])))
+        n_eval_loc = max(1, round(n_locations * EVAL_FRACTION["asc"]))
         for i in range(n_locations):
             split = "eval" if i < n_eval_loc else "train"
             locations.setdefault((scene, split), []).append(_new_location(rng, scene, number, split))
@@ -191,7 +191,7 @@ def _asc_recordings(rng: np.random.Generator, clips: int) -> list[tuple[_Locatio
 
 def _write_tau22(out: Path, clips: int, seed: int, seconds: float) -> dict:
     sr = DEMO_DEFAULTS["asc"]["sample_rate"]
-    n = int(round(seconds * sr))
+    n = round(seconds * sr)
     rng = np.random.default_rng([seed, 0])
     devices = {d: device_response(d, sr) for d in ASC_DEVICES}
     (out / "audio").mkdir(parents=True, exist_ok=True)
@@ -336,14 +336,14 @@ def _event_clips(task: str, clips: int, seed: int, seconds: float):
     """Yields ``(split, ytid, index, audio, events)``; every class occurs in every split (so the AudioSet-Strong
     vocabulary, read from the train TSV, is always the 10 classes)."""
     sr = DEMO_DEFAULTS[task]["sample_rate"]
-    n_eval = max(1, int(round(clips * EVAL_FRACTION[task])))
+    n_eval = max(1, round(clips * EVAL_FRACTION[task]))
     sizes = {"train": clips - n_eval, "eval": n_eval}
     ids = _youtube_ids(np.random.default_rng([seed, 2]), clips)
     for i, ytid in enumerate(ids):
         split, k = ("eval", i - sizes["train"]) if i >= sizes["train"] else ("train", i)
         must_have = tuple(c for c in range(len(SOUND_CLASSES)) if c % sizes[split] == k)
         rng = np.random.default_rng([seed, 3, i])
-        audio, events = render_events(rng, int(round(seconds * sr)), sr, must_have)
+        audio, events = render_events(rng, round(seconds * sr), sr, must_have)
         yield split, ytid, i, audio, events
 
 
@@ -396,9 +396,9 @@ def _write_audioset_strong(out: Path, clips: int, seed: int, seconds: float) -> 
         rows[split] += [{"segment_id": segment_id, "start_time_seconds": f"{onset:.3f}",
                          "end_time_seconds": f"{offset:.3f}", "label": SOUND_CLASSES[label][0]}
                         for onset, offset, label in events]
-    for split in rows:
+    for split, split_rows in rows.items():
         _write_tsv(out / f"audioset_{split}_strong.tsv",
-                   ["segment_id", "start_time_seconds", "end_time_seconds", "label"], rows[split])
+                   ["segment_id", "start_time_seconds", "end_time_seconds", "label"], split_rows)
     (out / "mid_to_display_name.tsv").write_text("".join(f"{m}\t{name}\n" for m, name, _ in SOUND_CLASSES))
     return {"spec": f"audioset-strong:{out}", "sample_rate": sr, "classes": [c[1] for c in SOUND_CLASSES],
             "splits": {s: len({r["segment_id"] for r in rows[s]}) for s in rows}}

@@ -72,7 +72,7 @@ def open_manifest(path: Path, split: str | None = None, classes: str | Path | No
         raise DatasetError(f"{path}: split {split!r} requested but the manifest has no split column")
     seen = {row.get("device", "") for row in rows if has_split and canonical_split(row["split"]) == "train"}
     clips = []
-    for n, (row, labels) in enumerate(zip(rows, label_lists), start=2):
+    for n, (row, labels) in enumerate(zip(rows, label_lists, strict=True), start=2):
         if split is not None and canonical_split(row["split"]) != split:
             continue
         if not row[path_col]:
