@@ -46,6 +46,51 @@ def main() -> None:
     """
 
 
+@main.command("demo-data")
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--task", type=click.Choice(["asc", "tagging", "sed"]), default="asc", show_default=True,
+              help="asc: TAU22 layout, scenes through simulated devices; tagging: AudioSet HDF5 layout; "
+                   "sed: AudioSet-Strong layout with onsets/offsets.")
+@click.option("--clips", type=int, default=None, help="Clips over all splits (default: asc 600, tagging 400, sed 300).")
+@click.option("--seconds", type=float, default=None, help="Clip length (default: asc 1 s, tagging 3 s, sed 4 s).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--overwrite", is_flag=True, help="Write into a non-empty folder.")
+def demo_data(out, task, clips, seconds, seed, overwrite) -> None:
+    """Write a small synthetic dataset in a real dataset's exact layout, for trying kd out."""
+    from kd.data import make_demo_data
+
+    info = make_demo_data(out, task, clips=clips, seed=seed, seconds=seconds, overwrite=overwrite)
+    splits = ", ".join(f"{n} {s}" for s, n in info["splits"].items())
+    out_console = f"wrote {info['clips']} clips ({splits}) of {len(info['classes'])} classes to {info['path']}"
+    console.print(out_console, highlight=False)
+    console.print(f"use it as  --dataset {info['spec']}", highlight=False)
+
+
+@main.command("teachers")
+@click.argument("pattern", required=False)
+def list_teachers_cmd(pattern) -> None:
+    """List the registered teachers (optionally matching a shell PATTERN such as 'passt_s_*')."""
+    from teachers import create_teacher, list_teachers, teacher_cfg
+
+    table = Table("teacher", "params", "sample rate", "context", "frames/s", "AudioSet mAP")
+    table.columns[0].no_wrap = True
+    for name in list_teachers(pattern):
+        cfg = teacher_cfg(name)
+        with _meta_device():
+            model = create_teacher(name)
+        params = sum(p.numel() for p in model.parameters())
+        fps = f"{model.frames_per_second:g}" if model.frames_per_second else "-"
+        mean_ap = f"{cfg['audioset_map']:.3f}" if cfg.get("audioset_map") else "-"
+        table.add_row(name, f"{params / 1e6:.2f} M", f"{model.sample_rate}", f"{model.clip_seconds:g} s", fps, mean_ap)
+    out.print(table)
+
+
+def _meta_device():
+    import torch
+
+    return torch.device("meta")
+
+
 def print_json(obj) -> None:
     click.echo(json.dumps(obj, indent=2, sort_keys=True, default=str))
 

@@ -120,7 +120,10 @@ class Trainer:
     """Runs epochs of ``step`` over a loader, evaluates, checkpoints, resumes.
 
     Args:
-        model: the trainable module (wrapped in DDP here when several processes run).
+        model: the trainable model; its state dict is what checkpoints hold.
+        train_module: what ``step`` calls (default ``model``): a wrapper running frontend, augmentations and
+            model in one ``forward``, so that DistributedDataParallel (applied here when several processes
+            run) sees every parameter use in one call.
         out_dir: where ``last.pt`` and ``best.pt`` go.
         primary_metric: the evaluation metric that decides ``best.pt`` (higher is better).
         meta: JSON-like description saved into every checkpoint (what to rebuild the model from).
@@ -138,15 +141,16 @@ class Trainer:
         seed: int = 0,
         device: torch.device | None = None,
         dist: DistEnv | None = None,
+        train_module: nn.Module | None = None,
     ) -> None:
         self.cfg, self.seed, self.meta = cfg, seed, dict(meta)
         self.device = device or torch.device("cpu")
         self.dist = dist or DistEnv()
         self.model = model.to(self.device)
-        self.train_model: nn.Module = self.model
+        self.train_model: nn.Module = (train_module or model).to(self.device)
         if self.dist.world_size > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.train_model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+            self.train_model = nn.parallel.DistributedDataParallel(self.train_model, device_ids=ids)
         self.out_dir, self.primary_metric = Path(out_dir), primary_metric
         self.optimizer = torch.optim.AdamW(
             [p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay
