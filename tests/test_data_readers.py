@@ -332,3 +332,12 @@ def test_every_demo_dataset_decodes_every_clip(demo):
                 ds = open_dataset(info["spec"], split=split)
                 batch = np.stack([ds.load_audio(c, 16000, 1.0) for c in ds.clips])
                 assert batch.shape == (len(ds), 16000) and (np.abs(batch).max(axis=1) > 1e-3).all()
+
+
+def test_relative_spec_is_made_absolute_so_workers_can_reopen_it(demo, monkeypatch):
+    root = Path(demo["asc"]["path"])
+    monkeypatch.chdir(root.parent)
+    ds = open_dataset(f"tau22:{root.name}", split="eval")
+    assert ds.spec == f"tau22:{root}"
+    monkeypatch.chdir("/")
+    assert open_dataset(ds.spec, split="eval").ids == ds.ids

@@ -324,12 +324,10 @@ def render_events(rng: np.random.Generator, n: int, sr: int, must_have: tuple[in
 
 def _youtube_ids(rng: np.random.Generator, count: int) -> list[str]:
     alphabet = np.array(list(string.ascii_letters + string.digits + "-_"))
-    ids: list[str] = []
+    ids: dict[str, None] = {}  # insertion-ordered set
     while len(ids) < count:
-        candidate = "".join(rng.choice(alphabet, 11))
-        if candidate not in ids:
-            ids.append(candidate)
-    return ids
+        ids.setdefault("".join(rng.choice(alphabet, 11)))
+    return list(ids)
 
 
 def _event_clips(task: str, clips: int, seed: int, seconds: float):

@@ -44,14 +44,15 @@ FORMATS: dict[str, Callable[..., Dataset]] = {
 
 
 def parse_spec(spec: str) -> tuple[str, Path]:
-    """``"tau22:/data/TAU"`` -> ``("tau22", Path("/data/TAU"))`` with ``~`` expanded."""
+    """``"tau22:data/TAU"`` -> ``("tau22", Path("/abs/cwd/data/TAU"))``: ``~`` expanded, made absolute so the
+    dataset's ``spec`` reopens it from any working directory (dask workers, DataLoader processes)."""
     fmt, sep, path = spec.partition(":")
     fmt = fmt.strip().lower()
     if not sep or not path.strip():
         raise DatasetError(f"dataset spec {spec!r} is not FORMAT:PATH (formats: {', '.join(FORMATS)})")
     if fmt not in FORMATS:
         raise DatasetError(f"dataset spec {spec!r}: unknown format {fmt!r} (formats: {', '.join(FORMATS)})")
-    return fmt, Path(path.strip()).expanduser()
+    return fmt, Path(path.strip()).expanduser().absolute()
 
 
 def open_dataset(spec: str, split: str | None = None, **options: Any) -> Dataset:
