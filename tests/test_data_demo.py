@@ -107,6 +107,12 @@ def test_refuses_non_empty_folder_and_bad_arguments(tmp_path):
         make_demo_data(tmp_path / "x", "asc", clips=19)
 
 
+def test_tagging_demo_needs_an_mp3_capable_libsndfile(tmp_path, monkeypatch):
+    monkeypatch.setattr("kd.data.demo.sf.available_formats", lambda: {"WAV": "WAV"})
+    with pytest.raises(DatasetError, match="cannot write MP3"):
+        make_demo_data(tmp_path / "t", "tagging", clips=4)
+
+
 def log_band_features(x: np.ndarray) -> np.ndarray:
     frames = np.lib.stride_tricks.sliding_window_view(x, 1024)[::512] * np.hanning(1024)
     power = np.abs(np.fft.rfft(frames, axis=1)) ** 2

@@ -363,6 +363,9 @@ def _mp3_bytes(audio: np.ndarray, sr: int) -> bytes:
 def _write_audioset_hdf5(out: Path, clips: int, seed: int, seconds: float) -> dict:
     import h5py
 
+    if "MP3" not in sf.available_formats():
+        raise DatasetError(f"libsndfile {sf.__libsndfile_version__} cannot write MP3 (needs >= 1.1 built with "
+                           "mpg123/LAME), and the AudioSet HDF5 layout stores mp3 bytes")
     sr = DEMO_DEFAULTS["tagging"]["sample_rate"]
     rows: dict[str, list[tuple[str, bytes, np.ndarray]]] = {"train": [], "eval": []}
     for split, ytid, _, audio, events in _event_clips("tagging", clips, seed, seconds):
