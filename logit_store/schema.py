@@ -9,8 +9,8 @@ Layout of the Zarr v3 group (``N`` clips, ``C`` classes, ``T`` frames, ``K`` chu
                                     attrs["attrs"]: what the writer recorded (checkpoint sha256, frontend, ...);
                                     attrs["metrics"]: quality metrics written once at the end
     teachers/<name>/clip            [N, C] in the codec's dtype, chunks of chunk_size rows
-    teachers/<name>/clip_range      q8 only: [2, ceil(N/b), C] float16 (lo, hi) per block of b rows
-    teachers/<name>/frame           [N, T, C], chunks of a divisor of chunk_size rows
+    teachers/<name>/clip_range      q8 only: [2, ceil(N/b), C] float16 (lo, hi) per block of b <= 128 rows
+    teachers/<name>/frame           [N, T, C], chunks of a divisor of chunk_size rows (q8: frame deltas)
     teachers/<name>/frame_range     q8 only: [2, N, ceil(T/64), C] float16 per block of 64 frames
     teachers/<name>/done            string [K], one object per chunk: the JSON done record, written last
 

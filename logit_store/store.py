@@ -39,7 +39,7 @@ __all__ = ["DEFAULT_CACHE_BYTES", "LogitStore", "Problem"]
 
 DEFAULT_CACHE_BYTES = 2 * 1024**3
 FRAME_BLOCK = 64  # q8 ranges: one (lo, hi) per class per 64 frames of a clip
-MAX_ROW_BLOCK = 64  # q8 ranges: one (lo, hi) per class per block of <= 64 clips
+MAX_ROW_BLOCK = 128  # q8 ranges: one (lo, hi) per class per block of <= 128 clips
 FRAME_CHUNK_BYTES = 16 * 1024**2  # target size of one stored frame chunk before compression
 
 
@@ -183,6 +183,7 @@ class LogitStore:
         self._clip_ids: list[str] | None = None
         self._row_index: dict[str, int] | None = None
         self._teacher_cache: dict[str, dict[str, Any]] = {}
+        self._groups: dict[str, Any] = {}
         self._records: dict[str, dict[int, dict[str, Any]]] = {}
         self._readers: dict[tuple[str, str], _Reader] = {}
         self._cache_used = 0
@@ -319,7 +320,7 @@ class LogitStore:
             self._row_index = {cid: i for i, cid in enumerate(self.clip_ids)}
         index = self._row_index
         try:
-            return np.fromiter((index[i] for i in ids), dtype=np.int64, count=len(ids))
+            return np.array(list(map(index.__getitem__, ids)), dtype=np.int64)
         except KeyError:
             missing = [i for i in ids if i not in index]
             raise MissingIds(missing, len(ids)) from None
@@ -347,10 +348,12 @@ class LogitStore:
         return sorted(self._root["teachers"].group_keys())
 
     def _teacher_group(self, name: str):
-        teachers = self._root["teachers"]
-        if not isinstance(name, str) or name not in teachers:
-            raise UnknownTeacher(str(name), self.teachers)
-        return teachers[name]
+        if name not in self._groups:
+            teachers = self._root["teachers"]
+            if not isinstance(name, str) or name not in teachers:
+                raise UnknownTeacher(str(name), self.teachers)
+            self._groups[name] = teachers[name]
+        return self._groups[name]
 
     def teacher_info(self, name: str) -> dict[str, Any]:
         """Everything recorded about a teacher: the writer's attrs, codec, frames, levels, metrics."""
@@ -542,6 +545,7 @@ class LogitStore:
     def refresh(self) -> None:
         """Forget cached progress and decoded arrays (to see chunks other processes finished since)."""
         self._records.clear()
+        self._groups.clear()
         self._readers.clear()
         self._teacher_cache.clear()
         self._valid_cache.clear()
@@ -589,10 +593,8 @@ class LogitStore:
         if not names:
             raise StoreError("no teachers to read: the store holds none yet" if teachers is None else
                              "teachers=[] selects nothing")
-        known = self.teachers
         for name in names:
-            if name not in known:
-                raise UnknownTeacher(name, known)
+            self._teacher_group(name)  # UnknownTeacher, checked once per handle
         w = _normalised_weights(weights, len(names))
         ids = list(ids)
         rows = self.rows_of(ids)

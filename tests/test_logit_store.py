@@ -102,8 +102,8 @@ def test_q8_meets_kd_targets_on_audioset_like_logits():
     x[pos] = rng.normal(2.5, 2, pos.sum())
     x = x.astype(np.float32)
     codec = get_codec("q8")
-    codes, ranges = codec.encode(x, 0, 64)
-    y = codec.decode(codes, ranges, 0, 64)
+    codes, ranges = codec.encode(x, 0, 128)
+    y = codec.decode(codes, ranges, 0, 128)
     assert codes.dtype == np.uint8
     assert np.abs(sigmoid(y) - sigmoid(x)).max() <= 0.004
     assert softmax_kl(x, y, 1) <= 1e-4 and softmax_kl(x, y, 2) <= 1e-4

@@ -1,0 +1,244 @@
+"""Logit store: size, write speed, shuffled batch reads and target error of each codec, against baselines.
+
+Data: realistic synthetic teacher logits. Clip level is AudioSet-like (200 000 x 527): a per-class prior
+between -13 and -6, a per-clip offset, noise, and on average ~2.5 positive classes per clip (Zipf-like class
+frequencies) around +2.5. Frame level (2 000 x 250 x 447) is temporally smooth: per-clip class levels plus
+a slow AR(1) drift and a few events with soft onsets and offsets.
+
+For each codec (f32, f16, q8) the script writes a store chunk by chunk (write MB/s of float32 input), reads
+it back in shuffled batches of ids through ``LogitStore.read`` after a warm-up batch (rows/s), and measures
+the error of the decoded targets students train on: max |Δ sigmoid| and the mean KL divergence of softmax at
+T=1 and T=2 (per clip, or per frame). Baselines measured in the same run: a float32 NumPy memmap (gather of
+the same rows) and h5py with gzip (level 4, chunks of 64 clips, or one clip for frames; sorted fancy index).
+The last line is one JSON object: the default codec's (q8) ``bytes_per_logit``, ``max_abs_dsigmoid``,
+``kl_t1``, ``kl_t2``, ``read_vs_memmap``, ``read_vs_h5py`` at the top level, the same and more per codec under
+``codecs``, and the baselines under ``baselines``.
+
+    python benchmarks/store_bench.py            # full sizes (several minutes, ~6 GB of RAM)
+    python benchmarks/store_bench.py --quick    # 20 000 x 527 clips, 150 x 250 x 447 frames (< 1 minute)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from logit_store import LogitStore  # noqa: E402
+
+CODECS = ("f32", "f16", "q8")
+DEFAULT_CODEC = "q8"
+
+
+def audioset_like(n: int, c: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    prior = rng.uniform(-13, -6, c).astype(np.float32)
+    freq = 1.0 / np.arange(1, c + 1)
+    freq = rng.permutation(freq / freq.sum() * 2.5)  # ~2.5 positives per clip
+    out = np.empty((n, c), np.float32)
+    for start in range(0, n, 10000):
+        m = min(n, start + 10000) - start
+        x = prior + rng.normal(0, 1.0, (m, 1)).astype(np.float32) + rng.normal(0, 1.5, (m, c)).astype(np.float32)
+        positive = rng.random((m, c)) < freq
+        x[positive] = rng.normal(2.5, 2.0, int(positive.sum()))
+        out[start:start + m] = x
+    return out
+
+
+def smooth_frames(n: int, t: int, c: int, seed: int = 1) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    prior = rng.uniform(-12, -5, c).astype(np.float32)
+    out = np.empty((n, t, c), np.float32)
+    frames = np.arange(t)[:, None]
+    for start in range(0, n, 50):
+        m = min(n, start + 50) - start
+        drift = np.empty((m, t, c), np.float32)
+        drift[:, 0] = rng.normal(0, 1.0, (m, c))
+        noise = rng.normal(0, 0.25, (m, t, c)).astype(np.float32)
+        for i in range(1, t):  # AR(1) with a correlation time of ~20 frames
+            drift[:, i] = 0.95 * drift[:, i - 1] + noise[:, i]
+        x = prior + rng.normal(0, 1.0, (m, 1, 1)).astype(np.float32) + drift
+        for j in range(m):
+            for cls in rng.choice(c, size=rng.integers(1, 5), replace=False):
+                on, length = rng.integers(0, t), rng.integers(10, t // 2)
+                edge = 1 / (1 + np.exp(-(frames[:, 0] - on) / 2.0)) * (1 / (1 + np.exp((frames[:, 0] - on - length) / 2.0)))
+                x[j, :, cls] += edge * (rng.normal(2.5, 1.5) - x[j, :, cls].mean())
+        out[start:start + m] = x
+    return out
+
+
+def target_error(ref: np.ndarray, got: np.ndarray) -> dict[str, float]:
+    """max |Δ sigmoid| and mean softmax KL(ref || got) at T=1 and T=2 over the last (class) axis."""
+    ref2, got2 = ref.reshape(-1, ref.shape[-1]), got.reshape(-1, got.shape[-1])
+    dsig, kl = 0.0, {1: 0.0, 2: 0.0}
+    step = 20000
+    for s in range(0, len(ref2), step):
+        a, b = ref2[s:s + step].astype(np.float64), got2[s:s + step].astype(np.float64)
+        dsig = max(dsig, float(np.abs(1 / (1 + np.exp(-a)) - 1 / (1 + np.exp(-b))).max()))
+        for t in kl:
+            la, lb = _log_softmax(a / t), _log_softmax(b / t)
+            kl[t] += float((np.exp(la) * (la - lb)).sum())
+    return {"max_abs_dsigmoid": dsig, "kl_t1": kl[1] / len(ref2), "kl_t2": kl[2] / len(ref2)}
+
+
+def _log_softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
+def batches(n: int, batch: int, count: int, seed: int) -> list[np.ndarray]:
+    """``count`` shuffled batches of distinct rows, as a sampler over a shuffled epoch would give."""
+    rng = np.random.default_rng(seed)
+    return [rng.choice(n, size=batch, replace=False) for _ in range(count)]
+
+
+def rows_per_s(read, index_batches: list[np.ndarray]) -> float:
+    read(index_batches[0])  # warm-up: opens files, fills caches
+    start = time.perf_counter()
+    for rows in index_batches[1:]:
+        read(rows)
+    return sum(len(b) for b in index_batches[1:]) / (time.perf_counter() - start)
+
+
+def bench_store(root: Path, codec: str, clip: np.ndarray, frame: np.ndarray, clip_batches, frame_batches):
+    url = str(root / f"{codec}.zarr")
+    n, c = clip.shape
+    ids = [f"Y{i:07d}" for i in range(n)]
+    store = LogitStore.create(url, ids, [f"class{i}" for i in range(c)], dataset="synthetic",
+                              dataset_fingerprint="synthetic", chunk_size=1024, overwrite=True)
+    store.add_teacher("clip_teacher", codec=codec)
+    start = time.perf_counter()
+    for k in range(store.num_chunks):
+        store.write_chunk("clip_teacher", k, clip[store.chunk_rows(k)])
+    clip_write_s = time.perf_counter() - start
+    fids = ids[: len(frame)]
+    fstore_url = str(root / f"{codec}-frames.zarr")
+    fstore = LogitStore.create(fstore_url, fids, [f"class{i}" for i in range(frame.shape[2])], dataset="synthetic",
+                               dataset_fingerprint="synthetic", chunk_size=64, overwrite=True)
+    fstore.add_teacher("frame_teacher", codec=codec, frames=frame.shape[1], frames_per_second=25.0)
+    start = time.perf_counter()
+    for k in range(fstore.num_chunks):
+        rows = fstore.chunk_rows(k)
+        fstore.write_chunk("frame_teacher", k, frame[rows].mean(axis=1), frame[rows])
+    frame_write_s = time.perf_counter() - start
+
+    reader = LogitStore.open(url)
+    start = time.perf_counter()
+    reader.read(ids[:1])
+    cold_open_s = time.perf_counter() - start
+    id_arr = np.array(ids, dtype=object)
+    clip_rps = rows_per_s(lambda r: reader.read(id_arr[r].tolist(), ["clip_teacher"]), clip_batches)
+    freader = LogitStore.open(fstore_url)
+    fid_arr = np.array(fids, dtype=object)
+    frame_rps = rows_per_s(lambda r: freader.read(fid_arr[r].tolist(), ["frame_teacher"], level="frame"),
+                           frame_batches)
+    decoded = reader.read(ids, ["clip_teacher"])
+    decoded_frames = freader.read(fids, ["frame_teacher"], level="frame")
+    info = reader.info()["teachers"]["clip_teacher"]
+    finfo = freader.info()["teachers"]["frame_teacher"]
+    return {
+        "bytes_per_logit": info["bytes_per_logit"],
+        "frame_bytes_per_logit": _level_bytes(fstore_url, "frame_teacher", "frame") / frame.size,
+        "write_mb_s": clip.nbytes / 1e6 / clip_write_s,
+        "frame_write_mb_s": (frame.nbytes + frame.nbytes / frame.shape[1]) / 1e6 / frame_write_s,
+        "read_rows_s": clip_rps,
+        "frame_read_rows_s": frame_rps,
+        "cold_open_first_read_s": cold_open_s,
+        **target_error(clip, decoded),
+        "frame": target_error(frame, decoded_frames),
+        "store_bytes_on_disk": info["bytes_on_disk"] + finfo["bytes_on_disk"],
+    }
+
+
+def _level_bytes(url: str, teacher: str, level: str) -> int:
+    root = Path(url) / "teachers" / teacher
+    return sum(f.stat().st_size for name in (level, f"{level}_range") for f in (root / name).rglob("*") if f.is_file())
+
+
+def bench_memmap(root: Path, clip: np.ndarray, frame: np.ndarray, clip_batches, frame_batches) -> dict[str, float]:
+    out = {}
+    for name, x, bs in (("clip", clip, clip_batches), ("frame", frame, frame_batches)):
+        path = root / f"{name}.f32"
+        start = time.perf_counter()
+        mm = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=x.shape)
+        mm[:] = x
+        mm.flush()
+        del mm
+        write_s = time.perf_counter() - start
+        mm = np.load(path, mmap_mode="r")
+        out[f"{name}_write_mb_s"] = x.nbytes / 1e6 / write_s
+        out[f"{name}_read_rows_s"] = rows_per_s(lambda r: np.asarray(mm[r]), bs)
+        out[f"{name}_bytes_per_logit"] = path.stat().st_size / x.size
+    return out
+
+
+def bench_h5py(root: Path, clip: np.ndarray, frame: np.ndarray, clip_batches, frame_batches) -> dict[str, float]:
+    import h5py
+
+    out = {}
+    for name, x, bs, chunks in (("clip", clip, clip_batches, (64, clip.shape[1])),
+                                ("frame", frame, frame_batches, (1, *frame.shape[1:]))):
+        path = root / f"{name}.h5"
+        start = time.perf_counter()
+        with h5py.File(path, "w") as f:
+            f.create_dataset("logits", data=x, chunks=chunks, compression="gzip", compression_opts=4)
+        out[f"{name}_write_mb_s"] = x.nbytes / 1e6 / (time.perf_counter() - start)
+        f = h5py.File(path, "r")
+        ds = f["logits"]
+
+        def read(rows, ds=ds):
+            order = np.argsort(rows)
+            got = ds[np.sort(rows)]  # h5py needs increasing indices
+            return got[np.argsort(order)]
+        out[f"{name}_read_rows_s"] = rows_per_s(read, bs)
+        out[f"{name}_bytes_per_logit"] = path.stat().st_size / x.size
+        f.close()
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, finishes in under a minute")
+    parser.add_argument("--batch", type=int, default=128, help="clip-level batch size (shuffled ids)")
+    parser.add_argument("--frame-batch", type=int, default=32, help="frame-level batch size")
+    parser.add_argument("--workdir", default=None, help="where to write the stores (default: a temp folder)")
+    args = parser.parse_args()
+    n, nf = (20000, 150) if args.quick else (200000, 2000)
+    clip_batches = batches(n, args.batch, 60 if args.quick else 400, seed=2)
+    frame_batches = batches(nf, args.frame_batch, 10 if args.quick else 40, seed=3)
+    t0 = time.perf_counter()
+    clip, frame = audioset_like(n, 527), smooth_frames(nf, 250, 447)
+    print(f"data: clip {clip.shape}, frame {frame.shape} in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
+    root = Path(tempfile.mkdtemp(prefix="store_bench-", dir=args.workdir))
+    try:
+        baselines = {"memmap": bench_memmap(root, clip, frame, clip_batches, frame_batches),
+                     "h5py_gzip": bench_h5py(root, clip, frame, clip_batches, frame_batches)}
+        print(f"baselines: {json.dumps(baselines)}", file=sys.stderr)
+        codecs = {}
+        for codec in CODECS:
+            r = bench_store(root, codec, clip, frame, clip_batches, frame_batches)
+            r["read_vs_memmap"] = r["read_rows_s"] / baselines["memmap"]["clip_read_rows_s"]
+            r["read_vs_h5py"] = r["read_rows_s"] / baselines["h5py_gzip"]["clip_read_rows_s"]
+            r["frame_read_vs_memmap"] = r["frame_read_rows_s"] / baselines["memmap"]["frame_read_rows_s"]
+            r["frame_read_vs_h5py"] = r["frame_read_rows_s"] / baselines["h5py_gzip"]["frame_read_rows_s"]
+            codecs[codec] = r
+            print(f"{codec}: {json.dumps(r)}", file=sys.stderr)
+            shutil.rmtree(root / f"{codec}.zarr")
+            shutil.rmtree(root / f"{codec}-frames.zarr")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    top = {k: codecs[DEFAULT_CODEC][k] for k in ("bytes_per_logit", "max_abs_dsigmoid", "kl_t1", "kl_t2",
+                                                 "read_vs_memmap", "read_vs_h5py", "write_mb_s", "read_rows_s")}
+    print(json.dumps({"default_codec": DEFAULT_CODEC, **top, "clips": n, "frame_clips": nf, "batch": args.batch,
+                      "frame_batch": args.frame_batch, "codecs": codecs, "baselines": baselines}))
+
+
+if __name__ == "__main__":
+    main()
