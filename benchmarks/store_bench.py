@@ -31,7 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from logit_store import LogitStore  # noqa: E402
+from logit_store import LogitStore
 
 CODECS = ("f32", "f16", "q8")
 DEFAULT_CODEC = "q8"
@@ -174,7 +174,7 @@ def bench_memmap(root: Path, clip: np.ndarray, frame: np.ndarray, clip_batches, 
         write_s = time.perf_counter() - start
         mm = np.load(path, mmap_mode="r")
         out[f"{name}_write_mb_s"] = x.nbytes / 1e6 / write_s
-        out[f"{name}_read_rows_s"] = rows_per_s(lambda r: np.asarray(mm[r]), bs)
+        out[f"{name}_read_rows_s"] = rows_per_s(lambda r, mm=mm: np.asarray(mm[r]), bs)
         out[f"{name}_bytes_per_logit"] = path.stat().st_size / x.size
     return out
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 __all__ = [
+    "DatasetMismatch",
     "IncompatibleStore",
     "InvalidLogits",
     "MissingIds",
@@ -13,7 +14,6 @@ __all__ = [
     "UnknownTeacher",
     "UnwrittenRows",
     "VocabularyMismatch",
-    "DatasetMismatch",
 ]
 
 

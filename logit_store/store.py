@@ -58,7 +58,7 @@ class Problem:
 
 
 def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
 def _kd_version() -> str | None:
@@ -100,7 +100,7 @@ class _Reader:
         group = store._teacher_group(teacher)
         info = store.teacher_info(teacher)
         self.data = group[level]
-        self.ranges = group[f"{level}_range"] if f"{level}_range" in group else None
+        self.ranges = group.get(f"{level}_range", None)
         self.codec = get_codec(info["codec_config"])
         self.level = level
         self.rows_per_chunk = self.data.chunks[0]
@@ -271,13 +271,13 @@ class LogitStore:
              storage_options: dict[str, Any] | None = None) -> LogitStore:
         """Open an existing store (``StoreNotFound`` if none, ``IncompatibleStore`` for another format version)."""
         store = cls(url, mode, cache_bytes=cache_bytes, storage_options=storage_options)
-        store._root  # fail now, in the caller's process, rather than inside a worker
+        _ = store._root  # fail now, in the caller's process, rather than inside a worker
         return store
 
     # --- layout ---------------------------------------------------------------------------------------------
     @property
     def meta(self) -> dict[str, Any]:
-        self._root
+        _ = self._root
         return self._meta
 
     @property
@@ -536,7 +536,7 @@ class LogitStore:
 
     def _valid_rows(self, teacher: str) -> np.ndarray:
         ok = np.zeros(self.num_clips, bool)
-        for k, record in self.done_records(teacher).items():
+        for record in self.done_records(teacher).values():
             start, stop = record["rows"]
             ok[start:stop] = True
             ok[np.asarray(record["invalid"], np.int64) + start] = False
@@ -742,7 +742,7 @@ def _verify_root(store: LogitStore) -> list[Problem]:
         problems.append(Problem("classes", f"{len(meta['classes'])} class names for {meta['num_classes']} classes"))
     try:
         ids = store.clip_ids
-    except Exception as e:  # an undecodable id array is a finding, not a crash
+    except Exception as e:  # noqa: BLE001 -- an undecodable id array is a finding, not a crash
         return problems + [Problem("clip-ids", f"clip ids cannot be read: {e}")]
     if len(ids) != meta["num_clips"]:
         problems.append(Problem("clip-ids", f"{len(ids)} clip ids for {meta['num_clips']} clips"))
@@ -832,7 +832,7 @@ def _verify_chunk(store: LogitStore, name: str, k: int, record: dict[str, Any],
             continue
         try:
             values = reader.decode_rows(rows.start, rows.stop)
-        except Exception as e:  # zstd/crc32c failures surface as various exception types
+        except Exception as e:  # noqa: BLE001 -- zstd/crc32c failures surface as various exception types
             problems.append(Problem("corrupt-chunk", f"{level} logits cannot be decoded: {type(e).__name__}: {e}",
                                     name, k))
             continue
