@@ -85,6 +85,249 @@ def list_teachers_cmd(pattern) -> None:
     out.print(table)
 
 
+@main.command("train-teacher")
+@click.option("--dataset", required=True, metavar="FORMAT:PATH",
+              help="Labelled dataset: audioset-hdf5:FILE, audioset:DIR, audioset-strong:DIR, tau22:DIR, manifest:FILE.")
+@click.option("--teacher", required=True, metavar="NAME", help="Registered teacher (see `kd teachers`).")
+@click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Official or earlier checkpoint to fine-tune from (default: train from scratch).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for last.pt / best.pt.")
+@click.option("--train-split", default="train", show_default=True)
+@click.option("--eval-split", default="eval", show_default=True)
+@click.option("--epochs", type=int, default=10, show_default=True)
+@click.option("--batch-size", type=int, default=16, show_default=True)
+@click.option("--lr", type=float, default=1e-4, show_default=True, help="Peak learning rate (AdamW).")
+@click.option("--mixup", type=float, default=0.3, show_default=True, help="Mixup Beta alpha; 0 disables.")
+@click.option("--mixstyle", "mixstyle_p", type=float, default=0.0, show_default=True,
+              help="Probability of Freq-MixStyle per batch.")
+@click.option("--clip-seconds", type=float, default=None, help="Override the teacher's context (tiny teachers).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--workers", "num_workers", type=int, default=0, show_default=True, help="DataLoader worker processes.")
+@click.option("--tracking-uri", default=None, help="MLflow tracking URI (default: ./mlflow.db or $MLFLOW_TRACKING_URI).")
+@click.option("--resume", is_flag=True, help="Continue from OUT/last.pt.")
+def train_teacher_cmd(**options) -> None:
+    """Fine-tune a teacher on a labelled dataset (CE for scenes, BCE for tags, frame BCE for SED)."""
+    from kd.train_teacher import TrainTeacherConfig, train_teacher
+
+    cfg = TrainTeacherConfig(**options)
+    result = train_teacher(cfg, on_epoch=_print_epoch)
+    console.print(f"best {result['metric']} {result['best']:.4f}; checkpoint {result['checkpoint']}", highlight=False)
+
+
+def _print_epoch(epoch: int, record: dict) -> None:
+    shown = {k: v for k, v in record.items() if not k.startswith("acc_") or k in ("acc_seen", "acc_unseen")}
+    console.print(f"epoch {epoch}: " + "  ".join(f"{k} {v:.4g}" for k, v in shown.items() if k != "epoch"),
+                  highlight=False)
+
+
+@main.command("teach")
+@click.option("--dataset", required=True, metavar="FORMAT:PATH",
+              help="audioset-hdf5:FILE, audioset:DIR, audioset-strong:DIR, tau22:DIR or manifest:FILE.")
+@click.option("--split", default=None, help="Split to teach (default: the format's default, usually train).")
+@click.option("--teacher", "teachers", multiple=True, required=True, metavar="[ALIAS:]NAME[=CHECKPOINT]",
+              help="A teacher to run (repeat for an ensemble). Without a checkpoint it runs with random weights.")
+@click.option("--store", required=True, metavar="URL", help="Logit store: a path, file://, memory:// or s3:// URL.")
+@click.option("--codec", type=click.Choice(["q8", "f16", "f32"]), default="q8", show_default=True,
+              help="How logits are stored: q8 (8-bit, designed for KD targets), f16 or f32.")
+@click.option("--workers", type=int, default=1, show_default=True, help="Local dask worker processes.")
+@click.option("--scheduler", default=None, metavar="ADDRESS", help="A dask.distributed scheduler to run on instead.")
+@click.option("--batch-size", type=int, default=8, show_default=True)
+@click.option("--chunk-size", type=int, default=256, show_default=True, help="Clips per store chunk (new stores).")
+@click.option("--seconds", type=float, default=None, help="Audio length fed to the teachers (default: their context).")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+@click.option("--tracking-uri", default=None, help="MLflow tracking URI (default: ./mlflow.db or $MLFLOW_TRACKING_URI).")
+def teach_cmd(dataset, split, teachers, store, codec, workers, scheduler, batch_size, chunk_size, seconds, device,
+              tracking_uri) -> None:
+    """Run teachers once over a dataset and store their logits (resumable: rerun to continue)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from kd.models import TeacherSpec
+    from kd.teach import TeachConfig, run_teach
+
+    if workers > 1 and scheduler:
+        raise click.UsageError("--workers and --scheduler are exclusive")
+    cfg = TeachConfig(
+        dataset=dataset, split=split, teachers=tuple(TeacherSpec.parse(t) for t in teachers), store=store,
+        codec=codec, workers=workers, scheduler=scheduler, batch_size=batch_size, chunk_size=chunk_size,
+        seconds=seconds, device=device, tracking_uri=tracking_uri,
+    )
+    columns = (TextColumn("teaching"), BarColumn(), MofNCompleteColumn(), TextColumn("clips"),
+               TextColumn("{task.fields[rate]}"), TimeRemainingColumn())
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task("teach", total=None, rate="")
+
+        def on_progress(done: int, total: int) -> None:
+            elapsed = progress.tasks[0].elapsed or 0
+            rate = f"{done / elapsed:.1f} clips/s" if elapsed else ""
+            progress.update(task, completed=done, total=total, rate=rate)
+
+        summary = run_teach(cfg, on_progress=on_progress,
+                            on_warning=lambda m: console.print(f"[bold yellow]warning:[/] {m}", highlight=False))
+    _print_teach_summary(summary)
+
+
+def _print_teach_summary(summary) -> None:
+    info = summary.store_info
+    table = Table("", "", title="kd teach", show_header=False)
+    table.add_row("store", summary.store)
+    table.add_row("clips", f"{summary.clips} ({summary.chunks_run} chunks run, {summary.chunks_skipped} already done)")
+    for name, count in summary.written.items():
+        table.add_row(f"written by {name}", str(count))
+    table.add_row("failed clips", str(len(summary.failures)))
+    table.add_row("store size", f"{info.get('bytes_on_disk', 0) / 1e6:.2f} MB")
+    if info.get("bytes_per_logit") is not None:
+        table.add_row("bytes per logit", f"{info['bytes_per_logit']:.3f}")
+    table.add_row("wall time", f"{summary.wall_seconds:.1f} s")
+    for view, values in summary.metrics.items():
+        table.add_row(f"quality of {view}", "  ".join(f"{k} {v:.3f}" for k, v in values.items()
+                                                   if not k.startswith("acc_") or k in ("acc_seen", "acc_unseen")))
+    if summary.run_id:
+        table.add_row("MLflow run", summary.run_id)
+    out.print(table)
+    if summary.failures:
+        failed = Table("clip", "reason", title="clips that could not be decoded (not stored)")
+        for clip_id, reason in list(summary.failures.items())[:20]:
+            failed.add_row(clip_id, reason)
+        out.print(failed)
+
+
+@main.command("distill")
+@click.option("--dataset", required=True, metavar="FORMAT:PATH", help="The dataset the store was taught on.")
+@click.option("--store", default=None, metavar="URL", help="Logit store written by `kd teach`.")
+@click.option("--teachers", default="none", show_default=True, metavar="NAME[,NAME...][:W,W...]|none",
+              help="Stored teachers to distil from (an ensemble view, optionally weighted); none: labels only.")
+@click.option("--space", type=click.Choice(["logit", "prob"]), default="logit", show_default=True,
+              help="Average ensemble members' logits or their probabilities.")
+@click.option("--student", required=True, metavar="NAME", help="Registered student (see `kd students`).")
+@click.option("--pretrained", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Student checkpoint to start from (e.g. an official EfficientAT release).")
+@click.option("--kd-lambda", type=float, default=None,
+              help="Weight of the label loss; the KD loss gets 1 - lambda (default: asc 0.02, else 0.1).")
+@click.option("--temperature", type=float, default=None, help="KD temperature (default: asc 2, else 1).")
+@click.option("--epochs", type=int, default=10, show_default=True)
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--lr", type=float, default=1e-3, show_default=True, help="Peak learning rate (AdamW).")
+@click.option("--mixup", type=float, default=0.3, show_default=True, help="Mixup Beta alpha; 0 disables.")
+@click.option("--mixstyle", "mixstyle_p", type=float, default=0.0, show_default=True,
+              help="Probability of Freq-MixStyle per batch (0.4 in the DCASE'23 system).")
+@click.option("--dir", "dir_folder", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Folder of device impulse responses to convolve device-a clips with.")
+@click.option("--dir-p", type=float, default=0.4, show_default=True, help="Probability of the DIR augmentation.")
+@click.option("--roll", "roll_seconds", type=float, default=0.0, show_default=True, help="Max time roll in seconds.")
+@click.option("--gain", "gain_db", type=float, default=0.0, show_default=True, help="Max random gain in dB.")
+@click.option("--seconds", type=float, default=None, help="Clip length (default: the store's, else the dataset's).")
+@click.option("--train-split", default="train", show_default=True)
+@click.option("--eval-split", default="eval", show_default=True)
+@click.option("--missing", type=click.Choice(["error", "drop"]), default="error", show_default=True,
+              help="What to do with training clips that have no stored logits.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for last.pt / best.pt.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N (torchrun: per rank).")
+@click.option("--workers", "num_workers", type=int, default=0, show_default=True, help="DataLoader worker processes.")
+@click.option("--tracking-uri", default=None, help="MLflow tracking URI (default: ./mlflow.db or $MLFLOW_TRACKING_URI).")
+@click.option("--resume", is_flag=True, help="Continue from OUT/last.pt (same options).")
+def distill_cmd(teachers, **options) -> None:
+    """Train a student from stored teacher logits (hard-label + KD loss), evaluating every epoch."""
+    from kd.distill import DistillConfig, TeacherChoice, distill
+
+    cfg = DistillConfig(teachers=TeacherChoice.parse(teachers), **options)
+    result = distill(cfg, on_epoch=_print_epoch)
+    console.print(f"best {result['metric']} {result['best']:.4f}; {result['params']:,} params, "
+                  f"{result['macs'] / 1e6:.1f} MMACs; checkpoint {result['checkpoint']}", highlight=False)
+
+
+@main.command("eval")
+@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
+@click.option("--dataset", required=True, metavar="FORMAT:PATH")
+@click.option("--split", default="eval", show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
+def eval_cmd(checkpoint, dataset, split, device, as_json) -> None:
+    """Evaluate a student checkpoint written by `kd distill` on a dataset split."""
+    from kd.distill import evaluate_checkpoint
+
+    metrics = evaluate_checkpoint(checkpoint, dataset, split=split, device=device)
+    if as_json:
+        print_json(metrics)
+        return
+    table = Table("metric", "value", title=f"{checkpoint} on {dataset} ({split})")
+    for name, value in metrics.items():
+        table.add_row(name, f"{value:.4f}")
+    out.print(table)
+
+
+@main.command("predict")
+@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
+@click.argument("audio", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--top", type=int, default=3, show_default=True, help="Classes shown per clip.")
+@click.option("--threshold", type=float, default=0.5, show_default=True, help="Event threshold (SED students).")
+@click.option("--device", default="auto", show_default=True)
+def predict_cmd(checkpoint, audio, top, threshold, device) -> None:
+    """Print a student's top classes (clip students) or detected events (frame-wise students) for audio files."""
+    from kd.distill import predict_files
+
+    for result in predict_files(checkpoint, audio, top=top, threshold=threshold, device=device):
+        if "events" in result:
+            table = Table("onset", "offset", "event", title=result["file"])
+            for onset, offset, name in result["events"]:
+                table.add_row(f"{onset:.2f} s", f"{offset:.2f} s", name)
+        else:
+            table = Table("class", "probability", title=result["file"])
+            for name, p in result["top"]:
+                table.add_row(name, f"{p:.3f}")
+        out.print(table)
+
+
+@main.group("store")
+def store_group() -> None:
+    """Inspect and check logit stores."""
+
+
+@store_group.command("info")
+@click.argument("store")
+@click.option("--json", "as_json", is_flag=True, help="Print everything as one JSON object.")
+def store_info(store, as_json) -> None:
+    """Clips, teachers, shapes, codec, bytes on disk, bytes per logit and fraction done of STORE."""
+    from logit_store import LogitStore
+
+    info = LogitStore.open(store).info()
+    if as_json:
+        print_json(info)
+        return
+    head = Table("", "", show_header=False, title=f"logit store {info['url']}")
+    head.add_row("dataset", f"{info['dataset']} ({info['dataset_fingerprint'][:12]})")
+    head.add_row("clips / classes", f"{info['clips']} / {info['classes']}")
+    head.add_row("chunks", f"{info['num_chunks']} of {info['chunk_size']} clips")
+    head.add_row("bytes on disk", f"{info['bytes_on_disk'] / 1e6:.2f} MB")
+    head.add_row("format version", str(info["format_version"]))
+    out.print(head)
+    table = Table("teacher", "codec", "shapes", "frames/s", "done", "failed", "MB", "bytes/logit", "quality")
+    table.columns[0].no_wrap = True
+    for name, t in info["teachers"].items():
+        shapes = ", ".join(f"{k} {list(v)}" for k, v in t["shapes"].items())
+        quality = "  ".join(f"{k} {v:.3f}" for k, v in (t.get("metrics") or {}).items() if not k.startswith("acc_"))
+        bpl = "-" if t["bytes_per_logit"] is None else f"{t['bytes_per_logit']:.3f}"
+        table.add_row(name, t["codec"], shapes, str(t["frames_per_second"] or "-"), f"{t['fraction_done']:.0%}",
+                      str(t["failed_clips"]), f"{t['bytes_on_disk'] / 1e6:.2f}", bpl, quality)
+    out.print(table)
+
+
+@store_group.command("verify")
+@click.argument("store")
+def store_verify(store) -> None:
+    """Check STORE: missing or corrupt chunks, NaN/inf, shapes and class counts. Exit code 1 when anything is wrong."""
+    from logit_store import LogitStore
+
+    problems = LogitStore.open(store).verify()
+    for problem in problems:
+        out.print(f"[red]✗[/] {problem}", highlight=False)
+    if problems:
+        console.print(f"[bold red]{len(problems)} problem(s) in {store}[/]", highlight=False)
+        sys.exit(1)
+    out.print(f"[green]✓[/] {store} is complete and readable")
+
+
 def _meta_device():
     import torch
 

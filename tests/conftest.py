@@ -1,0 +1,24 @@
+"""Shared fixtures: small demo datasets written once per test session (each test copies what it modifies)."""
+import pytest
+
+from kd.data import make_demo_data
+
+
+@pytest.fixture(scope="session")
+def demo_asc(tmp_path_factory):
+    return make_demo_data(tmp_path_factory.mktemp("demo") / "asc", "asc", clips=40, seed=0)
+
+
+@pytest.fixture(scope="session")
+def demo_tagging(tmp_path_factory):
+    return make_demo_data(tmp_path_factory.mktemp("demo") / "tagging", "tagging", clips=24, seed=0, seconds=1.0)
+
+
+@pytest.fixture(scope="session")
+def demo_sed(tmp_path_factory):
+    return make_demo_data(tmp_path_factory.mktemp("demo") / "sed", "sed", clips=24, seed=0, seconds=4.0)
+
+
+@pytest.fixture
+def tracking_uri(tmp_path):
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
