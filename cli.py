@@ -328,6 +328,31 @@ def store_verify(store) -> None:
     out.print(f"[green]✓[/] {store} is complete and readable")
 
 
+@main.command("quickstart")
+@click.option("--out", default="kd-quickstart", show_default=True, type=click.Path(file_okay=False),
+              help="Folder for the demo data, teachers, store, students and the MLflow database.")
+@click.option("--task", type=click.Choice(["asc", "tagging", "sed"]), default="asc", show_default=True)
+@click.option("--clips", type=int, default=None, help="Demo clips (default: the demo's size for the task).")
+@click.option("--teacher-epochs", type=int, default=8, show_default=True)
+@click.option("--student-epochs", type=int, default=10, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--tracking-uri", default=None, help="MLflow tracking URI (default: OUT/mlflow.db).")
+@click.option("--overwrite", is_flag=True, help="Reuse a non-empty OUT.")
+def quickstart_cmd(**options) -> None:
+    """The whole pipeline on built-in demo data: train two teachers, teach, distil four students, compare."""
+    from kd.quickstart import QuickstartConfig, quickstart
+
+    cfg = QuickstartConfig(**options)
+    result = quickstart(cfg, on_step=lambda m: console.rule(f"[bold]{m}"), on_epoch=_print_epoch)
+    _print_teach_summary(result["teach"])
+    table = Table("student run", result["runs"]["no teacher"]["metric"], "params", "MMACs", "MLflow run",
+                  title=f"{result['student']} on {result['dataset']}")
+    for label, run in result["runs"].items():
+        table.add_row(label, f"{run['best']:.4f}", f"{run['params']:,}", f"{run['macs'] / 1e6:.2f}", run["run_id"])
+    out.print(table)
+    out.print(f"Compare the runs in MLflow:\n  {result['mlflow_ui']}\nthen open http://127.0.0.1:5000", highlight=False)
+
+
 def _meta_device():
     import torch
 
