@@ -321,7 +321,7 @@ def store_verify(store) -> None:
 
     problems = LogitStore.open(store).verify()
     for problem in problems:
-        out.print(f"[red]✗[/] {problem}", highlight=False)
+        out.print(f"[red]✗ {problem.kind}[/] {problem}", highlight=False)
     if problems:
         console.print(f"[bold red]{len(problems)} problem(s) in {store}[/]", highlight=False)
         sys.exit(1)
