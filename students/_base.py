@@ -1,0 +1,62 @@
+"""The contract every student follows (see the package docstring) and the helpers its families share."""
+from __future__ import annotations
+
+import abc
+
+import torch
+from torch import nn
+
+__all__ = ["Student", "init_mobile_weights"]
+
+
+class Student(nn.Module, abc.ABC):
+    """Base of all students: a frontend and a spectrogram-level forward.
+
+    Subclasses set ``sample_rate``, ``num_classes``, ``frames_per_second`` (None for clip-level students),
+    ``frontend`` and ``classifier_prefixes`` (the state-dict prefixes of the layers sized by ``num_classes``,
+    which ``create_student`` re-initialises when a checkpoint has another class count), and implement
+    ``forward_spectrogram``.
+    """
+
+    sample_rate: int
+    num_classes: int
+    frames_per_second: float | None = None
+    frontend: nn.Module
+    classifier_prefixes: tuple[str, ...]
+
+    @abc.abstractmethod
+    def forward_spectrogram(self, spec: torch.Tensor) -> torch.Tensor:
+        """Logits ``[B, C]`` (clip students) or ``[B, T, C]`` (frame students) for ``[B, 1, F, T]`` spectrograms."""
+
+    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        """Logits for a batch of waveforms ``[B, N]`` at ``sample_rate``."""
+        return self.forward_spectrogram(self.frontend(waveform))
+
+    def spectrogram_shape(self, seconds: float) -> tuple[int, int, int]:
+        """``(1, F, T)`` of the spectrogram ``frontend`` makes of ``seconds`` of audio (without running it)."""
+        samples = int(round(seconds * self.sample_rate))
+        return 1, self.frontend.n_mels, self.frontend.num_frames(samples)
+
+
+def init_mobile_weights(m: nn.Module) -> None:
+    """The initialisation of EfficientAT, DyMN and CP-Mobile (torchvision's MobileNetV3 scheme)."""
+    if isinstance(m, (nn.Conv1d, nn.Conv2d)):
+        nn.init.kaiming_normal_(m.weight, mode="fan_out")
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm)):
+        if m.weight is not None:
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.Linear):
+        nn.init.normal_(m.weight, 0, 0.01)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+
+def strip_prefixes(state_dict: dict[str, torch.Tensor], prefixes: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """Drop a wrapper prefix (``module.`` of DataParallel, ``model.`` of a Lightning module) shared by all keys."""
+    for prefix in prefixes:
+        if state_dict and all(k.startswith(prefix) for k in state_dict):
+            return {k[len(prefix):]: v for k, v in state_dict.items()}
+    return state_dict
