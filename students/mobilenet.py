@@ -217,7 +217,8 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) 
 
 # --- registry ------------------------------------------------------------------------------------------------------
 _PAPER = "Schmid et al., ICASSP 2023 (EfficientAT)"
-# README table of EfficientAT (MACs for 10 s); exact parameter counts measured from the reference code.
+# README table of EfficientAT (params in M, GMACs for 10 s), the reference code's state-dict size without BatchNorm
+# statistics (= its parameter count), release file.
 _PUBLISHED = {
     "mn04": ("0.983", "0.11", 983_599, "mn04_as_mAP_432.pt"),
     "mn05": ("1.43", "0.16", None, "mn05_as_mAP_443.pt"),
@@ -231,13 +232,14 @@ _WIDTHS = {"mn01": 0.1, "mn02": 0.2, "mn04": 0.4, "mn05": 0.5, "mn06": 0.6, "mn1
 
 
 def _cfg(name: str) -> dict[str, Any]:
-    cfg: dict[str, Any] = {"paper": _PAPER, "sample_rate": 32000, "input_seconds": 10.0, "width_mult": _WIDTHS[name],
+    cfg: dict[str, Any] = {"paper": _PAPER, "sample_rate": 32000, "input_seconds": 10.0, "num_classes": 527,
+                           "width_mult": _WIDTHS[name],
                            "task": "tagging"}
     if name in _PUBLISHED:
         params_m, gmacs, exact, release = _PUBLISHED[name]
         cfg.update(published={"params_m": params_m, "gmacs": gmacs, "seconds": 10.0}, release_file=release)
         if exact is not None:
-            cfg["reference_params"] = exact
+            cfg["reference_state_size"] = exact
     return cfg
 
 
