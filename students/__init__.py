@@ -22,7 +22,7 @@ Families: ``mobilenet`` (EfficientAT MobileNetV3 ``mn01``..``mn40``), ``dymn`` (
 ``dymn10``, ``dymn20``), ``cp_mobile`` and ``cp_resnet`` (DCASE'23 Task 1 low-complexity scene classifiers),
 ``sed`` (frame-wise MobileNet/DyMN with a GRU, transformer or TCN sequence model, after EfficientSED).
 """
-from . import cp_mobile, cp_resnet, dymn, mobilenet
+from . import cp_mobile, cp_resnet, dymn, mobilenet, sed
 from ._base import Student
 from ._factory import create_student, list_students, load_student_checkpoint, student_cfg
 from ._registry import STUDENTS, register_student
