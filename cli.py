@@ -353,6 +353,50 @@ def quickstart_cmd(**options) -> None:
     out.print(f"Compare the runs in MLflow:\n  {result['mlflow_ui']}\nthen open http://127.0.0.1:5000", highlight=False)
 
 
+@main.command("students")
+@click.argument("pattern", required=False)
+def list_students_cmd(pattern) -> None:
+    """List the registered students with their parameters and MACs for their usual input length."""
+    from students import list_students, student_cfg
+
+    from kd.complexity import complexity
+
+    table = Table("student", "task", "input", "params", "MMACs", "published", "paper")
+    table.columns[0].no_wrap = True
+    for name in list_students(pattern):
+        cfg = student_cfg(name)
+        cost = complexity(name, seconds=cfg.get("input_seconds"))
+        pub = cfg.get("published") or {}
+        published = f"{pub['params_m']} M / {pub['gmacs']} G" if pub.get("params_m") else "-"
+        table.add_row(name, cfg.get("task", "-"), f"{cost.seconds:g} s", f"{cost.params:,}", f"{cost.macs / 1e6:,.1f}",
+                      published, cfg.get("paper", "-"))
+    out.print(table)
+
+
+@main.command("complexity")
+@click.argument("student")
+@click.option("--seconds", type=float, default=None, help="Audio length of one inference (default: the model's usual).")
+@click.option("--classes", "num_classes", type=int, default=None, help="Number of classes (default: the model's).")
+@click.option("--bits", "precision_bits", type=int, default=32, show_default=True,
+              help="Parameter precision for the memory figure (8 for a quantised model).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (params and macs as plain counts).")
+def complexity_cmd(student, seconds, num_classes, precision_bits, as_json) -> None:
+    """Parameters and multiply-accumulates of one inference of STUDENT (frontend excluded, as the papers count)."""
+    from kd.complexity import complexity
+
+    cost = complexity(student, seconds=seconds, num_classes=num_classes, precision_bits=precision_bits)
+    if as_json:
+        click.echo(json.dumps(cost.to_dict(), sort_keys=True))
+        return
+    table = Table("", "", show_header=False, title=f"{student}, {cost.seconds:g} s of audio")
+    table.add_row("parameters", f"{cost.params:,}")
+    table.add_row("multiply-accumulates", f"{cost.macs:,} ({cost.macs / 1e6:,.2f} M)")
+    table.add_row(f"parameter memory ({precision_bits}-bit)", f"{cost.param_bytes / 1024:,.1f} KiB")
+    for kind, macs in cost.macs_by_kind.items():
+        table.add_row(f"  MACs in {kind}", f"{macs:,}")
+    out.print(table)
+
+
 def _meta_device():
     import torch
 

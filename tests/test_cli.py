@@ -59,3 +59,10 @@ def test_store_info_json_and_verify(tmp_path):
 def test_teachers_lists_registered_models():
     result = _run("teachers", "passt_tiny*")
     assert result.exit_code == 0 and "passt_tiny_frame" in result.output and "ast_tiny" not in result.output
+
+
+def test_complexity_json_gives_plain_counts():
+    result = _run("complexity", "cp_mobile", "--seconds", "1", "--json")
+    figures = json.loads(result.output.strip().splitlines()[-1])
+    assert isinstance(figures["params"], int) and isinstance(figures["macs"], int)
+    assert figures["params"] <= 128_000 and figures["macs"] <= 30_000_000
