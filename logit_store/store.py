@@ -93,6 +93,70 @@ def _compressors():
     return [ZstdCodec(level=3), Crc32cCodec()]
 
 
+class _IdIndex:
+    """Row of each clip id by a vectorised hash lookup, for the per-batch id -> row mapping of reads.
+
+    A dict of Python strings costs several dependent cache misses per id (index slot, entry, key string,
+    value int), one id at a time; at AudioSet sizes that alone took longer than gathering the rows. Here the
+    ids live in one fixed-width unicode array viewed as 64-bit words, hashed in NumPy; hashes are sorted and
+    bucketed by their top bits (about two buckets per id), so a batch looks up all its ids in a handful of
+    vectorised gathers. Every hit is verified word by word against the stored id, so the result is exact:
+    :meth:`find` returns ``None`` (never a wrong row) whenever an id is absent, collides, or cannot be
+    represented (not a string, longer than every stored id, trailing NUL characters), and the caller falls
+    back to an exact dict lookup that also names the missing ids.
+    """
+
+    def __init__(self, ids: Sequence[str]) -> None:
+        n = len(ids)
+        width = max(1, max(map(len, ids)))
+        self.dtype = np.dtype(f"=U{width + width % 2}")  # an even number of UCS4 characters: whole 64-bit words
+        table = np.array(ids, dtype=self.dtype)
+        # NumPy drops trailing NULs; such ids (if any) would not round-trip, so they disable the index
+        self.usable = bool((np.strings.str_len(table) == np.fromiter(map(len, ids), np.int64, n)).all())
+        self.words = table.view(np.uint64).reshape(n, -1)
+        # multiplicative hashing: a random odd-weighted word sum (mod 2**64) whose top bits pick the bucket
+        self.mult = np.random.default_rng(0x6B64).integers(0, 2**62, self.words.shape[1], dtype=np.uint64) * 2 + 1
+        hashes = self.words @ self.mult
+        bits = max(1, int(np.ceil(np.log2(2 * n))))
+        self.shift = np.uint64(64 - bits)
+        order = np.argsort(hashes, kind="stable")
+        sorted_hashes = hashes[order]
+        counts = np.bincount((sorted_hashes >> self.shift).astype(np.int64), minlength=1 << bits)
+        self.start = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+        self.span = np.arange(int(counts.max()))
+        # candidates run up to ``span`` past a bucket's start; padding past the end points at row 0 and is
+        # rejected by the word check like any other wrong candidate
+        self.sorted_hashes = np.concatenate([sorted_hashes, np.zeros(len(self.span), np.uint64)])
+        self.order = np.concatenate([order, np.zeros(len(self.span), order.dtype)])
+
+    def find(self, ids: Sequence[str]) -> np.ndarray | None:
+        """Rows of ``ids`` (a list of ``str`` or a 1-D NumPy string array) when all are in the index, else ``None``."""
+        query = self._as_words(ids)
+        if query is None:
+            return None
+        hashes = query @ self.mult
+        starts = self.start[hashes >> self.shift]
+        match = self.sorted_hashes[starts[:, None] + self.span] == hashes[:, None]
+        rows = self.order[starts + match.argmax(axis=1)]
+        if not (self.words.take(rows, axis=0) == query).all():
+            return None
+        return rows
+
+    def _as_words(self, ids: Sequence[str]) -> np.ndarray | None:
+        """``ids`` as rows of 64-bit words in the index's layout, or ``None`` if they cannot be matched exactly."""
+        if isinstance(ids, np.ndarray):
+            if ids.ndim != 1 or ids.dtype.kind != "U" or ids.dtype.itemsize > self.dtype.itemsize:
+                return None
+            query = ids.astype(self.dtype, copy=False)
+        else:
+            if set(map(type, ids)) != {str}:
+                return None
+            query = np.array(ids, dtype=self.dtype)  # cuts longer ids and trailing NULs: caught by the lengths
+            if sum(map(len, ids)) != int(np.strings.str_len(query).sum()):
+                return None
+        return query.view(np.uint64).reshape(len(query), -1)
+
+
 class _Reader:
     """Decoded rows of one teacher level: a whole float32 array while it fits, else an LRU of decoded chunks."""
 
@@ -130,7 +194,7 @@ class _Reader:
         if self.resident:
             if self.full is None:
                 self.full = self._decode_all()
-            return self.full[rows]
+            return self.full.take(rows, axis=0)
         out = np.empty((len(rows), *self.data.shape[1:]), np.float32)
         chunk_of = rows // self.rows_per_chunk
         for chunk in np.unique(chunk_of):
@@ -182,12 +246,13 @@ class LogitStore:
         self._meta: dict[str, Any] | None = None
         self._clip_ids: list[str] | None = None
         self._row_index: dict[str, int] | None = None
+        self._id_index: _IdIndex | None = None
         self._teacher_cache: dict[str, dict[str, Any]] = {}
         self._groups: dict[str, Any] = {}
         self._records: dict[str, dict[int, dict[str, Any]]] = {}
         self._readers: dict[tuple[str, str], _Reader] = {}
         self._cache_used = 0
-        self._valid_cache: dict[str, np.ndarray] = {}
+        self._valid_cache: dict[str, np.ndarray | None] = {}
 
     def __getstate__(self) -> dict[str, Any]:
         return {"url": self.url, "mode": self.mode, "cache_bytes": self.cache_bytes,
@@ -316,13 +381,21 @@ class LogitStore:
 
     def rows_of(self, ids: Sequence[str]) -> np.ndarray:
         """Row index of each id (``MissingIds`` naming the first few absent ids and their count)."""
+        _ = self._root  # a forked child starts from fresh process-local state
+        if self._id_index is None:
+            self._id_index = _IdIndex(self.clip_ids)
+        rows = self._id_index.find(ids) if self._id_index.usable else None
+        return self._rows_by_dict(ids) if rows is None else rows
+
+    def _rows_by_dict(self, ids: Sequence[str]) -> np.ndarray:
+        """The exact (slower) lookup behind :meth:`rows_of`, for batches the hash index does not resolve."""
         if self._row_index is None:
             self._row_index = {cid: i for i, cid in enumerate(self.clip_ids)}
         index = self._row_index
         try:
             return np.array(list(map(index.__getitem__, ids)), dtype=np.int64)
-        except KeyError:
-            missing = [i for i in ids if i not in index]
+        except (KeyError, TypeError):
+            missing = [i for i in ids if not isinstance(i, str) or i not in index]
             raise MissingIds(missing, len(ids)) from None
 
     def check_classes(self, classes: Sequence[str]) -> None:
@@ -563,16 +636,30 @@ class LogitStore:
         return self._readers[key]
 
     def _checked_rows(self, teacher: str, ids: Sequence[str], rows: np.ndarray) -> None:
+        """``UnwrittenRows`` unless every row is readable (checked against cached done records)."""
         cache = self._valid_cache
         if teacher not in cache:
-            cache[teacher] = self._valid_rows(teacher)
-        ok = cache[teacher][rows]
+            cache[teacher] = self._readable_rows(teacher)
+        valid = cache[teacher]
+        if valid is None or valid[rows].all():
+            return
+        valid = cache[teacher] = self._readable_rows(teacher)  # other processes may have finished chunks since
+        self._drop_decoded(teacher)  # decoded before those chunks were written
+        if valid is None:
+            return
+        ok = valid[rows]
         if not ok.all():
-            cache[teacher] = self._valid_rows(teacher)  # other processes may have finished chunks since
-            ok = cache[teacher][rows]
-            if not ok.all():
-                bad = [ids[i] for i in np.nonzero(~ok)[0]]
-                raise UnwrittenRows(teacher, bad, self.failures(teacher))
+            bad = [ids[i] for i in np.nonzero(~ok)[0]]
+            raise UnwrittenRows(teacher, bad, self.failures(teacher))
+
+    def _readable_rows(self, teacher: str) -> np.ndarray | None:
+        """Mask of the readable rows of ``teacher``, or ``None`` once all are (done records never change)."""
+        valid = self._valid_rows(teacher)
+        return None if valid.all() else valid
+
+    def _drop_decoded(self, teacher: str) -> None:
+        for key in [key for key in self._readers if key[0] == teacher]:
+            self._cache_used -= self._readers.pop(key).cost
 
     def read(self, ids: Sequence[str], teachers: Sequence[str] | None = None, weights: Sequence[float] | None = None,
              space: str = "logit", level: str = "clip", activation: str = "sigmoid") -> np.ndarray:
@@ -596,7 +683,8 @@ class LogitStore:
         for name in names:
             self._teacher_group(name)  # UnknownTeacher, checked once per handle
         w = _normalised_weights(weights, len(names))
-        ids = list(ids)
+        if not isinstance(ids, (list, tuple, np.ndarray)):
+            ids = list(ids)
         rows = self.rows_of(ids)
         parts = []
         for name in names:
