@@ -9,7 +9,7 @@ receptive field), channels doubling per stage, and a 1x1 conv + BatchNorm classi
 pooling. Input: 256-bin log mels of 1-s clips at 32 kHz with hop 750 (the repository's CP-ResNet frontend).
 
 ``cp_resnet`` is the repository's teacher (rho 7, 32 base channels, ~0.25 M parameters: above the DCASE
-limit); ``cp_resnet_dcase`` narrows it to 22 base channels, the widest that fits 128 K parameters and 30 M MACs per second
+limit); ``cp_resnet_dcase`` narrows it to 22 base channels, the widest that fits 128 K parameters and 30 M MACs per second.
 """
 from __future__ import annotations
 
