@@ -2,8 +2,9 @@
 
 Teachers run once and write chunk-aligned regions (one chunk = ``chunk_size`` consecutive clips) from any
 number of processes without a lock; each chunk ends with a small done record, so an interrupted job resumes
-where it stopped. Students read shuffled batches by clip id through a per-process cache of decoded arrays
-(whole arrays while they fit the cache budget, an LRU of decoded chunks beyond it). Ensembles of teachers
+where it stopped. Students read shuffled batches by clip id (mapped to rows by a vectorised hash index,
+:class:`_IdIndex`) through a per-process cache of decoded arrays (whole arrays while they fit the cache
+budget, an LRU of decoded chunks beyond it). Ensembles of teachers
 are views computed at read time. See :mod:`logit_store.schema` for the layout and
 :mod:`logit_store.codecs` for the 8-bit codec.
 """
@@ -643,8 +644,10 @@ class LogitStore:
         valid = cache[teacher]
         if valid is None or valid[rows].all():
             return
-        valid = cache[teacher] = self._readable_rows(teacher)  # other processes may have finished chunks since
-        self._drop_decoded(teacher)  # decoded before those chunks were written
+        old, valid = valid, self._readable_rows(teacher)  # other processes may have finished chunks since
+        cache[teacher] = valid
+        if valid is None or not np.array_equal(old, valid):
+            self._drop_decoded(teacher)  # decoded before those chunks were written
         if valid is None:
             return
         ok = valid[rows]
