@@ -70,7 +70,7 @@ def quickstart(cfg: QuickstartConfig, on_step: Callable[[str], None] | None = No
     step = on_step or (lambda message: None)
 
     step(f"writing demo data ({cfg.task})")
-    demo = make_demo_data(out / "data", cfg.task, clips=cfg.clips, seed=cfg.seed, overwrite=cfg.overwrite)
+    demo = make_demo_data(out / f"demo-{cfg.task}", cfg.task, clips=cfg.clips, seed=cfg.seed, overwrite=cfg.overwrite)
     spec = demo["spec"]
 
     checkpoints = {}

@@ -133,7 +133,18 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device) -> dict
 def sed_metrics(data, clips: Sequence[Any], probs: np.ndarray, fps: float) -> dict[str, float]:
     targets = np.stack([data.frame_targets(c, fps, probs.shape[1]) for c in clips])
     out = {"frame_mAP": metrics.frame_map(probs, targets)}
-    truth = {c.id: [(e.onset, e.offset, data.classes[e.label]) for e in c.events] for c in clips}
+    truth = {c.id: merge_overlapping([(e.onset, e.offset, data.classes[e.label]) for e in c.events]) for c in clips}
     durations = {c.id: c.duration or probs.shape[1] / fps for c in clips}
     out.update(metrics.psds({c.id: p for c, p in zip(clips, probs)}, fps, truth, durations, data.classes))
     return out
+
+
+def merge_overlapping(events: Sequence[tuple[float, float, str]]) -> list[tuple[float, float, str]]:
+    """Join overlapping or touching events of one class (PSDS counts each ground-truth event once)."""
+    merged: list[tuple[float, float, str]] = []
+    for onset, offset, name in sorted(events, key=lambda e: (e[2], e[0])):
+        if merged and merged[-1][2] == name and onset <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], offset), name)
+        else:
+            merged.append((onset, offset, name))
+    return merged

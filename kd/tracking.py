@@ -84,7 +84,8 @@ def tracked_run(
     """
     import mlflow
 
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    for noisy in ("alembic", "mlflow"):  # database migrations and "creating experiment" chatter
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     if tracking_uri:
         mlflow.set_tracking_uri(tracking_uri)
     elif not os.environ.get("MLFLOW_TRACKING_URI"):

@@ -69,6 +69,12 @@ class OptimConfig:
 
     The ramp-down starts at ``rampdown_start`` (a fraction of all steps) and ends with the last step, the
     shape EfficientAT uses (warm-up 8 of 200 epochs, ramp-down over the second half).
+
+    ``bn_recalibration_batches``: before each evaluation, BatchNorm statistics are re-estimated with the
+    final weights of the epoch over this many training batches ("precise BN", Wu & Johnson, 2021). The
+    running averages lag behind weights that change quickly; in short runs (few steps per epoch, as on
+    small datasets) that lag compounds through deep stacks of BatchNorm layers and wrecks eval-mode
+    predictions. 0 keeps the running averages.
     """
 
     epochs: int = 10
@@ -79,6 +85,7 @@ class OptimConfig:
     final_lr_factor: float = 0.01
     grad_clip: float = 5.0
     amp: bool = True
+    bn_recalibration_batches: int = 32
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.lr <= 0:
@@ -218,6 +225,7 @@ class Trainer:
             if hasattr(sampler, "set_epoch"):
                 sampler.set_epoch(self.epoch)
             record = self._train_epoch(loader, step, on_batch)
+            self._recalibrate_batchnorm(loader, step)
             self.model.eval()
             with torch.inference_mode():
                 record.update(evaluate(self.model))
@@ -238,6 +246,24 @@ class Trainer:
         self.save("last.pt")
         if improved:
             self.save("best.pt")
+
+    @torch.no_grad()
+    def _recalibrate_batchnorm(self, loader, step: StepFn) -> None:
+        norms = [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        if not norms or self.cfg.bn_recalibration_batches <= 0:
+            return
+        momenta = [m.momentum for m in norms]
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the recalibration batches
+        self.train_model.train()
+        for i, batch in enumerate(loader):
+            if i >= self.cfg.bn_recalibration_batches:
+                break
+            with torch.autocast(self.device.type, enabled=self.use_amp):
+                step(self.train_model, batch)
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
 
     def _train_epoch(self, loader, step: StepFn, on_batch) -> dict[str, float]:
         self.train_model.train()

@@ -1,0 +1,133 @@
+"""kd distill end to end: teach -> distill -> MLflow, exact resume, refusal of stores that do not fit."""
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from kd.distill import DistillConfig, TeacherChoice, distill, evaluate_checkpoint, predict_files
+from kd.errors import KdError
+from kd.models import TeacherSpec
+from kd.teach import TeachConfig, run_teach
+
+pytestmark = pytest.mark.slow
+ASC_STUDENT = "cp_mobile_tiny"
+
+
+def _teach(spec, store, tracking_uri, teachers, **kw):
+    cfg = TeachConfig(dataset=spec, store=str(store), teachers=tuple(TeacherSpec.parse(t) for t in teachers),
+                      chunk_size=16, tracking_uri=tracking_uri, **kw)
+    with pytest.warns(UserWarning, match="RANDOM weights"):
+        return run_teach(cfg)
+
+
+@pytest.fixture(scope="module")
+def asc_store(demo_asc, tmp_path_factory):
+    path = tmp_path_factory.mktemp("store") / "asc.zarr"
+    uri = f"sqlite:///{path.parent / 'mlflow.db'}"
+    _teach(demo_asc["spec"], path, uri, ("passt_tiny", "ast_tiny"))
+    return str(path)
+
+
+def _cfg(demo, store, out, tracking_uri, teachers="passt_tiny,ast_tiny:0.6,0.4", **kw):
+    return DistillConfig(dataset=demo["spec"], student=kw.pop("student", ASC_STUDENT), out=str(out), store=store,
+                         teachers=TeacherChoice.parse(teachers), epochs=kw.pop("epochs", 2), batch_size=8,
+                         device="cpu", tracking_uri=tracking_uri, **kw)
+
+
+def test_teacher_choice_parsing():
+    assert TeacherChoice.parse("none").names == ()
+    choice = TeacherChoice.parse("a,b:0.7,0.3")
+    assert choice.names == ("a", "b") and choice.weights == (0.7, 0.3) and str(choice) == "a,b:0.7,0.3"
+    with pytest.raises(KdError, match="2 teachers but 1 weights"):
+        TeacherChoice.parse("a,b:1")
+
+
+def test_asc_distillation_tracks_params_metrics_and_checkpoint(demo_asc, asc_store, tmp_path, tracking_uri):
+    import mlflow
+
+    result = distill(_cfg(demo_asc, asc_store, tmp_path / "run", tracking_uri, roll_seconds=0.1, gain_db=3.0,
+                          mixstyle_p=0.5))
+    assert len(result["history"]) == 2 and 0.0 <= result["best"] <= 1.0
+    client = mlflow.MlflowClient(tracking_uri)
+    run = client.get_run(result["run_id"])
+    assert run.data.params["teachers"] == "passt_tiny,ast_tiny:0.6,0.4"
+    assert run.data.params["kd_lambda"] == "0.02" and run.data.params["temperature"] == "2.0"
+    assert run.data.params["store"] == asc_store and run.data.params["store_fingerprint"]
+    assert {"accuracy", "acc_seen", "acc_unseen", "params", "macs"} <= set(run.data.metrics)
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "accuracy")] == [1, 2]
+    assert any(a.path == "checkpoint" for a in client.list_artifacts(run.info.run_id))
+    metrics = evaluate_checkpoint(result["checkpoint"], demo_asc["spec"], device="cpu")
+    assert metrics["accuracy"] == pytest.approx(result["best"])
+    top = predict_files(result["checkpoint"], [open_first_clip(demo_asc)], device="cpu")[0]["top"]
+    assert len(top) == 3 and top[0][1] >= top[1][1]
+
+
+def open_first_clip(demo):
+    from kd.data import open_dataset
+
+    return open_dataset(demo["spec"], split="eval").clips[0].source
+
+
+def test_killed_run_resumes_to_the_same_result(demo_asc, asc_store, tmp_path, tracking_uri):
+    full = distill(_cfg(demo_asc, asc_store, tmp_path / "full", tracking_uri, epochs=3))
+
+    class Killed(Exception):
+        pass
+
+    def kill(epoch, record):
+        if epoch == 1:
+            raise Killed
+
+    with pytest.raises(Killed):
+        distill(_cfg(demo_asc, asc_store, tmp_path / "resumed", tracking_uri, epochs=3), on_epoch=kill)
+    resumed = distill(_cfg(demo_asc, asc_store, tmp_path / "resumed", tracking_uri, epochs=3, resume=True))
+    assert [h["train_loss"] for h in resumed["history"]] == [h["train_loss"] for h in full["history"]]
+    a = torch.load(tmp_path / "full" / "last.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "resumed" / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_label_only_baseline_needs_no_store(demo_asc, tmp_path, tracking_uri):
+    result = distill(_cfg(demo_asc, None, tmp_path / "base", tracking_uri, teachers="none", epochs=1))
+    assert result["history"][0]["train_loss"] == result["history"][0]["train_hard_loss"]
+
+
+def test_store_missing_clips_is_refused_or_dropped(demo_asc, tmp_path, tracking_uri):
+    from kd.data import open_dataset
+
+    data_dir = tmp_path / "asc"
+    shutil.copytree(demo_asc["path"], data_dir)
+    store = tmp_path / "partial.zarr"
+    victim = open_dataset(f"tau22:{data_dir}").clips[5]
+    victim_source = victim.source
+    original = open(victim_source, "rb").read()
+    open(victim_source, "wb").write(b"broken")
+    _teach(f"tau22:{data_dir}", store, tracking_uri, ("passt_tiny",))
+    open(victim_source, "wb").write(original)  # the clip is readable now, but has no logits
+    demo = {"spec": f"tau22:{data_dir}"}
+    with pytest.raises(KdError, match=rf"1 of \d+ train clips have no logits .*{victim.id}"):
+        distill(_cfg(demo, str(store), tmp_path / "r", tracking_uri, teachers="passt_tiny", epochs=1))
+    result = distill(_cfg(demo, str(store), tmp_path / "r", tracking_uri, teachers="passt_tiny", epochs=1,
+                          missing="drop"))
+    assert result["config"]["missing"] == "drop"
+
+
+def test_store_of_other_classes_or_unknown_teacher_is_refused(demo_asc, demo_tagging, asc_store, tmp_path,
+                                                                tracking_uri):
+    with pytest.raises(Exception, match="class"):
+        distill(_cfg(demo_tagging, asc_store, tmp_path / "r", tracking_uri, student="mn01", epochs=1))
+    with pytest.raises(KdError, match="no teacher nope"):
+        distill(_cfg(demo_asc, asc_store, tmp_path / "r", tracking_uri, teachers="nope", epochs=1))
+
+
+def test_sed_distillation_aligns_frame_targets(demo_sed, tmp_path, tracking_uri):
+    store = tmp_path / "sed.zarr"
+    _teach(demo_sed["spec"], store, tracking_uri, ("passt_tiny_frame",))
+    result = distill(DistillConfig(dataset=demo_sed["spec"], student="fmn_tiny", out=str(tmp_path / "sed"),
+                                   store=str(store), teachers=TeacherChoice.parse("passt_tiny_frame"), epochs=1,
+                                   batch_size=8, device="cpu", tracking_uri=tracking_uri))
+    assert {"frame_mAP", "psds1", "psds2"} <= set(result["history"][0])
+    events = predict_files(result["checkpoint"], [open_first_clip(demo_sed)], threshold=0.0, device="cpu")[0]
+    assert events["events"] and all(on < off for on, off, _ in events["events"])
+    assert np.isfinite(result["history"][0]["train_soft_loss"])
