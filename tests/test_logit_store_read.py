@@ -27,7 +27,7 @@ def test_random_ids_resolve_exactly_in_every_input_form():
     rng = np.random.default_rng(0)
     alphabet = np.array(list("abcXYZ_-0123456789é"))
     ids = list(dict.fromkeys("".join(rng.choice(alphabet, rng.integers(1, 24))) for _ in range(3000)))
-    store, values = make_store(ids)
+    store, _ = make_store(ids)
     rows = rng.permutation(len(ids))[:200]
     picked = [ids[i] for i in rows]
     for form in (picked, tuple(picked), np.array(picked), np.array(picked, dtype=f"U{40}"),
