@@ -59,6 +59,7 @@ class ClipDataset(torch.utils.data.Dataset):
         self.sample_rate, self.seconds = sample_rate, seconds
         self.frames_per_second, self.num_frames = frames_per_second, num_frames
         self.teacher = teacher
+        self.ids = np.array([c.id for c in self.clips])  # a NumPy id array takes the store's vectorised lookup
         self._store = None
 
     def __getstate__(self) -> dict[str, Any]:
@@ -101,7 +102,7 @@ class ClipDataset(torch.utils.data.Dataset):
                 "device": clip.device or "",
             })
         if self.teacher is not None and items:
-            logits = self._teacher_logits([self.clips[item["index"]].id for item in items])
+            logits = self._teacher_logits(self.ids[[item["index"] for item in items]])
             for item, row in zip(items, logits):
                 item["teacher"] = row
         return items
@@ -111,7 +112,7 @@ class ClipDataset(torch.utils.data.Dataset):
             return np.asarray(self.data.frame_targets(clip, self.frames_per_second, self.num_frames), np.float32)
         return np.asarray(self.data.targets(clip), dtype=np.float32)
 
-    def _teacher_logits(self, ids: list[str]) -> torch.Tensor:
+    def _teacher_logits(self, ids: np.ndarray) -> torch.Tensor:
         t = self.teacher
         logits = torch.from_numpy(
             self.store.read(ids, teachers=list(t.teachers), weights=None if t.weights is None else list(t.weights),
