@@ -91,7 +91,7 @@ class ForwardAlone:
             model = build_teacher(cfg.teachers[0], len(data.classes))
         self.ensemble = TeacherEnsemble([(cfg.teachers[0].key, model)]).eval()
         self.sample_rate, self.threads = model.sample_rate, threads
-        seconds = teach_seconds(cfg, [model])
+        seconds = teach_seconds(cfg, data)
         start = time.perf_counter()
         audio = [data.load_audio(clip, model.sample_rate, seconds) for clip in data.clips]
         self.decode_s_per_clip = (time.perf_counter() - start) / len(audio)

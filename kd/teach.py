@@ -95,7 +95,7 @@ class _Context:
             members = [(s.key, build_teacher(s, len(self.data.classes))) for s in cfg.teachers]
         self.ensemble = TeacherEnsemble(members).to(self.device).eval()
         self.sample_rate = max(t.sample_rate for _, t in members)
-        self.seconds = teach_seconds(cfg, [t for _, t in members])
+        self.seconds = teach_seconds(cfg, self.data)
         self.clip_by_id = {c.id: c for c in self.data.clips}
 
 
@@ -109,9 +109,14 @@ def _context(cfg: TeachConfig) -> _Context:
     return _CONTEXTS[cfg]
 
 
-def teach_seconds(cfg: TeachConfig, teachers: Sequence[Any]) -> float:
-    """Audio length fed to the teachers: ``--seconds``, else the longest teacher context."""
-    return cfg.seconds if cfg.seconds else max(t.clip_seconds for t in teachers)
+def teach_seconds(cfg: TeachConfig, data: Any) -> float:
+    """Audio length fed to the teachers: ``--seconds``, else the dataset's clip length.
+
+    Not the teachers' context: a 1 s TAU22 clip padded to PaSST's 10 s would be 90 % silence, which the
+    teacher never saw in training. Shorter clips give fewer time tokens (as in the DCASE'23 fine-tuning on 1 s);
+    clips longer than a teacher's context are windowed by the teacher itself.
+    """
+    return cfg.seconds if cfg.seconds else data.clip_seconds()
 
 
 def teach_chunk(cfg: TeachConfig, chunk: int) -> ChunkResult:
@@ -205,7 +210,7 @@ def prepare_store(cfg: TeachConfig, on_warning: Callable[[str], None] | None = N
         )
     store.check_dataset(fingerprint)
     store.check_classes(data.classes)
-    seconds = teach_seconds(cfg, list(models.values()))
+    seconds = teach_seconds(cfg, data)
     for spec in cfg.teachers:
         model = models[spec.key]
         frames = model.num_output_frames(int(round(seconds * model.sample_rate))) if model.frames_per_second else None
@@ -269,9 +274,11 @@ def _run_on_dask(cfg: TeachConfig, chunks: list[int], on_progress, total_clips: 
         client = Client(cfg.scheduler)
     else:
         threads = max(1, (os.cpu_count() or 1) // cfg.workers)
+        # No dashboard; the scheduler's own HTTP endpoints on a free loopback port, not on 8787 of every interface.
         cluster = LocalCluster(
-            n_workers=cfg.workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-            dashboard_address=None, silence_logs=logging.ERROR, env={"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)},
+            n_workers=cfg.workers, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None,
+            scheduler_kwargs={"dashboard_address": "127.0.0.1:0"}, silence_logs=logging.ERROR,
+            env={"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)},
         )
         client = Client(cluster)
     try:

@@ -334,6 +334,21 @@ def test_every_demo_dataset_decodes_every_clip(demo):
                 assert batch.shape == (len(ds), 16000) and (np.abs(batch).max(axis=1) > 1e-3).all()
 
 
+def test_clip_length_comes_from_the_metadata_else_from_the_audio(demo, tmp_path):
+    assert open_dataset(demo["asc"]["spec"]).clip_seconds() == pytest.approx(1.0)
+    assert open_dataset(demo["tagging"]["spec"], split="train").clip_seconds() == pytest.approx(1.0, abs=0.06)  # mp3
+    noise_file(tmp_path / "long.wav", seconds=2.5)
+    (tmp_path / "broken.wav").write_bytes(b"not audio")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,label\nbroken.wav,a\nlong.wav,b\n")
+    assert open_dataset(f"manifest:{manifest}").clip_seconds() == pytest.approx(2.5)
+    manifest.write_text("path,label,duration\nlong.wav,a,10\n")
+    assert open_dataset(f"manifest:{manifest}").clip_seconds() == 10.0
+    manifest.write_text("path,label\nbroken.wav,a\n")
+    with pytest.raises(DatasetError, match="pass --seconds"):
+        open_dataset(f"manifest:{manifest}").clip_seconds()
+
+
 def test_relative_spec_is_made_absolute_so_workers_can_reopen_it(demo, monkeypatch):
     root = Path(demo["asc"]["path"])
     monkeypatch.chdir(root.parent)

@@ -58,6 +58,12 @@ def test_tagging_and_sed_stores_hold_clip_and_frame_logits(demo_tagging, demo_se
     assert store.verify() == []
 
 
+def test_teachers_hear_the_whole_clip_whatever_their_context(demo_sed, tmp_path, tracking_uri):
+    """4 s clips and a teacher with a 1 s context: the teacher windows the clip; nothing is cut or padded."""
+    _teach(demo_sed["spec"], tmp_path / "sed.zarr", tracking_uri, teachers=("passt_tiny",))
+    assert LogitStore.open(str(tmp_path / "sed.zarr")).teacher_info("passt_tiny")["clip_seconds"] == 4.0
+
+
 def test_a_corrupt_clip_is_recorded_and_never_stored(demo_asc, tmp_path, tracking_uri):
     data_dir = tmp_path / "asc"
     shutil.copytree(demo_asc["path"], data_dir)

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .audio import load_audio
+from .audio import decode_audio, load_audio
 from .clip import Clip
-from .errors import DatasetError
+from .errors import AudioError, DatasetError
 
 __all__ = ["SPLIT_ALIASES", "Dataset", "canonical_split", "read_class_list", "read_table"]
 
@@ -162,6 +162,23 @@ class Dataset:
             AudioError: with a short ``reason`` when the clip is missing, empty, corrupt, silent or non-finite.
         """
         return load_audio(self.read_source(clip), sample_rate, seconds, clip_id=clip.id)
+
+    def clip_seconds(self, probe: int = 8) -> float:
+        """The length of this dataset's clips: the metadata's duration, else the decoded length of a clip.
+
+        What a student trains on when no length is given (TAU22 1 s, AudioSet 10 s); the first of the first
+        ``probe`` clips that states a duration or decodes decides.
+        """
+        for clip in self.clips[:probe]:
+            if clip.duration:
+                return float(clip.duration)
+            try:
+                audio, rate = decode_audio(self.read_source(clip), clip.id)
+            except AudioError:
+                continue
+            return len(audio) / rate
+        raise DatasetError(f"{self.spec}: none of the first {probe} clips decodes, so their length is unknown; "
+                           "pass --seconds")
 
     # --- identity --------------------------------------------------------------------------------------------
 
