@@ -111,14 +111,40 @@ def train_teacher_cmd(**options) -> None:
     from kd.train_teacher import TrainTeacherConfig, train_teacher
 
     cfg = TrainTeacherConfig(**options)
-    result = train_teacher(cfg, on_epoch=_print_epoch)
+    with TrainingProgress() as bar:
+        result = train_teacher(cfg, on_epoch=bar.on_epoch, on_batch=bar.on_batch)
     console.print(f"best {result['metric']} {result['best']:.4f}; checkpoint {result['checkpoint']}", highlight=False)
 
 
-def _print_epoch(epoch: int, record: dict) -> None:
-    shown = {k: v for k, v in record.items() if not k.startswith("acc_") or k in ("acc_seen", "acc_unseen")}
-    console.print(f"epoch {epoch}: " + "  ".join(f"{k} {v:.4g}" for k, v in shown.items() if k != "epoch"),
-                  highlight=False)
+class TrainingProgress:
+    """A rich bar over each epoch's batches (with the time left) and one line of metrics when an epoch ends."""
+
+    def __init__(self) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.progress = Progress(TextColumn("training"), BarColumn(), MofNCompleteColumn(), TextColumn("batches"),
+                                 TimeRemainingColumn(), console=console, transient=True)
+        self.task = None
+
+    def __enter__(self) -> TrainingProgress:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.stop()
+
+    def on_batch(self, done: int, total: int) -> None:
+        if self.task is None:
+            self.task = self.progress.add_task("train", total=total)
+        self.progress.update(self.task, completed=done, total=total)
+
+    def on_epoch(self, epoch: int, record: dict) -> None:
+        if self.task is not None:
+            self.progress.remove_task(self.task)
+            self.task = None
+        shown = {k: v for k, v in record.items() if not k.startswith("acc_") or k in ("acc_seen", "acc_unseen")}
+        console.print(f"epoch {epoch}: " + "  ".join(f"{k} {v:.4g}" for k, v in shown.items() if k != "epoch"),
+                      highlight=False)
 
 
 @main.command("teach")
@@ -134,7 +160,8 @@ def _print_epoch(epoch: int, record: dict) -> None:
 @click.option("--scheduler", default=None, metavar="ADDRESS", help="A dask.distributed scheduler to run on instead.")
 @click.option("--batch-size", type=int, default=8, show_default=True)
 @click.option("--chunk-size", type=int, default=256, show_default=True, help="Clips per store chunk (new stores).")
-@click.option("--seconds", type=float, default=None, help="Audio length fed to the teachers (default: their context).")
+@click.option("--seconds", type=float, default=None,
+              help="Audio length fed to the teachers (default: the dataset's clip length; longer clips are windowed).")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--tracking-uri", default=None, help="MLflow tracking URI (default: ./mlflow.db or $MLFLOW_TRACKING_URI).")
 def teach_cmd(dataset, split, teachers, store, codec, workers, scheduler, batch_size, chunk_size, seconds, device,
@@ -232,7 +259,8 @@ def distill_cmd(teachers, **options) -> None:
     from kd.distill import DistillConfig, TeacherChoice, distill
 
     cfg = DistillConfig(teachers=TeacherChoice.parse(teachers), **options)
-    result = distill(cfg, on_epoch=_print_epoch)
+    with TrainingProgress() as bar:
+        result = distill(cfg, on_epoch=bar.on_epoch, on_batch=bar.on_batch)
     console.print(f"best {result['metric']} {result['best']:.4f}; {result['params']:,} params, "
                   f"{result['macs'] / 1e6:.1f} MMACs; checkpoint {result['checkpoint']}", highlight=False)
 
@@ -343,7 +371,9 @@ def quickstart_cmd(**options) -> None:
     from kd.quickstart import QuickstartConfig, quickstart
 
     cfg = QuickstartConfig(**options)
-    result = quickstart(cfg, on_step=lambda m: console.rule(f"[bold]{m}"), on_epoch=_print_epoch)
+    with TrainingProgress() as bar:
+        result = quickstart(cfg, on_step=lambda m: console.rule(f"[bold]{m}"), on_epoch=bar.on_epoch,
+                            on_batch=bar.on_batch)
     _print_teach_summary(result["teach"])
     table = Table("student run", result["runs"]["no teacher"]["metric"], "params", "MMACs", "MLflow run",
                   title=f"{result['student']} on {result['dataset']}")

@@ -102,7 +102,7 @@ class ClipDataset(torch.utils.data.Dataset):
                 "device": clip.device or "",
             })
         if self.teacher is not None and items:
-            logits = self._teacher_logits(self.ids[[item["index"] for item in items]])
+            logits = self.teacher_logits(self.ids[[item["index"] for item in items]])
             for item, row in zip(items, logits):
                 item["teacher"] = row
         return items
@@ -112,7 +112,8 @@ class ClipDataset(torch.utils.data.Dataset):
             return np.asarray(self.data.frame_targets(clip, self.frames_per_second, self.num_frames), np.float32)
         return np.asarray(self.data.targets(clip), dtype=np.float32)
 
-    def _teacher_logits(self, ids: np.ndarray) -> torch.Tensor:
+    def teacher_logits(self, ids: np.ndarray) -> torch.Tensor:
+        """The stored (ensemble) logits of ``ids`` in one store read, frame logits aligned to the model's frames."""
         t = self.teacher
         logits = torch.from_numpy(
             self.store.read(ids, teachers=list(t.teachers), weights=None if t.weights is None else list(t.weights),

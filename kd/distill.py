@@ -18,13 +18,23 @@ import numpy as np
 import torch
 
 from kd.augment import DeviceImpulseResponses, mix, mixup_params, random_gain, time_roll
+from kd.complexity import Complexity, complexity
 from kd.dataset import TeacherTargets
 from kd.errors import KdError
 from kd.losses import DistillLoss
-from kd.task import PRIMARY_METRIC, AugmentedForward, evaluate, logits_of, make_dataset, make_loader, model_frames
-from kd.train import OptimConfig, Trainer, init_distributed, select_device
+from kd.task import PRIMARY_METRIC, AugmentedForward, evaluate, logits_of, make_dataset, make_loader
+from kd.train import OptimConfig, StepFn, Trainer, init_distributed, select_device
 
-__all__ = ["DistillConfig", "TeacherChoice", "distill", "evaluate_checkpoint", "load_student", "predict_files"]
+__all__ = [
+    "DistillConfig",
+    "Distillation",
+    "TeacherChoice",
+    "distill",
+    "evaluate_checkpoint",
+    "load_student",
+    "predict_files",
+    "prepare_distillation",
+]
 
 TASK_DEFAULTS = {"asc": (0.02, 2.0), "tagging": (0.1, 1.0), "sed": (0.1, 1.0)}
 
@@ -176,15 +186,29 @@ def _clip_seconds(cfg: DistillConfig, data, store_seconds: float | None) -> floa
         return cfg.seconds
     if store_seconds:
         return float(store_seconds)
-    return float(data.clips[0].duration or 10.0)
+    return data.clip_seconds()
 
 
 # --- training -------------------------------------------------------------------------------------------------------
-def distill(cfg: DistillConfig, on_epoch: Callable[[int, dict], None] | None = None) -> dict[str, Any]:
-    """Distil (or, without teachers, train) a student; evaluate each epoch; track the run in MLflow."""
-    from kd.complexity import complexity
+@dataclass
+class Distillation:
+    """Everything a distillation run trains with, built and checked before the first step."""
+
+    cfg: DistillConfig
+    task: str
+    data_name: str
+    trainer: Trainer
+    train_loader: torch.utils.data.DataLoader
+    eval_loader: torch.utils.data.DataLoader
+    step: StepFn
+    cost: Complexity
+    params: dict[str, Any]
+    device: torch.device
+
+
+def prepare_distillation(cfg: DistillConfig) -> Distillation:
+    """Open the data, join the store, build student, loaders, loss and trainer (resumed with ``cfg.resume``)."""
     from kd.data import open_dataset
-    from kd.tracking import tracked_run
 
     device = select_device(cfg.device)
     dist = init_distributed(device)
@@ -192,32 +216,43 @@ def distill(cfg: DistillConfig, on_epoch: Callable[[int, dict], None] | None = N
     eval_data = open_dataset(cfg.dataset, split=cfg.eval_split)
     task = train_data.task
     cfg = cfg.with_task_defaults(task)
-    frame_level = task == "sed"
     clips, targets, provenance = list(train_data.clips), None, {}
     if cfg.teachers.names:
         clips, targets, provenance = join_store(cfg, train_data, clips)
-    store_seconds = _store_seconds(cfg)
     student = build_student(cfg, train_data.num_classes)
-    seconds = _clip_seconds(cfg, train_data, store_seconds)
+    seconds = _clip_seconds(cfg, train_data, _store_seconds(cfg))
     train_set = make_dataset(train_data, clips, student, seconds, teacher=targets)
     train_loader = make_loader(train_set, cfg.batch_size, train=True, num_workers=cfg.num_workers,
                                balanced=task == "tagging", dist_rank=dist.rank, dist_world=dist.world_size)
     eval_loader = make_loader(make_dataset(eval_data, eval_data.clips, student, seconds), cfg.batch_size,
                               train=False, num_workers=cfg.num_workers)
     loss = DistillLoss(task, kd_lambda=cfg.kd_lambda if targets else 1.0, temperature=cfg.temperature)
-    dirs = DeviceImpulseResponses(cfg.dir_folder, student.sample_rate, p=cfg.dir_p) if cfg.dir_folder else None
-    cost = complexity(student, seconds=seconds)
     meta = {"kind": "student", "name": cfg.student, "classes": train_data.classes, "task": task,
             "seconds": seconds, "dataset": cfg.dataset, "teachers": str(cfg.teachers)}
     optim = OptimConfig(epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay, warmup_epochs=cfg.warmup_epochs)
     trainer = Trainer(
         student, optim, steps_per_epoch=len(train_loader), out_dir=cfg.out, primary_metric=PRIMARY_METRIC[task],
         meta=meta, seed=cfg.seed, device=device, dist=dist,
-        train_module=AugmentedForward(student, frame_level, mixstyle_p=cfg.mixstyle_p),
+        train_module=AugmentedForward(student, task == "sed", mixstyle_p=cfg.mixstyle_p),
     )
     if cfg.resume:
         trainer.resume()
+    params = {
+        "student": cfg.student, "teachers": str(cfg.teachers), "store": cfg.store, "space": cfg.space,
+        "kd_lambda": cfg.kd_lambda, "temperature": cfg.temperature, "epochs": cfg.epochs,
+        "batch_size": cfg.batch_size, "lr": cfg.lr, "seed": cfg.seed, "pretrained": cfg.pretrained,
+        "seconds": seconds, "train_clips": len(clips), "aug": cfg.augmentations(), **provenance,
+    }
+    return Distillation(cfg, task, train_data.name, trainer, train_loader, eval_loader,
+                        _training_step(cfg, task, student, loss, device), complexity(student, seconds=seconds),
+                        params, device)
+
+
+def _training_step(cfg: DistillConfig, task: str, student, loss: DistillLoss, device: torch.device):
+    """The loss of one batch: waveform augmentations, teacher targets, mixup, then the augmented forward."""
+    frame_level = task == "sed"
     fps = student.frames_per_second if frame_level else None
+    dirs = DeviceImpulseResponses(cfg.dir_folder, student.sample_rate, p=cfg.dir_p) if cfg.dir_folder else None
 
     def step(module, batch):
         wave, hard = batch["audio"].to(device), batch["target"].to(device)
@@ -237,30 +272,38 @@ def distill(cfg: DistillConfig, on_epoch: Callable[[int, dict], None] | None = N
             hard, soft = mix(hard, params), (mix(soft, params) if soft is not None else None)
         return loss(module(wave, params), hard, soft)
 
-    params = {
-        "student": cfg.student, "teachers": str(cfg.teachers), "store": cfg.store, "space": cfg.space,
-        "kd_lambda": cfg.kd_lambda, "temperature": cfg.temperature, "epochs": cfg.epochs,
-        "batch_size": cfg.batch_size, "lr": cfg.lr, "seed": cfg.seed, "pretrained": cfg.pretrained,
-        "seconds": seconds, "train_clips": len(clips), "aug": cfg.augmentations(), **provenance,
-    }
-    experiment = f"distill/{train_data.name}-{task}"
+    return step
+
+
+def distill(cfg: DistillConfig, on_epoch: Callable[[int, dict], None] | None = None,
+            on_batch: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Distil (or, without teachers, train) a student; evaluate each epoch; track the run in MLflow.
+
+    ``on_epoch(epoch, metrics)`` follows each evaluation, ``on_batch(done, batches_per_epoch)`` each step.
+    """
+    from kd.tracking import tracked_run
+
+    job = prepare_distillation(cfg)
+    cfg, task, trainer = job.cfg, job.task, job.trainer
+    experiment = f"distill/{job.data_name}-{task}"
     run_name = f"{cfg.student} from {cfg.teachers}"
-    with tracked_run(experiment, run_name=run_name, params=params, tracking_uri=cfg.tracking_uri,
+    with tracked_run(experiment, run_name=run_name, params=job.params, tracking_uri=cfg.tracking_uri,
                      tags={"store": cfg.store or "none", "teachers": str(cfg.teachers)}) as run:
-        run.log_metrics({"params": cost.params, "macs": cost.macs})
+        run.log_metrics({"params": job.cost.params, "macs": job.cost.macs})
 
         def epoch_end(epoch: int, record: dict) -> None:
             run.log_metrics(record, step=epoch)
             if on_epoch:
                 on_epoch(epoch, record)
 
-        history = trainer.fit(train_loader, step, lambda m: evaluate(m, eval_loader, device), on_epoch_end=epoch_end)
+        history = trainer.fit(job.train_loader, job.step, lambda m: evaluate(m, job.eval_loader, job.device),
+                              on_epoch_end=epoch_end, on_batch=on_batch)
         best_path = Path(cfg.out) / "best.pt"
-        if dist.is_main and best_path.is_file():
+        if trainer.dist.is_main and best_path.is_file():
             run.log_artifact(best_path, "checkpoint")
             run.log_metrics({f"best_{PRIMARY_METRIC[task]}": trainer.best})
         return {"history": history, "best": trainer.best, "metric": PRIMARY_METRIC[task], "checkpoint": str(best_path),
-                "run_id": run.run_id, "params": cost.params, "macs": cost.macs, "config": asdict(cfg)}
+                "run_id": run.run_id, "params": job.cost.params, "macs": job.cost.macs, "config": asdict(cfg)}
 
 
 def _store_seconds(cfg: DistillConfig) -> float | None:

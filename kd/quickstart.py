@@ -54,7 +54,8 @@ class QuickstartConfig:
 
 
 def quickstart(cfg: QuickstartConfig, on_step: Callable[[str], None] | None = None,
-               on_epoch: Callable[[int, dict], None] | None = None) -> dict[str, Any]:
+               on_epoch: Callable[[int, dict], None] | None = None,
+               on_batch: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Run the pipeline; returns the four distillation results, the store and the ``mlflow ui`` command."""
     from kd.data import make_demo_data
     from kd.distill import DistillConfig, TeacherChoice, distill
@@ -80,7 +81,7 @@ def quickstart(cfg: QuickstartConfig, on_step: Callable[[str], None] | None = No
             dataset=spec, teacher=name, out=str(out / "teachers" / alias), epochs=cfg.teacher_epochs,
             batch_size=cfg.batch_size, lr=plan.teacher_lr, clip_seconds=plan.clip_seconds, seed=cfg.seed + i,
             mixstyle_p=0.4 * i, tracking_uri=tracking, device="auto",
-        ), on_epoch=on_epoch)
+        ), on_epoch=on_epoch, on_batch=on_batch)
         checkpoints[alias] = (name, result["checkpoint"])
 
     step("teaching both teachers into one store")
@@ -99,7 +100,7 @@ def quickstart(cfg: QuickstartConfig, on_step: Callable[[str], None] | None = No
             store=store if choice != "none" else None, teachers=TeacherChoice.parse(choice),
             epochs=cfg.student_epochs, batch_size=cfg.batch_size, lr=plan.student_lr, seed=cfg.seed,
             tracking_uri=tracking, device="auto",
-        ), on_epoch=on_epoch)
+        ), on_epoch=on_epoch, on_batch=on_batch)
     ui = f"mlflow ui --backend-store-uri {tracking} --host 127.0.0.1 --port 5000"
     return {"out": str(out), "dataset": spec, "store": store, "teach": teach, "runs": results,
             "student": plan.student, "tracking_uri": tracking, "mlflow_ui": ui}

@@ -216,7 +216,7 @@ class Trainer:
         step: StepFn,
         evaluate: EvalFn,
         on_epoch_end: EpochEnd | None = None,
-        on_batch: Callable[[int], None] | None = None,
+        on_batch: Callable[[int, int], None] | None = None,
     ) -> list[dict[str, float]]:
         """Train from ``self.epoch`` to ``cfg.epochs``; returns the per-epoch history (train loss + eval metrics)."""
         while self.epoch < self.cfg.epochs:
@@ -224,7 +224,7 @@ class Trainer:
             sampler = getattr(loader, "sampler", None)
             if hasattr(sampler, "set_epoch"):
                 sampler.set_epoch(self.epoch)
-            record = self._train_epoch(loader, step, on_batch)
+            record = self.train_epoch(loader, step, on_batch)
             self._recalibrate_batchnorm(loader, step)
             self.model.eval()
             with torch.inference_mode():
@@ -265,7 +265,12 @@ class Trainer:
         for m, momentum in zip(norms, momenta):
             m.momentum = momentum
 
-    def _train_epoch(self, loader, step: StepFn, on_batch) -> dict[str, float]:
+    def train_epoch(self, loader, step: StepFn, on_batch: Callable[[int, int], None] | None = None) -> dict[str, float]:
+        """One pass of optimiser steps over ``loader``; returns the mean losses and the last learning rate.
+
+        ``on_batch(done, batches_per_epoch)`` follows every step (progress bars).
+        """
+        total = len(loader)
         self.train_model.train()
         sums: dict[str, float] = {"loss": 0.0, "hard_loss": 0.0}
         batches = 0
@@ -285,7 +290,7 @@ class Trainer:
                 sums["soft_loss"] = sums.get("soft_loss", 0.0) + terms.soft.item()
             batches += 1
             if on_batch:
-                on_batch(batches)
+                on_batch(batches, total)
         if batches == 0:
             raise KdError("the training split yielded no batch (is it empty, or smaller than the batch size?)")
         out = {f"train_{k}": v / batches for k, v in sums.items()}

@@ -61,8 +61,12 @@ def _build(cfg: TrainTeacherConfig, num_classes: int, frame_level: bool):
     return model, kwargs
 
 
-def train_teacher(cfg: TrainTeacherConfig, on_epoch: Callable[[int, dict], None] | None = None) -> dict[str, Any]:
-    """Train, evaluate every epoch, track in MLflow (experiment ``train-teacher/<dataset>``); returns a summary."""
+def train_teacher(cfg: TrainTeacherConfig, on_epoch: Callable[[int, dict], None] | None = None,
+                  on_batch: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Train, evaluate every epoch, track in MLflow (experiment ``train-teacher/<dataset>``); returns a summary.
+
+    ``on_epoch(epoch, metrics)`` follows each evaluation, ``on_batch(done, batches_per_epoch)`` each step.
+    """
     from kd.data import open_dataset
     from kd.tracking import tracked_run
 
@@ -106,7 +110,8 @@ def train_teacher(cfg: TrainTeacherConfig, on_epoch: Callable[[int, dict], None]
             if on_epoch:
                 on_epoch(epoch, record)
 
-        history = trainer.fit(train_loader, step, lambda m: evaluate(m, eval_loader, device), on_epoch_end=epoch_end)
+        history = trainer.fit(train_loader, step, lambda m: evaluate(m, eval_loader, device), on_epoch_end=epoch_end,
+                              on_batch=on_batch)
         best = Path(cfg.out) / "best.pt"
         if dist.is_main and best.is_file():
             run.log_artifact(best, "checkpoint")

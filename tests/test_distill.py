@@ -91,6 +91,8 @@ def test_killed_run_resumes_to_the_same_result(demo_asc, asc_store, tmp_path, tr
 def test_label_only_baseline_needs_no_store(demo_asc, tmp_path, tracking_uri):
     result = distill(_cfg(demo_asc, None, tmp_path / "base", tracking_uri, teachers="none", epochs=1))
     assert result["history"][0]["train_loss"] == result["history"][0]["train_hard_loss"]
+    # without a store to say how long the clips are, the dataset's 1 s clips are used, never padded to 10 s
+    assert torch.load(result["checkpoint"], weights_only=True)["meta"]["seconds"] == pytest.approx(1.0)
 
 
 def test_store_missing_clips_is_refused_or_dropped(demo_asc, tmp_path, tracking_uri):
