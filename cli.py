@@ -113,6 +113,8 @@ def train_teacher_cmd(**options) -> None:
     cfg = TrainTeacherConfig(**options)
     with TrainingProgress() as bar:
         result = train_teacher(cfg, on_epoch=bar.on_epoch, on_batch=bar.on_batch)
+    if not result["main_process"]:  # torchrun: rank 0 reports for the job
+        return
     console.print(f"best {result['metric']} {result['best']:.4f}; checkpoint {result['checkpoint']}", highlight=False)
 
 
@@ -261,6 +263,8 @@ def distill_cmd(teachers, **options) -> None:
     cfg = DistillConfig(teachers=TeacherChoice.parse(teachers), **options)
     with TrainingProgress() as bar:
         result = distill(cfg, on_epoch=bar.on_epoch, on_batch=bar.on_batch)
+    if not result["main_process"]:  # torchrun: rank 0 reports for the job
+        return
     console.print(f"best {result['metric']} {result['best']:.4f}; {result['params']:,} params, "
                   f"{result['macs'] / 1e6:.1f} MMACs; checkpoint {result['checkpoint']}", highlight=False)
 

@@ -17,7 +17,7 @@ import torch
 
 from kd.align import align_frames
 
-__all__ = ["ClipDataset", "TeacherTargets", "balanced_sample_weights"]
+__all__ = ["ClipDataset", "DistributedWeightedSampler", "TeacherTargets", "balanced_sample_weights"]
 
 
 @dataclass(frozen=True)
@@ -136,3 +136,27 @@ def balanced_sample_weights(label_sets: Sequence[Sequence[int]], num_classes: in
     floor = class_weight.min()
     weights = [class_weight[list(labels)].sum() if len(labels) else floor for labels in label_sets]
     return torch.tensor(weights, dtype=torch.double)
+
+
+class DistributedWeightedSampler(torch.utils.data.Sampler[int]):
+    """Weighted sampling with replacement shared out over ``torchrun`` ranks.
+
+    Every rank draws the same epoch-seeded sample for the whole job and keeps every ``world``-th index of it,
+    so the ranks together see what one process with a ``WeightedRandomSampler`` would, without overlap.
+    """
+
+    def __init__(self, weights: torch.Tensor, num_samples: int, rank: int, world: int, seed: int = 0) -> None:
+        self.weights, self.rank, self.world, self.seed = weights, rank, world, seed
+        self.per_rank = -(-num_samples // world)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.per_rank
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        draw = torch.multinomial(self.weights, self.per_rank * self.world, replacement=True, generator=generator)
+        return iter(draw[self.rank::self.world].tolist())

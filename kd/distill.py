@@ -223,7 +223,7 @@ def prepare_distillation(cfg: DistillConfig) -> Distillation:
     seconds = _clip_seconds(cfg, train_data, _store_seconds(cfg))
     train_set = make_dataset(train_data, clips, student, seconds, teacher=targets)
     train_loader = make_loader(train_set, cfg.batch_size, train=True, num_workers=cfg.num_workers,
-                               balanced=task == "tagging", dist_rank=dist.rank, dist_world=dist.world_size)
+                               balanced=task == "tagging", dist_rank=dist.rank, dist_world=dist.world_size, seed=cfg.seed)
     eval_loader = make_loader(make_dataset(eval_data, eval_data.clips, student, seconds), cfg.batch_size,
                               train=False, num_workers=cfg.num_workers)
     loss = DistillLoss(task, kd_lambda=cfg.kd_lambda if targets else 1.0, temperature=cfg.temperature)
@@ -288,7 +288,8 @@ def distill(cfg: DistillConfig, on_epoch: Callable[[int, dict], None] | None = N
     experiment = f"distill/{job.data_name}-{task}"
     run_name = f"{cfg.student} from {cfg.teachers}"
     with tracked_run(experiment, run_name=run_name, params=job.params, tracking_uri=cfg.tracking_uri,
-                     tags={"store": cfg.store or "none", "teachers": str(cfg.teachers)}) as run:
+                     tags={"store": cfg.store or "none", "teachers": str(cfg.teachers)},
+                     enabled=trainer.dist.is_main) as run:
         run.log_metrics({"params": job.cost.params, "macs": job.cost.macs})
 
         def epoch_end(epoch: int, record: dict) -> None:
@@ -303,7 +304,8 @@ def distill(cfg: DistillConfig, on_epoch: Callable[[int, dict], None] | None = N
             run.log_artifact(best_path, "checkpoint")
             run.log_metrics({f"best_{PRIMARY_METRIC[task]}": trainer.best})
         return {"history": history, "best": trainer.best, "metric": PRIMARY_METRIC[task], "checkpoint": str(best_path),
-                "run_id": run.run_id, "params": job.cost.params, "macs": job.cost.macs, "config": asdict(cfg)}
+                "run_id": run.run_id, "params": job.cost.params, "macs": job.cost.macs, "config": asdict(cfg),
+                "main_process": trainer.dist.is_main}
 
 
 def _store_seconds(cfg: DistillConfig) -> float | None:

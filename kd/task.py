@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, RandomSampler, WeightedRandomSampler
 
 from kd import metrics
 from kd.augment import MixupParams, freq_mixstyle, mix
-from kd.dataset import ClipDataset, TeacherTargets, balanced_sample_weights
+from kd.dataset import ClipDataset, DistributedWeightedSampler, TeacherTargets, balanced_sample_weights
 
 __all__ = [
     "PRIMARY_METRIC",
@@ -85,14 +85,20 @@ def make_dataset(
 
 def make_loader(
     dataset: ClipDataset, batch_size: int, *, train: bool, num_workers: int = 0, balanced: bool = False,
-    dist_rank: int = 0, dist_world: int = 1,
+    dist_rank: int = 0, dist_world: int = 1, seed: int = 0,
 ) -> DataLoader:
-    """Shuffled (or class-balanced, the AudioSet way) batches for training; ordered batches for evaluation."""
+    """Shuffled (or class-balanced, the AudioSet way) batches for training; ordered batches for evaluation.
+
+    Under ``torchrun`` (``dist_world > 1``) each rank gets its share of every epoch's draw.
+    """
     sampler = None
-    if train and dist_world > 1:
-        sampler = torch.utils.data.DistributedSampler(dataset, num_replicas=dist_world, rank=dist_rank, shuffle=True)
+    weights = balanced_sample_weights([c.labels for c in dataset.clips], dataset.data.num_classes) if balanced else None
+    if train and balanced and dist_world > 1:
+        sampler = DistributedWeightedSampler(weights, len(dataset), dist_rank, dist_world, seed=seed)
+    elif train and dist_world > 1:
+        sampler = torch.utils.data.DistributedSampler(dataset, num_replicas=dist_world, rank=dist_rank, shuffle=True,
+                                                      seed=seed)
     elif train and balanced:
-        weights = balanced_sample_weights([c.labels for c in dataset.clips], dataset.data.num_classes)
         sampler = WeightedRandomSampler(weights, num_samples=len(dataset), replacement=True)
     elif train:
         sampler = RandomSampler(dataset)

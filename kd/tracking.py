@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RunLogger", "flatten_params", "tracked_run"]
+__all__ = ["NullRunLogger", "RunLogger", "flatten_params", "tracked_run"]
 
 _MAX_PARAM_CHARS = 6000  # MLflow's limit on a parameter value
 
@@ -64,6 +64,29 @@ class RunLogger:
         mlflow.log_artifact(str(path), artifact_path=artifact_path)
 
 
+class NullRunLogger(RunLogger):
+    """The logger of a process that does not track: the non-zero ranks of a ``torchrun`` job."""
+
+    def __init__(self) -> None:
+        super().__init__(None)
+
+    @property
+    def run_id(self) -> str | None:
+        return None
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        pass
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        pass
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        pass
+
+    def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
+        pass
+
+
 def _metric_name(name: str) -> str:
     """MLflow metric names allow letters, digits and ``_-. /``; anything else becomes ``_``."""
     return "".join(c if c.isalnum() or c in "_-. /" else "_" for c in name)
@@ -77,11 +100,16 @@ def tracked_run(
     params: Mapping[str, Any] | None = None,
     tags: Mapping[str, Any] | None = None,
     tracking_uri: str | None = None,
+    enabled: bool = True,
 ) -> Iterator[RunLogger]:
     """Open an MLflow run in ``experiment`` (created if needed), log ``params`` and ``tags``, yield a logger.
 
     A run that raises is marked FAILED (KeyboardInterrupt: KILLED), so interrupted runs are visible as such.
+    ``enabled=False`` yields a logger that records nothing (one MLflow run per job, not one per process).
     """
+    if not enabled:
+        yield NullRunLogger()
+        return
     import mlflow
 
     for noisy in ("alembic", "mlflow"):  # database migrations and "creating experiment" chatter

@@ -31,12 +31,20 @@ __all__ = ["DistEnv", "OptimConfig", "Trainer", "WarmupRampDown", "init_distribu
 
 
 def select_device(name: str = "auto") -> torch.device:
-    """``auto`` picks CUDA when available; ``cuda`` without a GPU is a user error, not a silent fallback."""
+    """``auto`` picks CUDA when available; ``cuda`` without a GPU is a user error, not a silent fallback.
+
+    A bare ``cuda`` means the process's own GPU: ``cuda:LOCAL_RANK`` under ``torchrun``, else ``cuda:0``.
+    """
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
+    if device.type != "cuda":
+        return device
+    if not torch.cuda.is_available():
         raise KdError("--device cuda was asked for, but torch sees no CUDA device")
+    if device.index is None:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    torch.cuda.set_device(device)
     return device
 
 
@@ -232,20 +240,21 @@ class Trainer:
             self.epoch += 1
             record["epoch"] = float(self.epoch)
             self.history.append(record)
+            improved = self._update_best(record)
             if self.dist.is_main:
-                self._checkpoint(record)
+                self.save("last.pt")
+                if improved:
+                    self.save("best.pt")
                 if on_epoch_end:
                     on_epoch_end(self.epoch, record)
         return self.history
 
-    def _checkpoint(self, record: dict[str, float]) -> None:
+    def _update_best(self, record: dict[str, float]) -> bool:
         score = record.get(self.primary_metric)
         improved = score is not None and (self.best is None or score > self.best)
         if improved:
             self.best = score
-        self.save("last.pt")
-        if improved:
-            self.save("best.pt")
+        return improved
 
     @torch.no_grad()
     def _recalibrate_batchnorm(self, loader, step: StepFn) -> None:
