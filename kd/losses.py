@@ -6,8 +6,11 @@ Good Teacher for Knowledge Distillation in Acoustic Scene Classification", 2023)
 **label** loss. Soft targets are probabilities derived from the stored teacher logits, so that batch
 mixing (mixup) can mix them linearly with the same coefficient as the inputs:
 
-* ``asc`` (single label): ``p = softmax(t / T)``; soft loss ``T^2 * KL(p || softmax(s / T))`` averaged over
-  the batch (Hinton et al., 2015; the ``T^2`` keeps gradient magnitudes comparable across temperatures).
+* ``asc`` (single label): ``p = softmax(t / T)``; soft loss ``T^2 * KL(p || softmax(s / T)) / C``: the KL
+  terms averaged over clips *and* the ``C`` classes, as CP-JKU's DCASE'23 training computes it
+  (``KLDivLoss(reduction="none")(...).mean()``), so that its ``kd_lambda = 0.02``, ``T = 2`` keep their
+  balance between label and teacher here (Hinton et al., 2015, for the ``T^2``, which keeps gradient
+  magnitudes comparable across temperatures).
 * ``tagging`` (multi label): ``p = sigmoid(t / T)``; soft loss ``BCE(s, p)`` averaged over classes and clips,
   as EfficientAT distils PaSST ensembles.
 * ``sed`` (frame-wise multi label): the same BCE over frames ``[B, T, C]``.
@@ -52,7 +55,7 @@ def soft_loss(task: Task, logits: torch.Tensor, targets: torch.Tensor, temperatu
     if task == "asc":
         log_q = (logits / temperature).log_softmax(dim=-1)
         kl = torch.xlogy(targets, targets) - targets * log_q
-        return kl.sum(dim=-1).mean() * temperature**2
+        return kl.mean() * temperature**2
     return F.binary_cross_entropy_with_logits(logits, targets)
 
 
