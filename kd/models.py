@@ -3,6 +3,10 @@
 Checkpoints written by ``kd train-teacher`` and ``kd distill`` carry a ``meta`` dict (model name,
 constructor arguments, class list, task), so a user passes only the file; official release files carry
 no meta and are built from the registry name the user gives.
+
+A clip-level student trained by ``kd distill`` can serve as a teacher too (``NAME=CHECKPOINT`` with the
+student's registry name): CP-JKU's DCASE'23 teacher ensemble mixes CP-ResNets with PaSSTs, and a CNN
+teacher trained on the task is often the better teacher where no pretrained transformer is at hand.
 """
 from __future__ import annotations
 
@@ -14,10 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from kd.errors import KdError
+from teachers import Teacher, TeacherInputError, TeacherOutput
 
-__all__ = ["TeacherSpec", "build_teacher", "checkpoint_meta", "seeded"]
+__all__ = ["StudentAsTeacher", "TeacherSpec", "build_teacher", "checkpoint_meta", "seeded"]
 
 
 @dataclass(frozen=True)
@@ -68,9 +74,12 @@ def build_teacher(spec: TeacherSpec, num_classes: int | None = None, **overrides
     Args:
         num_classes: the dataset's class count, checked against the teacher's.
     """
-    from teachers import create_teacher
+    from teachers import create_teacher, list_teachers
 
     if spec.checkpoint is None:
+        if spec.name not in list_teachers():
+            raise KdError(f"unknown teacher {spec.name!r} (see `kd teachers`); a student trained by kd distill "
+                          f"serves as a teacher with its checkpoint: {spec.name}=CHECKPOINT")
         warnings.warn(
             f"teacher {spec.key} has no checkpoint: it runs with RANDOM weights; its logits are useless as "
             "soft targets (fine for benchmarks and tests)",
@@ -91,6 +100,10 @@ def build_teacher(spec: TeacherSpec, num_classes: int | None = None, **overrides
             if meta["name"] != spec.name:
                 raise KdError(f"{spec.checkpoint} holds a {meta['name']} teacher, not {spec.name}")
             model = create_teacher(spec.name, checkpoint=spec.checkpoint, new_heads=False, **meta["kwargs"])
+        elif meta and meta.get("kind") == "student":
+            if meta["name"] != spec.name:
+                raise KdError(f"{spec.checkpoint} holds a {meta['name']} student, not {spec.name}")
+            model = StudentAsTeacher.load(spec.checkpoint)
         else:
             model = create_teacher(spec.name, checkpoint=spec.checkpoint, **overrides)
     if num_classes is not None and model.num_classes != num_classes:
@@ -99,3 +112,45 @@ def build_teacher(spec: TeacherSpec, num_classes: int | None = None, **overrides
             "fine-tune it on this label set first (kd train-teacher)"
         )
     return model.eval()
+
+
+class StudentAsTeacher(Teacher):
+    """A clip-level student checkpoint of ``kd distill`` in the teacher contract, so ``kd teach`` can run it.
+
+    The students pool globally over time, so an input of any length goes through in one pass (the way
+    EfficientAT runs its CNNs on long audio); ``clip_seconds`` is the length the student was trained on.
+    """
+
+    def __init__(self, student: nn.Module, name: str, clip_seconds: float) -> None:
+        super().__init__()
+        if student.frames_per_second is not None:
+            raise KdError(f"{name} is a frame-wise student; only clip-level students can serve as teachers")
+        self.student, self.name = student, name
+        self.sample_rate, self.num_classes = student.sample_rate, student.num_classes
+        self.clip_seconds = self.window_hop_seconds = float(clip_seconds)
+
+    @classmethod
+    def load(cls, checkpoint: str | os.PathLike) -> StudentAsTeacher:
+        from kd.distill import load_student
+
+        student, meta = load_student(checkpoint)
+        return cls(student, meta["name"], meta["seconds"])
+
+    @property
+    def frontend(self) -> nn.Module:
+        return self.student.frontend
+
+    def forward_spectrogram(self, spec: torch.Tensor) -> TeacherOutput:
+        return TeacherOutput(self.student.forward_spectrogram(spec))
+
+    def forward(self, waveform: torch.Tensor) -> TeacherOutput:
+        if waveform.dim() != 2:
+            raise TeacherInputError(f"expected a waveform batch [B, N], got shape {tuple(waveform.shape)}")
+        return self.forward_spectrogram(self.frontend(waveform))
+
+    def frontend_config(self) -> dict[str, Any]:
+        mel = self.frontend
+        settings = {k: getattr(mel, k) for k in ("n_fft", "win_length", "hop_length", "n_mels", "fmin", "fmax")
+                    if hasattr(mel, k)}
+        return {"frontend": type(mel).__name__, "student": self.name, "sample_rate": self.sample_rate, **settings,
+                "context_seconds": self.clip_seconds, "long_input": "one pass, global pooling over time"}

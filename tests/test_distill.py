@@ -133,3 +133,26 @@ def test_sed_distillation_aligns_frame_targets(demo_sed, tmp_path, tracking_uri)
     events = predict_files(result["checkpoint"], [open_first_clip(demo_sed)], threshold=0.0, device="cpu")[0]
     assert events["events"] and all(on < off for on, off, _ in events["events"])
     assert np.isfinite(result["history"][0]["train_soft_loss"])
+
+
+def test_trained_student_serves_as_teacher(demo_asc, tmp_path, tracking_uri):
+    from kd.data import open_dataset
+    from kd.distill import load_student
+    from kd.models import build_teacher
+    from logit_store import LogitStore
+
+    checkpoint = distill(_cfg(demo_asc, None, tmp_path / "cnn", tracking_uri, teachers="none", epochs=1))["checkpoint"]
+    store, teacher = str(tmp_path / "cnn.zarr"), TeacherSpec.parse(f"cnn:{ASC_STUDENT}={checkpoint}")
+    run_teach(TeachConfig(dataset=demo_asc["spec"], store=store, teachers=(teacher,), chunk_size=16, codec="f32",
+                          tracking_uri=tracking_uri))
+    model, meta = load_student(checkpoint)
+    data = open_dataset(demo_asc["spec"], split="train")
+    clip = data.clips[3]
+    wave = data.load_audio(clip, model.sample_rate, meta["seconds"])
+    with torch.inference_mode():
+        expected = model(torch.from_numpy(wave)[None]).numpy()
+    np.testing.assert_allclose(LogitStore.open(store).read([clip.id], teachers=["cnn"]), expected, atol=1e-4)
+    with pytest.raises(KdError, match=f"holds a {ASC_STUDENT} student, not cp_mobile"):
+        build_teacher(TeacherSpec("cp_mobile", checkpoint))
+    with pytest.raises(KdError, match="unknown teacher 'cp_mobile'.*cp_mobile=CHECKPOINT"):
+        build_teacher(TeacherSpec("cp_mobile"))
