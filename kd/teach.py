@@ -241,26 +241,32 @@ def run_teach(
     on_warning: Callable[[str], None] | None = None,
 ) -> TeachSummary:
     """Teach every pending chunk on a dask cluster, then score the teachers on the dataset's labels."""
+    from kd.tracking import tracked_run
+
     start = time.perf_counter()
     data, store, models = prepare_store(cfg, on_warning)
     names = [s.key for s in cfg.teachers]
-    pending = [c for c in range(store.num_chunks) if not all(store.done_chunks(n)[c] for n in names)]
-    results = _run_on_dask(cfg, pending, on_progress, total_clips=len(store.clip_ids))
-    store = type(store).open(cfg.store, mode="r+")
-    failures = {k: v for n in names for k, v in store.failures(n).items()}
-    written = {n: sum(r.written.get(n, 0) for r in results) for n in names}
-    summary = TeachSummary(
-        store=cfg.store, clips=len(store.clip_ids), chunks_run=len(pending),
-        chunks_skipped=store.num_chunks - len(pending), written=written, failures=failures,
-        wall_seconds=time.perf_counter() - start, store_info=store.info(),
-    )
-    summary.metrics = score_teachers(store, data, names)
-    for name in names:
-        if name in summary.metrics:
-            store.set_teacher_metrics(name, summary.metrics[name])
-    if "ensemble" in summary.metrics:
-        store.set_attrs({"ensemble_metrics": summary.metrics["ensemble"]})
-    summary.run_id = _track(cfg, store, summary)
+    params = _run_params(cfg, store)
+    with tracked_run("teach", run_name=f"teach {params['teachers']}", params=params, tags={"store": cfg.store},
+                     tracking_uri=cfg.tracking_uri) as run:
+        pending = [c for c in range(store.num_chunks) if not all(store.done_chunks(n)[c] for n in names)]
+        results = _run_on_dask(cfg, pending, on_progress, total_clips=len(store.clip_ids))
+        store = type(store).open(cfg.store, mode="r+")
+        failures = {k: v for n in names for k, v in store.failures(n).items()}
+        written = {n: sum(r.written.get(n, 0) for r in results) for n in names}
+        summary = TeachSummary(
+            store=cfg.store, clips=len(store.clip_ids), chunks_run=len(pending),
+            chunks_skipped=store.num_chunks - len(pending), written=written, failures=failures,
+            wall_seconds=time.perf_counter() - start, store_info=store.info(),
+        )
+        summary.metrics = score_teachers(store, data, names)
+        for name in names:
+            if name in summary.metrics:
+                store.set_teacher_metrics(name, summary.metrics[name])
+        if "ensemble" in summary.metrics:
+            store.set_attrs({"ensemble_metrics": summary.metrics["ensemble"]})
+        run.log_metrics(_run_metrics(summary))
+        summary.run_id = run.run_id
     return summary
 
 
@@ -337,26 +343,23 @@ def score_teachers(store, data, names: Sequence[str]) -> dict[str, dict[str, flo
     return out
 
 
-def _track(cfg: TeachConfig, store, summary: TeachSummary) -> str:
-    from kd.tracking import tracked_run
-
-    params = {
+def _run_params(cfg: TeachConfig, store) -> dict[str, Any]:
+    return {
         "dataset": cfg.dataset, "split": cfg.split, "codec": cfg.codec,
         "teachers": ",".join(t.key for t in cfg.teachers),
         **{f"teacher.{t.key}.model": t.name for t in cfg.teachers},
         **{f"teacher.{t.key}.checkpoint_sha256": store.teacher_info(t.key).get("checkpoint_sha256") for t in cfg.teachers},
         "workers": cfg.workers, "batch_size": cfg.batch_size, "device": cfg.device,
     }
-    with tracked_run("teach", run_name=f"teach {params['teachers']}", params=params,
-                     tags={"store": cfg.store}, tracking_uri=cfg.tracking_uri) as run:
-        flat = {f"{view}.{k}": v for view, m in summary.metrics.items() for k, v in m.items()}
-        flat.update({"clips": summary.clips, "failed_clips": len(summary.failures),
-                     "wall_seconds": summary.wall_seconds})
-        bpl = summary.store_info.get("bytes_per_logit")
-        if bpl is not None and math.isfinite(bpl):
-            flat["bytes_per_logit"] = bpl
-        run.log_metrics(flat)
-        return run.run_id
+
+
+def _run_metrics(summary: TeachSummary) -> dict[str, float]:
+    flat = {f"{view}.{k}": v for view, m in summary.metrics.items() for k, v in m.items()}
+    flat.update({"clips": summary.clips, "failed_clips": len(summary.failures), "wall_seconds": summary.wall_seconds})
+    bpl = summary.store_info.get("bytes_per_logit")
+    if bpl is not None and math.isfinite(bpl):
+        flat["bytes_per_logit"] = bpl
+    return flat
 
 
 def summary_dict(summary: TeachSummary) -> dict[str, Any]:
