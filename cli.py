@@ -384,8 +384,8 @@ def quickstart_cmd(**options) -> None:
     for label, run in result["runs"].items():
         table.add_row(label, f"{run['best']:.4f}", f"{run['params']:,}", f"{run['macs'] / 1e6:.2f}", run["run_id"])
     out.print(table)
-    out.print(f"Compare the runs in MLflow:\n  {result['mlflow_ui']}\nthen open http://127.0.0.1:5000", highlight=False,
-              soft_wrap=True)
+    out.print(f"Compare the runs in MLflow:\n  {result['mlflow_ui']}\nthen open http://127.0.0.1:5000 and pick "
+              "\"Model training\" in the sidebar (MLflow 3 opens on its GenAI view)", highlight=False, soft_wrap=True)
 
 
 @main.command("students")
