@@ -154,7 +154,8 @@ class TrainingProgress:
               help="audioset-hdf5:FILE, audioset:DIR, audioset-strong:DIR, tau22:DIR or manifest:FILE.")
 @click.option("--split", default=None, help="Split to teach (default: the format's default, usually train).")
 @click.option("--teacher", "teachers", multiple=True, required=True, metavar="[ALIAS:]NAME[=CHECKPOINT]",
-              help="A teacher to run (repeat for an ensemble). Without a checkpoint it runs with random weights.")
+              help="A teacher to run (repeat for an ensemble): a registered teacher, or a clip-level student "
+                   "trained by `kd distill` with its checkpoint. Without a checkpoint it runs with random weights.")
 @click.option("--store", required=True, metavar="URL", help="Logit store: a path, file://, memory:// or s3:// URL.")
 @click.option("--codec", type=click.Choice(["q8", "f16", "f32"]), default="q8", show_default=True,
               help="How logits are stored: q8 (8-bit, designed for KD targets), f16 or f32.")
