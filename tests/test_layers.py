@@ -118,8 +118,8 @@ def test_checkpoint_missing_file_and_non_state_dict(tmp_path):
 # --- mel banks --------------------------------------------------------------------------------------------------
 # Golden values from Kaldi's mel-bank definition as implemented by torchaudio.compliance.kaldi.get_mel_banks
 # (n_mels=128, n_fft=1024, sr=32000, fmin=0, fmax=15000: the EfficientAT/PaSST eval frontend).
-# Both compute the filters in float32, whose log differs by a few ulp between CPU vector units (AVX2 vs
-# AVX-512 builds of the same torch), hence a relative tolerance on the sums rather than an exact match.
+# Both compute the filters in float32, whose log differs by a few ulp from one CPU to another (torch picks
+# its vectorised log by instruction set), hence a relative tolerance on the sums rather than an exact match.
 @pytest.mark.parametrize(
     "row, first, last, total",
     [(0, 1, 1, 0.188595250248909), (1, 1, 1, 0.8114047646522522), (64, 83, 87, 2.6713342666625977),
