@@ -80,6 +80,7 @@ def train_teacher(cfg: TrainTeacherConfig, on_epoch: Callable[[int, dict], None]
     train_loader = make_loader(
         make_dataset(train_data, train_data.clips, model, seconds), cfg.batch_size, train=True,
         num_workers=cfg.num_workers, balanced=task == "tagging", dist_rank=dist.rank, dist_world=dist.world_size,
+        seed=cfg.seed,
     )
     eval_loader = make_loader(make_dataset(eval_data, eval_data.clips, model, seconds), cfg.batch_size, train=False,
                               num_workers=cfg.num_workers)
@@ -103,7 +104,7 @@ def train_teacher(cfg: TrainTeacherConfig, on_epoch: Callable[[int, dict], None]
 
     params = {**asdict(cfg), "task": task, "train_clips": len(train_data), "eval_clips": len(eval_data)}
     with tracked_run(f"train-teacher/{train_data.name}-{task}", run_name=f"{cfg.teacher} on {train_data.name}",
-                     params=params, tracking_uri=cfg.tracking_uri) as run:
+                     params=params, tracking_uri=cfg.tracking_uri, enabled=dist.is_main) as run:
 
         def epoch_end(epoch: int, record: dict) -> None:
             run.log_metrics(record, step=epoch)
@@ -116,4 +117,4 @@ def train_teacher(cfg: TrainTeacherConfig, on_epoch: Callable[[int, dict], None]
         if dist.is_main and best.is_file():
             run.log_artifact(best, "checkpoint")
         return {"history": history, "best": trainer.best, "checkpoint": str(best), "metric": PRIMARY_METRIC[task],
-                "run_id": run.run_id}
+                "run_id": run.run_id, "main_process": dist.is_main}

@@ -29,3 +29,17 @@ def test_clip_teacher_cannot_learn_strong_labels(demo_sed, tmp_path):
     with pytest.raises(KdError, match="frame-wise"):
         train_teacher(TrainTeacherConfig(dataset=demo_sed["spec"], teacher="passt_tiny", out=str(tmp_path / "t"),
                                          epochs=1, device="cpu"))
+
+
+def test_train_teacher_command_reports_its_checkpoint(demo_asc, tmp_path, tracking_uri):
+    from click.testing import CliRunner
+
+    from cli import main
+
+    out = tmp_path / "t"
+    result = CliRunner().invoke(main, ["train-teacher", "--dataset", demo_asc["spec"], "--teacher", "ast_tiny",
+                                       "--out", str(out), "--epochs", "1", "--clip-seconds", "1.0", "--device", "cpu",
+                                       "--tracking-uri", tracking_uri], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert f"checkpoint {out / 'best.pt'}" in result.output.replace("\n", "")
+    assert (out / "best.pt").is_file()
