@@ -43,7 +43,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kd.data import make_demo_data
-from kd.distill import DistillConfig, Distillation, TeacherChoice, prepare_distillation
+from kd.distill import Distillation, DistillConfig, TeacherChoice, prepare_distillation
 from kd.models import TeacherSpec
 from kd.teach import TeachConfig, run_teach
 

@@ -24,6 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small data and budget (< 1 minute)")
@@ -34,8 +35,10 @@ def main() -> None:
                         help="keep everything here (default: a temp folder); a rerun reuses its data, teachers and store")
     parser.add_argument("--student-epochs", type=int, default=None, help="the students' budget (default 30)")
     args = parser.parse_args()
-    sizes = dict(clips=40, teacher_clips=60, teacher_epochs=1, finetune_epochs=1, student_epochs=1) if args.quick else \
-        dict(clips=600, teacher_clips=2400, teacher_epochs=20, finetune_epochs=10, student_epochs=30)
+    if args.quick:
+        sizes = {"clips": 40, "teacher_clips": 60, "teacher_epochs": 1, "finetune_epochs": 1, "student_epochs": 1}
+    else:
+        sizes = {"clips": 600, "teacher_clips": 2400, "teacher_epochs": 20, "finetune_epochs": 10, "student_epochs": 30}
     if args.student_epochs:
         sizes["student_epochs"] = args.student_epochs
     seeds = args.seeds[:1] if args.quick else args.seeds

@@ -63,7 +63,7 @@ def main() -> None:
     distill = [e for e in experiments if e.name.startswith("distill/")]
     if not distill:
         raise SystemExit(f"{args.database} holds no distill experiment")
-    experiment = distill[0]
+    experiment, teach = distill[0], client.get_experiment_by_name("teach")
     runs = client.search_runs([experiment.experiment_id])
     args.out.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -75,8 +75,7 @@ def main() -> None:
         wait_for(base)
         ids = json.dumps([r.info.run_id for r in runs])
         training = "workflowType=machine_learning"  # MLflow 3 opens on its GenAI view; the sidebar's "Model training"
-        pages = {"teach": f"{base}/#/experiments/{e.experiment_id}/runs?{training}"
-                 for e in experiments if e.name == "teach"}
+        pages = {} if teach is None else {"teach": f"{base}/#/experiments/{teach.experiment_id}/runs?{training}"}
         pages |= {
             "experiment": f"{base}/#/experiments/{experiment.experiment_id}/runs?{training}",
             "compare": f"{base}/#/compare-runs?runs={urllib.parse.quote(ids)}"
