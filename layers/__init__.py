@@ -1,7 +1,7 @@
 """Shared building blocks of kd's models: the registry, safe checkpoint loading and audio frontends.
 
 The bottom of the import graph: ``teachers`` and ``students`` import from here, nothing here imports
-from the rest of the project.
+from the rest of the project but ``kd_errors`` (the base of the errors a user can cause).
 """
 from .checkpoint import CheckpointError, load_checkpoint, load_state_dict_strict, sha256_file
 from .mel import MelSTFT, kaldi_mel_banks, mask_along_axis

@@ -15,13 +15,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from kd_errors import KdError
+
 __all__ = ["CheckpointError", "load_checkpoint", "load_state_dict_strict", "sha256_file", "unwrap_state_dict"]
 
 _WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "net")
 _MAX_LISTED = 8
 
 
-class CheckpointError(ValueError):
+class CheckpointError(KdError):
     """A checkpoint that cannot be read or does not match the model."""
 
 

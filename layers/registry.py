@@ -12,12 +12,14 @@ import fnmatch
 from dataclasses import dataclass, field
 from typing import Any, Callable, Generic, Mapping, TypeVar
 
+from kd_errors import KdError
+
 __all__ = ["Registry", "RegistryEntry", "UnknownModelError"]
 
 M = TypeVar("M")
 
 
-class UnknownModelError(ValueError):
+class UnknownModelError(KdError):
     """A model name that no entrypoint was registered for."""
 
 

@@ -8,10 +8,12 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
+from kd_errors import KdError
+
 __all__ = ["Teacher", "TeacherInputError", "TeacherOutput"]
 
 
-class TeacherInputError(ValueError):
+class TeacherInputError(KdError):
     """An input a teacher cannot process as given (wrong rank, too short, spectrogram of the wrong size)."""
 
 

@@ -5,6 +5,7 @@ import pytest
 import torch
 from torch import nn
 
+from kd_errors import KdError
 from layers import (
     CheckpointError,
     MelSTFT,
@@ -57,6 +58,11 @@ def test_registry_refuses_duplicate_names():
     reg.register(dup)
     with pytest.raises(ValueError, match="registered twice"):
         reg.register(dup)
+
+
+def test_user_errors_are_kd_errors_not_value_errors():
+    for error in (CheckpointError, UnknownModelError):
+        assert issubclass(error, KdError) and not issubclass(error, ValueError)
 
 
 # --- checkpoints ------------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from kd_errors import KdError
 from layers import CheckpointError
 from teachers import (
     TeacherEnsemble,
@@ -324,6 +325,7 @@ def test_passt_refuses_spectrograms_longer_than_its_positions():
         model.forward_spectrogram(torch.randn(1, 1, 128, 300))
     with pytest.raises(TeacherInputError, match=r"\[B, N\]"):
         model(torch.randn(16000))
+    assert issubclass(TeacherInputError, KdError) and not issubclass(TeacherInputError, ValueError)
 
 
 def test_long_clip_input_is_windowed_not_truncated():

@@ -11,6 +11,7 @@ import torch
 from layers import MelSTFT
 from layers.fbank import KaldiFbank
 from layers.resample import resample
+from teachers import TeacherInputError
 from teachers.ast import AUDIOSET_MEAN, AUDIOSET_STD, ASTFrontend
 
 GOLDEN = json.loads((Path(__file__).parent / "data" / "teacher_frontends.json").read_text())
@@ -62,7 +63,7 @@ def test_ast_frontend_masks_only_in_training_and_refuses_long_input():
     torch.manual_seed(0)
     assert not torch.equal(frontend.train()(wave), frontend.eval()(wave))
     assert torch.equal(frontend.eval()(wave), frontend.eval()(wave))
-    with pytest.raises(ValueError, match="exceed"):
+    with pytest.raises(TeacherInputError, match="exceed"):
         frontend(_signal(16000, 2.0))
 
 
