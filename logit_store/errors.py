@@ -1,7 +1,13 @@
-"""Exceptions of the logit store: every user-facing problem is a one-line :class:`StoreError` (a ``ValueError``)."""
+"""Exceptions of the logit store: every user-facing problem is a one-line :class:`StoreError`.
+
+``StoreError`` is a :class:`kd_errors.KdError` (the base of every error a user can cause in kd), not a
+``ValueError``: code that catches a library's ``ValueError`` does not swallow a store that does not fit.
+"""
 from __future__ import annotations
 
 from collections.abc import Sequence
+
+from kd_errors import KdError
 
 __all__ = [
     "DatasetMismatch",
@@ -23,7 +29,7 @@ def preview(items: Sequence[str], limit: int = 5) -> str:
     return shown if len(items) <= limit else f"{shown} and {len(items) - limit} more"
 
 
-class StoreError(ValueError):
+class StoreError(KdError):
     """Base class: a store that does not exist, does not fit, or was asked for something it does not hold."""
 
 

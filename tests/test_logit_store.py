@@ -8,6 +8,7 @@ import uuid
 import numpy as np
 import pytest
 
+from kd_errors import KdError
 from logit_store import (
     DatasetMismatch,
     IncompatibleStore,
@@ -224,7 +225,7 @@ def test_bad_inputs_are_one_line_errors(url):
     with pytest.raises(StoreError, match="clip ids must be unique; 1 repeated: 'a'"):
         LogitStore.create(url + "-dup", ["a", "b", "a"], CLASSES, dataset="d", dataset_fingerprint="f")
     for err in (UnknownTeacher, MissingIds, VocabularyMismatch, UnwrittenRows, IncompatibleStore):
-        assert issubclass(err, StoreError) and issubclass(err, ValueError)
+        assert issubclass(err, StoreError) and issubclass(err, KdError) and not issubclass(err, ValueError)
 
 
 def test_missing_and_incompatible_stores(url):
