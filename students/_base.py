@@ -13,8 +13,8 @@ class Student(nn.Module, abc.ABC):
     """Base of all students: a frontend and a spectrogram-level forward.
 
     Subclasses set ``sample_rate``, ``num_classes``, ``frames_per_second`` (None for clip-level students),
-    ``frontend`` and ``classifier_prefixes`` (the state-dict prefixes of the layers sized by ``num_classes``,
-    which ``create_student`` re-initialises when a checkpoint has another class count), and implement
+    ``frontend`` and ``classifier_names`` (the modules sized by ``num_classes``, which keep their fresh
+    initialisation when ``create_student`` loads a checkpoint with another class count), and implement
     ``forward_spectrogram``.
     """
 
@@ -22,7 +22,7 @@ class Student(nn.Module, abc.ABC):
     num_classes: int
     frames_per_second: float | None = None
     frontend: nn.Module
-    classifier_prefixes: tuple[str, ...]
+    classifier_names: tuple[str, ...]
 
     @abc.abstractmethod
     def forward_spectrogram(self, spec: torch.Tensor) -> torch.Tensor:

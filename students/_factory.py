@@ -35,7 +35,7 @@ def create_student(name: str, num_classes: int, pretrained: Checkpoint | None = 
     Args:
         pretrained: a local checkpoint (official release file or one saved from this model) or a state dict,
             loaded strictly through the family's ``checkpoint_filter_fn``. When its class count differs from
-            ``num_classes``, only the classifier layers (``classifier_prefixes``) keep their fresh initialisation.
+            ``num_classes``, only the classifier layers (``classifier_names``) keep their fresh initialisation.
         **kwargs: constructor overrides of the entrypoint (strides, width, frontend settings, ...).
     """
     entry = STUDENTS.get(name)
@@ -71,7 +71,7 @@ def load_student_checkpoint(model: Student, checkpoint: Checkpoint) -> None:
 
 def _fresh_classifier(model: Student, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Keep the model's own (fresh) classifier entries where the checkpoint's have another shape."""
-    prefixes = tuple(f"{p}." for p in model.classifier_prefixes)
+    prefixes = tuple(f"{p}." for p in model.classifier_names)
     out = dict(state_dict)
     for key, value in model.state_dict().items():
         if key.startswith(prefixes) and key in out and tuple(out[key].shape) != tuple(value.shape):

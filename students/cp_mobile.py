@@ -86,7 +86,7 @@ class CPMobile(Student):
     """
 
     frames_per_second = None
-    classifier_prefixes = ("feed_forward.0", "feed_forward.1")
+    classifier_names = ("feed_forward.0", "feed_forward.1")
 
     def __init__(
         self,

@@ -202,7 +202,7 @@ class DyMN(Student):
 
     sample_rate = 32000
     frames_per_second = None
-    classifier_prefixes = ("classifier.5",)
+    classifier_names = ("classifier.5",)
 
     def __init__(
         self, num_classes: int = 527, width_mult: float = 1.0, strides: Sequence[int] = (2, 2, 2, 2),

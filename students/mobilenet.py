@@ -174,7 +174,7 @@ class MobileNet(Student):
 
     sample_rate = 32000
     frames_per_second = None
-    classifier_prefixes = ("classifier.5",)
+    classifier_names = ("classifier.5",)
 
     def __init__(
         self,

@@ -76,7 +76,7 @@ class FrameWiseStudent(Student):
         frontend_kwargs: overrides of the 16 kHz EfficientSED frontend.
     """
 
-    classifier_prefixes = ("strong_head",)
+    classifier_names = ("strong_head",)
     TIME_STRIDE = 4
 
     def __init__(

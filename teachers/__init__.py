@@ -10,7 +10,8 @@ Every teacher is built by name (``create_teacher``; names from ``list_teachers``
   (mixup, masks) between frontend and model;
 * ``forward(waveform) -> TeacherOutput``: frontend + model; inputs longer than ``clip_seconds`` are windowed and
   aggregated the way the authors do (see ``Teacher``), never silently truncated;
-* ``frontend_config() -> dict``: frontend and windowing settings to record next to stored logits.
+* ``frontend_config() -> dict``: frontend and windowing settings to record next to stored logits;
+* ``classifier_names``: the modules sized by ``num_classes`` (the heads).
 
 ``TeacherOutput(clip, frame)`` holds raw logits: ``clip`` ``[B, C]``, ``frame`` ``[B, T, C]`` or None.
 Buffers (windows, mel banks) move with the module, so ``teacher.to("cuda")`` runs on the GPU.

@@ -28,7 +28,9 @@ class Teacher(nn.Module, abc.ABC):
     """Base of all teachers: a frontend, a spectrogram-level forward and waveform windowing.
 
     Subclasses set ``sample_rate``, ``clip_seconds``, ``num_classes``, ``frames_per_second`` (None for
-    clip-only teachers) and ``frontend``, and implement ``forward_spectrogram`` and ``frontend_config``.
+    clip-only teachers), ``frontend`` and ``classifier_names`` (the modules sized by ``num_classes``; an optional
+    head that a variant does not build, like PaSST's ``frame_head``, is None there), and implement
+    ``forward_spectrogram`` and ``frontend_config``.
 
     Inputs up to ``clip_seconds`` go through the model in one pass. Longer inputs are windowed:
 
@@ -47,6 +49,7 @@ class Teacher(nn.Module, abc.ABC):
     frames_per_second: float | None = None
     window_hop_seconds: float
     frontend: nn.Module
+    classifier_names: tuple[str, ...]
 
     @abc.abstractmethod
     def forward_spectrogram(self, spec: torch.Tensor) -> TeacherOutput:

@@ -87,7 +87,7 @@ def _fresh_heads(
     """Replace head entries of ``state_dict`` by the model's own initial values where allowed."""
     if not (refresh_changed or fill_missing):
         return state_dict
-    prefixes = tuple(f"{name}." for name in model.head_names)
+    prefixes = tuple(f"{name}." for name in model.classifier_names)
     own = model.state_dict()
     out = dict(state_dict)
     for key, value in own.items():

@@ -52,7 +52,7 @@ class SpectrogramTransformer(Teacher):
     fine-tuning and DDP free of unused trainable parameters.
     """
 
-    head_names: tuple[str, ...] = ("head",)
+    classifier_names = ("head",)
 
     def __init__(
         self,

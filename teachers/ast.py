@@ -82,8 +82,6 @@ class AST(SpectrogramTransformer):
         window_hop_seconds: hop between windows of long inputs (default ``clip_seconds / 4``).
     """
 
-    head_names = ("head",)
-
     def __init__(
         self,
         num_classes: int = 527,

@@ -59,7 +59,7 @@ class PaSST(SpectrogramTransformer):
         window_hop_seconds: hop between windows of long inputs (default ``clip_seconds / 4``: hear21passt's 2.5 s).
     """
 
-    head_names = ("head", "head_dist", "frame_head")
+    classifier_names = ("head", "head_dist", "frame_head")
 
     def __init__(
         self,
