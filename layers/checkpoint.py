@@ -17,7 +17,17 @@ from torch import nn
 
 from kd_errors import KdError
 
-__all__ = ["CheckpointError", "load_checkpoint", "load_state_dict_strict", "sha256_file", "unwrap_state_dict"]
+__all__ = [
+    "CheckpointError",
+    "CheckpointFilter",
+    "load_checkpoint",
+    "load_state_dict_strict",
+    "sha256_file",
+    "unwrap_state_dict",
+]
+
+# A family's ``checkpoint_filter_fn(state_dict, model)``: maps a checkpoint's keys and tensors to the model's.
+CheckpointFilter = Callable[[dict[str, torch.Tensor], nn.Module], dict[str, torch.Tensor]]
 
 _WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "net")
 _MAX_LISTED = 8
@@ -68,7 +78,7 @@ def load_state_dict_strict(
     model: nn.Module,
     state_dict: Mapping[str, torch.Tensor],
     *,
-    filter_fn: Callable[[dict[str, torch.Tensor], nn.Module], dict[str, torch.Tensor]] | None = None,
+    filter_fn: CheckpointFilter | None = None,
     source: str = "checkpoint",
 ) -> None:
     """Load ``state_dict`` into ``model`` with ``strict=True`` semantics and a readable error.

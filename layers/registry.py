@@ -3,16 +3,20 @@
 Modelled on timm's ``register_model``/``create_model``: an entrypoint is a function whose name is the
 model name; its keyword arguments are the model's overrides; a per-model ``cfg`` dict carries the
 metadata a user or a test needs without building the model (sample rate, clip length, checkpoint file
-names, the figures published for it).
+names, the figures published for it); ``checkpoint_filter`` is the family's ``checkpoint_filter_fn``,
+through which ``layers.build_model`` loads checkpoints into the model.
 """
 from __future__ import annotations
 
 import difflib
 import fnmatch
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Generic, Mapping, TypeVar
+from typing import Any, Generic, TypeVar
 
 from kd_errors import KdError
+
+from .checkpoint import CheckpointFilter
 
 __all__ = ["Registry", "RegistryEntry", "UnknownModelError"]
 
@@ -27,8 +31,8 @@ class UnknownModelError(KdError):
 class RegistryEntry(Generic[M]):
     name: str
     fn: Callable[..., M]
-    family: str
     cfg: Mapping[str, Any] = field(default_factory=dict)
+    checkpoint_filter: CheckpointFilter | None = None
 
 
 class Registry(Generic[M]):
@@ -38,15 +42,23 @@ class Registry(Generic[M]):
         self.kind = kind
         self._entries: dict[str, RegistryEntry[M]] = {}
 
-    def register(self, fn: Callable[..., M] | None = None, *, cfg: Mapping[str, Any] | None = None):
-        """Decorator registering ``fn`` under its own name, with an optional metadata ``cfg``."""
+    def register(
+        self,
+        fn: Callable[..., M] | None = None,
+        *,
+        cfg: Mapping[str, Any] | None = None,
+        checkpoint_filter: CheckpointFilter | None = None,
+    ):
+        """Decorator registering ``fn`` under its own name, with a metadata ``cfg`` and the family's filter.
+
+        A model registered without ``checkpoint_filter`` builds, but refuses checkpoints.
+        """
 
         def add(f: Callable[..., M]) -> Callable[..., M]:
             name = f.__name__
             if name in self._entries:
                 raise ValueError(f"{self.kind} {name!r} is registered twice")
-            family = f.__module__.rsplit(".", 1)[-1]
-            self._entries[name] = RegistryEntry(name, f, family, dict(cfg or {}))
+            self._entries[name] = RegistryEntry(name, f, dict(cfg or {}), checkpoint_filter)
             return f
 
         return add(fn) if fn is not None else add
@@ -63,9 +75,6 @@ class Registry(Generic[M]):
             close = difflib.get_close_matches(name, self._entries, n=3)
             hint = f"; did you mean {', '.join(close)}?" if close else f"; known: {', '.join(self.names())}"
             raise UnknownModelError(f"unknown {self.kind} {name!r}{hint}") from None
-
-    def create(self, name: str, **kwargs: Any) -> M:
-        return self.get(name).fn(**kwargs)
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries

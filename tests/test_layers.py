@@ -1,4 +1,4 @@
-"""The shared bottom layer: registry, checkpoint loading, Kaldi mel banks and the EfficientAT/PaSST frontend."""
+"""The shared bottom layer: registry, builder, checkpoint loading, Kaldi mel banks, the EfficientAT/PaSST frontend."""
 import math
 
 import pytest
@@ -11,6 +11,7 @@ from layers import (
     MelSTFT,
     Registry,
     UnknownModelError,
+    build_model,
     kaldi_mel_banks,
     load_checkpoint,
     load_state_dict_strict,
@@ -32,7 +33,7 @@ def test_registry_registers_by_function_name_and_lists_sorted():
 
     assert reg.names() == ["widget_a", "widget_b"]
     assert reg.names("*_b") == ["widget_b"]
-    assert reg.create("widget_b", size=3) == ("b", 3)
+    assert reg.get("widget_b").fn(size=3) == ("b", 3)
     assert reg.get("widget_b").cfg["sample_rate"] == 32000
     assert "widget_a" in reg and len(reg) == 2
 
@@ -119,6 +120,83 @@ def test_checkpoint_missing_file_and_non_state_dict(tmp_path):
     torch.save([1, 2, 3], path)
     with pytest.raises(CheckpointError, match="no state dict"):
         load_checkpoint(path)
+
+
+# --- builder ----------------------------------------------------------------------------------------------------
+class _Tagger(nn.Module):
+    """A trunk and a head sized by ``num_classes``, optionally a second head (as PaSST's frame head)."""
+
+    classifier_names = ("head", "extra_head")
+
+    def __init__(self, num_classes: int = 3, extra_head: bool = False) -> None:
+        super().__init__()
+        self.trunk = nn.Linear(4, 5)
+        self.head = nn.Linear(5, num_classes)
+        self.extra_head = nn.Linear(5, num_classes) if extra_head else None
+
+
+def _taggers() -> Registry:
+    reg = Registry("tagger")
+
+    def strip_module(sd, model):
+        return {k.removeprefix("module."): v for k, v in sd.items()}
+
+    @reg.register(cfg={"sample_rate": 16000}, checkpoint_filter=strip_module)
+    def tagger(**kwargs):
+        return _Tagger(**kwargs)
+
+    @reg.register
+    def unfiltered(**kwargs):
+        return _Tagger(**kwargs)
+
+    return reg
+
+
+def test_build_model_loads_through_the_filter_of_the_entry(tmp_path):
+    entry = _taggers().get("tagger")
+    source = build_model(entry, num_classes=2)
+    assert isinstance(source, _Tagger) and source.cfg == {"sample_rate": 16000}
+    path = tmp_path / "tagger.pt"
+    torch.save({"model": {f"module.{k}": v for k, v in source.state_dict().items()}}, path)
+    for checkpoint in (path, source.state_dict()):
+        loaded = build_model(entry, checkpoint, num_classes=2)
+        assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in source.state_dict().items())
+
+
+def test_build_model_refuses_a_checkpoint_without_a_filter():
+    entry = _taggers().get("unfiltered")
+    assert build_model(entry).head.out_features == 3
+    with pytest.raises(CheckpointError, match="unfiltered was registered without a checkpoint_filter"):
+        build_model(entry, _Tagger().state_dict())
+    with pytest.raises(ValueError, match="fresh_classifiers"):
+        build_model(entry, fresh_classifiers="always")
+
+
+def test_fresh_classifiers_policy():
+    entry = _taggers().get("tagger")
+    source = _Tagger(num_classes=3).state_dict()
+    with pytest.raises(CheckpointError, match=r"head\.weight \(model \(4, 5\), checkpoint \(3, 5\)\)"):
+        build_model(entry, source, num_classes=4)
+    torch.manual_seed(0)
+    fresh = _Tagger(num_classes=4)
+    torch.manual_seed(0)
+    tuned = build_model(entry, source, fresh_classifiers="resized", num_classes=4)
+    assert torch.equal(tuned.trunk.weight, source["trunk.weight"]) and torch.equal(tuned.head.weight, fresh.head.weight)
+
+    # a classifier layer the checkpoint lacks: an error unless the policy allows missing ones
+    with pytest.raises(CheckpointError, match=r"missing key\(s\): extra_head\.weight"):
+        build_model(entry, source, fresh_classifiers="resized", extra_head=True)
+    extended = build_model(entry, source, fresh_classifiers="resized_or_missing", extra_head=True)
+    assert torch.equal(extended.head.weight, source["head.weight"]) and extended.extra_head is not None
+    # ... and one the model does not build is dropped, under that policy only
+    both = _Tagger(extra_head=True).state_dict()
+    with pytest.raises(CheckpointError, match=r"unexpected key\(s\): extra_head\.weight"):
+        build_model(entry, both, fresh_classifiers="resized")
+    assert build_model(entry, both, fresh_classifiers="resized_or_missing").extra_head is None
+    # the trunk must match whatever the policy
+    del source["trunk.bias"]
+    with pytest.raises(CheckpointError, match=r"missing key\(s\): trunk\.bias"):
+        build_model(entry, source, fresh_classifiers="resized_or_missing")
 
 
 # --- mel banks --------------------------------------------------------------------------------------------------
