@@ -19,6 +19,7 @@ touch the same object and need no lock; a chunk counts as written only once its 
 """
 from __future__ import annotations
 
+import datetime as _dt
 import re
 from typing import Any
 
@@ -31,6 +32,23 @@ LEVELS = ("clip", "frame")
 TEACHER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 # attributes recorded automatically: they differ between two runs of the same teacher, so re-adding ignores them
 VOLATILE_TEACHER_KEYS = ("created_at", "kd_version")
+FRAME_BLOCK = 64  # q8 ranges: one (lo, hi) per class per 64 frames of a clip
+MAX_ROW_BLOCK = 128  # q8 ranges: one (lo, hi) per class per block of <= 128 clips (a divisor of chunk_size)
+
+
+def now() -> str:
+    """The timestamp recorded in ``created_at`` and ``written_at``: UTC, ISO 8601, whole seconds."""
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+
+
+def kd_version() -> str | None:
+    """The installed ``kd-audio`` version recorded with a store and each teacher (``None`` when not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("kd-audio")
+    except PackageNotFoundError:
+        return None
 
 
 def check_root_attrs(attrs: dict[str, Any], url: str) -> dict[str, Any]:

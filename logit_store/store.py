@@ -2,31 +2,36 @@
 
 Teachers run once and write chunk-aligned regions (one chunk = ``chunk_size`` consecutive clips) from any
 number of processes without a lock; each chunk ends with a small done record, so an interrupted job resumes
-where it stopped. Students read shuffled batches by clip id (mapped to rows by a vectorised hash index,
-:class:`_IdIndex`) through a per-process cache of decoded arrays (whole arrays while they fit the cache
-budget, an LRU of decoded chunks beyond it). Ensembles of teachers
-are views computed at read time. See :mod:`logit_store.schema` for the layout and
-:mod:`logit_store.codecs` for the 8-bit codec.
+where it stopped. Students read shuffled batches by clip id through a per-process cache of decoded arrays.
+Ensembles of teachers are views computed at read time.
+
+This module is the facade; each job lives in its own module:
+
+- :mod:`logit_store.schema`: the on-disk layout, format version and the checks run on open;
+- :mod:`logit_store.storage`: opening URLs as Zarr stores, listing keys and sizes through Zarr's Store API;
+- :mod:`logit_store.codecs`: the value codecs (``f32``, ``f16`` and the 8-bit ``q8``);
+- :mod:`logit_store.writer`: a new teacher's arrays, and the checks and encoding of one chunk;
+- :mod:`logit_store.progress`: done records, read once per handle and kept current from its writes;
+- :mod:`logit_store.index`: the vectorised clip id -> row index;
+- :mod:`logit_store.reader`: decoded rows (whole arrays or an LRU of chunks) within a byte budget;
+- :mod:`logit_store.ensemble`: weighted means of teachers in logit or probability space;
+- :mod:`logit_store.verify`: the integrity check behind :meth:`LogitStore.verify`.
 """
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import os
-from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from logit_store import schema
-from logit_store.codecs import Codec, get_codec
+from logit_store import ensemble, progress, schema, storage, writer
+from logit_store.codecs import get_codec
 from logit_store.errors import (
     DatasetMismatch,
     IncompatibleStore,
     InvalidLogits,
-    MissingIds,
     StoreError,
     StoreNotFound,
     TeacherConflict,
@@ -35,193 +40,13 @@ from logit_store.errors import (
     VocabularyMismatch,
     preview,
 )
+from logit_store.index import IdIndex
+from logit_store.reader import DecodedCache, Reader
+from logit_store.verify import Problem, verify
 
 __all__ = ["DEFAULT_CACHE_BYTES", "LogitStore", "Problem"]
 
 DEFAULT_CACHE_BYTES = 2 * 1024**3
-FRAME_BLOCK = 64  # q8 ranges: one (lo, hi) per class per 64 frames of a clip
-MAX_ROW_BLOCK = 128  # q8 ranges: one (lo, hi) per class per block of <= 128 clips
-FRAME_CHUNK_BYTES = 16 * 1024**2  # target size of one stored frame chunk before compression
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One finding of :meth:`LogitStore.verify`."""
-
-    kind: str  # missing-chunk, corrupt-chunk, non-finite, shape, classes, incomplete, record, clip-ids
-    message: str
-    teacher: str | None = None
-    chunk: int | None = None
-
-    def __str__(self) -> str:
-        where = ":".join(x for x in (self.teacher, None if self.chunk is None else f"chunk {self.chunk}") if x)
-        return f"[{self.kind}] {where + ': ' if where else ''}{self.message}"
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
-
-
-def _kd_version() -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("kd-audio")
-    except PackageNotFoundError:
-        return None
-
-
-def _largest_divisor_at_most(n: int, limit: int) -> int:
-    return max(d for d in range(1, max(1, min(n, limit)) + 1) if n % d == 0)
-
-
-def _open_zarr_store(url: str, read_only: bool, storage_options: dict[str, Any] | None):
-    """Zarr's LocalStore for local paths (no async wrapper, creates folders), its FsspecStore for the rest."""
-    from fsspec.core import url_to_fs
-    from fsspec.implementations.local import LocalFileSystem
-    from zarr.storage import FsspecStore, LocalStore
-
-    fs, path = url_to_fs(url, **(storage_options or {}))
-    if isinstance(fs, LocalFileSystem):
-        return LocalStore(path, read_only=read_only)
-    return FsspecStore.from_url(url, storage_options=storage_options or None, read_only=read_only)
-
-
-def _compressors():
-    """zstd, then a crc32c checksum so that a damaged object fails to decode instead of reading garbage."""
-    from zarr.codecs import Crc32cCodec, ZstdCodec
-
-    return [ZstdCodec(level=3), Crc32cCodec()]
-
-
-class _IdIndex:
-    """Row of each clip id by a vectorised hash lookup, for the per-batch id -> row mapping of reads.
-
-    A dict of Python strings costs several dependent cache misses per id (index slot, entry, key string,
-    value int), one id at a time; at AudioSet sizes that alone took longer than gathering the rows. Here the
-    ids live in one fixed-width unicode array viewed as 64-bit words, hashed in NumPy; hashes are sorted and
-    bucketed by their top bits (about two buckets per id), so a batch looks up all its ids in a handful of
-    vectorised gathers. Every hit is verified word by word against the stored id, so the result is exact:
-    :meth:`find` returns ``None`` (never a wrong row) whenever an id is absent, collides, or cannot be
-    represented (not a string, longer than every stored id, trailing NUL characters), and the caller falls
-    back to an exact dict lookup that also names the missing ids.
-    """
-
-    def __init__(self, ids: Sequence[str]) -> None:
-        n = len(ids)
-        width = max(1, max(map(len, ids)))
-        self.dtype = np.dtype(f"=U{width + width % 2}")  # an even number of UCS4 characters: whole 64-bit words
-        table = np.array(ids, dtype=self.dtype)
-        # NumPy drops trailing NULs; such ids (if any) would not round-trip, so they disable the index
-        self.usable = bool((np.strings.str_len(table) == np.fromiter(map(len, ids), np.int64, n)).all())
-        self.words = table.view(np.uint64).reshape(n, -1)
-        # multiplicative hashing: a random odd-weighted word sum (mod 2**64) whose top bits pick the bucket
-        self.mult = np.random.default_rng(0x6B64).integers(0, 2**62, self.words.shape[1], dtype=np.uint64) * 2 + 1
-        hashes = self.words @ self.mult
-        bits = max(1, int(np.ceil(np.log2(2 * n))))
-        self.shift = np.uint64(64 - bits)
-        order = np.argsort(hashes, kind="stable")
-        sorted_hashes = hashes[order]
-        counts = np.bincount((sorted_hashes >> self.shift).astype(np.int64), minlength=1 << bits)
-        self.start = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
-        self.span = np.arange(int(counts.max()))
-        # candidates run up to ``span`` past a bucket's start; padding past the end points at row 0 and is
-        # rejected by the word check like any other wrong candidate
-        self.sorted_hashes = np.concatenate([sorted_hashes, np.zeros(len(self.span), np.uint64)])
-        self.order = np.concatenate([order, np.zeros(len(self.span), order.dtype)])
-
-    def find(self, ids: Sequence[str]) -> np.ndarray | None:
-        """Rows of ``ids`` (a list of ``str`` or a 1-D NumPy string array) when all are in the index, else ``None``."""
-        query = self._as_words(ids)
-        if query is None:
-            return None
-        hashes = query @ self.mult
-        starts = self.start[hashes >> self.shift]
-        match = self.sorted_hashes[starts[:, None] + self.span] == hashes[:, None]
-        rows = self.order[starts + match.argmax(axis=1)]
-        if not (self.words.take(rows, axis=0) == query).all():
-            return None
-        return rows
-
-    def _as_words(self, ids: Sequence[str]) -> np.ndarray | None:
-        """``ids`` as rows of 64-bit words in the index's layout, or ``None`` if they cannot be matched exactly."""
-        if isinstance(ids, np.ndarray):
-            if ids.ndim != 1 or ids.dtype.kind != "U" or ids.dtype.itemsize > self.dtype.itemsize:
-                return None
-            query = ids.astype(self.dtype, copy=False)
-        else:
-            if set(map(type, ids)) != {str}:
-                return None
-            query = np.array(ids, dtype=self.dtype)  # cuts longer ids and trailing NULs: caught by the lengths
-            if sum(map(len, ids)) != int(np.strings.str_len(query).sum()):
-                return None
-        return query.view(np.uint64).reshape(len(query), -1)
-
-
-class _Reader:
-    """Decoded rows of one teacher level: a whole float32 array while it fits, else an LRU of decoded chunks."""
-
-    def __init__(self, store: LogitStore, teacher: str, level: str, budget: int) -> None:
-        group = store._teacher_group(teacher)
-        info = store.teacher_info(teacher)
-        self.data = group[level]
-        self.ranges = group.get(f"{level}_range", None)
-        self.codec = get_codec(info["codec_config"])
-        self.level = level
-        self.rows_per_chunk = self.data.chunks[0]
-        self.row_block = info["row_block"]
-        self.num_rows = self.data.shape[0]
-        row_bytes = int(np.prod(self.data.shape[1:])) * 4
-        self.resident = self.num_rows * row_bytes <= budget
-        self.cost = self.num_rows * row_bytes if self.resident else budget
-        self.capacity = max(1, budget // max(1, self.rows_per_chunk * row_bytes))
-        self.full: np.ndarray | None = None
-        self.lru: OrderedDict[int, np.ndarray] = OrderedDict()
-
-    def decode_rows(self, start: int, stop: int) -> np.ndarray:
-        """Decode stored rows ``[start, stop)``; raises zarr/codec errors on corrupt objects."""
-        stored = self.data[start:stop]
-        ranges = None
-        if self.codec.uses_ranges:
-            if self.level == "clip":
-                ranges = self.ranges[:, start // self.row_block : -(-stop // self.row_block)]
-            else:
-                ranges = self.ranges[:, start:stop]
-        if self.level == "clip":
-            return self.codec.decode(stored, ranges, 0, self.row_block)
-        return self.codec.decode(stored, ranges, 1, FRAME_BLOCK)
-
-    def gather(self, rows: np.ndarray) -> np.ndarray:
-        if self.resident:
-            if self.full is None:
-                self.full = self._decode_all()
-            return self.full.take(rows, axis=0)
-        out = np.empty((len(rows), *self.data.shape[1:]), np.float32)
-        chunk_of = rows // self.rows_per_chunk
-        for chunk in np.unique(chunk_of):
-            block = self._chunk(int(chunk))
-            where = np.nonzero(chunk_of == chunk)[0]
-            out[where] = block[rows[where] - chunk * self.rows_per_chunk]
-        return out
-
-    def _decode_all(self) -> np.ndarray:
-        full = np.empty(self.data.shape, np.float32)
-        step = self.rows_per_chunk * max(1, 64 * 1024**2 // max(1, self.rows_per_chunk * full[0].nbytes))
-        for start in range(0, self.num_rows, step):
-            stop = min(self.num_rows, start + step)
-            full[start:stop] = self.decode_rows(start, stop)
-        return full
-
-    def _chunk(self, chunk: int) -> np.ndarray:
-        if chunk in self.lru:
-            self.lru.move_to_end(chunk)
-            return self.lru[chunk]
-        start = chunk * self.rows_per_chunk
-        block = self.decode_rows(start, min(self.num_rows, start + self.rows_per_chunk))
-        self.lru[chunk] = block
-        while len(self.lru) > self.capacity:
-            self.lru.popitem(last=False)
-        return block
 
 
 class LogitStore:
@@ -229,6 +54,10 @@ class LogitStore:
 
     A handle is cheap to pickle: it carries only the URL and options, and every process (DataLoader worker,
     dask worker) opens the Zarr group lazily on first use, after fork or unpickling.
+
+    Progress (which chunks are done) is read from storage once per handle and teacher, the first time it is
+    needed, and kept current from this handle's own ``write_chunk`` calls; :meth:`reload_progress` reads the
+    chunks other processes finished since. Reads do so by themselves before reporting rows as unwritten.
     """
 
     def __init__(self, url: str, mode: str = "r", *, cache_bytes: int = DEFAULT_CACHE_BYTES,
@@ -243,16 +72,13 @@ class LogitStore:
     def _reset(self) -> None:
         self._pid: int | None = None
         self._zroot = None
-        self._fs_root: tuple[Any, str] | None = None
         self._meta: dict[str, Any] | None = None
         self._clip_ids: list[str] | None = None
-        self._row_index: dict[str, int] | None = None
-        self._id_index: _IdIndex | None = None
+        self._id_index: IdIndex | None = None
         self._teacher_cache: dict[str, dict[str, Any]] = {}
         self._groups: dict[str, Any] = {}
-        self._records: dict[str, dict[int, dict[str, Any]]] = {}
-        self._readers: dict[tuple[str, str], _Reader] = {}
-        self._cache_used = 0
+        self._progress: dict[str, progress.DoneRecords] = {}
+        self._decoded = DecodedCache(self.cache_bytes)
         self._valid_cache: dict[str, np.ndarray | None] = {}
 
     def __getstate__(self) -> dict[str, Any]:
@@ -277,24 +103,14 @@ class LogitStore:
     def _open_root(self):
         import zarr
 
-        store = _open_zarr_store(self.url, self.mode == "r", self.storage_options)
         try:
-            root = zarr.open_group(store, mode="r" if self.mode == "r" else "r+")
+            root = storage.open_group(self.url, "r" if self.mode == "r" else "r+", self.storage_options)
         except (FileNotFoundError, zarr.errors.GroupNotFoundError) as e:
             raise StoreNotFound(f"no logit store at {self.url}") from e
         except (zarr.errors.ContainsArrayError, ValueError, KeyError) as e:
             raise IncompatibleStore(f"{self.url} is not a readable logit store: {e}") from e
         self._meta = schema.check_root_attrs(dict(root.attrs), self.url)
         return root
-
-    @property
-    def _fs(self) -> tuple[Any, str]:
-        if self._fs_root is None:
-            from fsspec.core import url_to_fs
-
-            fs, path = url_to_fs(self.url, **self.storage_options)
-            self._fs_root = (fs, path.rstrip("/"))
-        return self._fs_root
 
     # --- creation and opening -------------------------------------------------------------------------------
     @classmethod
@@ -313,7 +129,7 @@ class LogitStore:
             raise VocabularyMismatch(f"{len(mids)} MIDs for {len(classes)} classes")
         if chunk_size < 1:
             raise StoreError(f"chunk_size must be >= 1, got {chunk_size}")
-        store = _open_zarr_store(url, False, storage_options)
+        store = storage.open_zarr_store(url, False, storage_options)
         if not overwrite:
             try:
                 zarr.open_group(store, mode="r")
@@ -328,7 +144,7 @@ class LogitStore:
             "format": schema.FORMAT, "format_version": schema.FORMAT_VERSION, "dataset": dataset,
             "dataset_fingerprint": dataset_fingerprint, "num_clips": len(clip_ids), "num_classes": len(classes),
             "classes": classes, "mids": None if mids is None else [str(m) for m in mids],
-            "chunk_size": int(chunk_size), "created_at": _now(), "kd_version": _kd_version(),
+            "chunk_size": int(chunk_size), "created_at": schema.now(), "kd_version": schema.kd_version(),
         }, "user": {}})
         return cls(url, mode="r+", storage_options=storage_options)
 
@@ -384,20 +200,8 @@ class LogitStore:
         """Row index of each id (``MissingIds`` naming the first few absent ids and their count)."""
         _ = self._root  # a forked child starts from fresh process-local state
         if self._id_index is None:
-            self._id_index = _IdIndex(self.clip_ids)
-        rows = self._id_index.find(ids) if self._id_index.usable else None
-        return self._rows_by_dict(ids) if rows is None else rows
-
-    def _rows_by_dict(self, ids: Sequence[str]) -> np.ndarray:
-        """The exact (slower) lookup behind :meth:`rows_of`, for batches the hash index does not resolve."""
-        if self._row_index is None:
-            self._row_index = {cid: i for i, cid in enumerate(self.clip_ids)}
-        index = self._row_index
-        try:
-            return np.array(list(map(index.__getitem__, ids)), dtype=np.int64)
-        except (KeyError, TypeError):
-            missing = [i for i in ids if not isinstance(i, str) or i not in index]
-            raise MissingIds(missing, len(ids)) from None
+            self._id_index = IdIndex(self.clip_ids)
+        return self._id_index.rows(ids)
 
     def check_classes(self, classes: Sequence[str]) -> None:
         """``VocabularyMismatch`` naming the first class that differs from the store's vocabulary."""
@@ -459,33 +263,19 @@ class LogitStore:
             "frames": None if frames is None else int(frames),
             "frames_per_second": None if frames_per_second is None else float(frames_per_second),
             "levels": ["clip"] if frames is None else ["clip", "frame"],
-            "row_block": _largest_divisor_at_most(self.chunk_size, MAX_ROW_BLOCK),
-            "created_at": _now(), "kd_version": _kd_version(),
+            "row_block": writer.row_block(self.chunk_size),
+            "created_at": schema.now(), "kd_version": schema.kd_version(),
         }
         teachers = self._root["teachers"]
         if name in teachers:
             self._check_same_teacher(name, fixed, attrs)
             return
         group = teachers.create_group(name)
-        self._create_level_arrays(group, codec_obj, fixed)
-        group.create_array("done", shape=(self.num_chunks,), dtype=str, chunks=(1,),
-                           chunk_key_encoding={"name": "default", "separator": "/"})
+        writer.create_level_arrays(group, codec_obj, self.num_clips, num_classes, self.chunk_size,
+                                   fixed["row_block"], fixed["frames"])
+        progress.create_done_array(group, self.num_chunks)
         group.attrs.update({"teacher": fixed, "attrs": attrs, "metrics": {}})
         self._teacher_cache.pop(name, None)
-
-    def _create_level_arrays(self, group, codec: Codec, fixed: dict[str, Any]) -> None:
-        n, c, chunk = self.num_clips, len(self.classes), self.chunk_size
-        _create(group, "clip", (n, c), codec.dtype, (chunk, c))
-        if codec.uses_ranges:
-            b = fixed["row_block"]
-            _create(group, "clip_range", (2, -(-n // b), c), np.float16, (2, chunk // b, c))
-        if fixed["frames"]:
-            t = fixed["frames"]
-            rows = _largest_divisor_at_most(chunk, max(1, FRAME_CHUNK_BYTES // (t * c * codec.dtype.itemsize)))
-            _create(group, "frame", (n, t, c), codec.dtype, (rows, t, c))
-            if codec.uses_ranges:
-                g = -(-t // FRAME_BLOCK)
-                _create(group, "frame_range", (2, n, g, c), np.float16, (2, rows, g, c))
 
     def _check_same_teacher(self, name: str, fixed: dict[str, Any], attrs: dict[str, Any]) -> None:
         info = dict(self._teacher_group(name).attrs)
@@ -543,126 +333,90 @@ class LogitStore:
         strangers = [k for k in failures if k not in chunk_set]
         if strangers:
             raise InvalidLogits(f"failures name {len(strangers)} clip(s) outside chunk {chunk_index}: {preview(strangers)}")
-        arrays = {"clip": _checked(clip_logits, (n, c), "clip_logits", ids, valid)}
+        arrays = {"clip": writer.check_logits(clip_logits, (n, c), "clip_logits", ids, valid)}
         if info["frames"]:
             if frame_logits is None:
                 raise InvalidLogits(f"teacher {teacher!r} is frame-wise: write_chunk needs frame_logits")
-            arrays["frame"] = _checked(frame_logits, (n, info["frames"], c), "frame_logits", ids, valid)
+            arrays["frame"] = writer.check_logits(frame_logits, (n, info["frames"], c), "frame_logits", ids, valid)
         elif frame_logits is not None:
             raise InvalidLogits(f"teacher {teacher!r} was added without frames; it stores no frame logits")
         group = self._teacher_group(teacher)
-        codec = get_codec(info["codec_config"])
-        for level, x in arrays.items():
-            x = _fill_invalid(x, valid)
-            axis, block = (0, info["row_block"]) if level == "clip" else (1, FRAME_BLOCK)
-            stored, ranges = codec.encode(x, axis, block)
-            group[level][rows] = stored
-            if ranges is not None:
-                if level == "clip":
-                    group["clip_range"][:, rows.start // block : -(-rows.stop // block)] = ranges
-                else:
-                    group["frame_range"][:, rows] = ranges
+        writer.write_levels(group, get_codec(info["codec_config"]), info, rows, arrays, valid)
         invalid = np.nonzero(~valid)[0]
         for i in invalid:
             failures.setdefault(ids[i], "marked invalid by the writer")
-        record = {"chunk": chunk_index, "rows": [rows.start, rows.stop], "invalid": invalid.tolist(),
-                  "failures": failures, "levels": list(arrays), "written_at": _now()}
-        group["done"][chunk_index] = json.dumps(record)
-        self._records.setdefault(teacher, {})[chunk_index] = record
+        record = progress.make_record(chunk_index, rows, invalid, failures, list(arrays))
+        group["done"][chunk_index] = json.dumps(record)  # last: the chunk is done once this object exists
+        self._done(teacher).add(chunk_index, record)
+        self._rows_changed(teacher)
 
     # --- progress -------------------------------------------------------------------------------------------
-    def _done_keys(self, teacher: str) -> set[int]:
-        fs, root = self._fs
-        prefix = f"{root}/teachers/{teacher}/done/c"
-        try:
-            paths = fs.find(prefix)
-        except FileNotFoundError:
-            return set()
-        return {int(p.rsplit("/", 1)[-1]) for p in paths if p.rsplit("/", 1)[-1].isdigit()}
+    def _done(self, teacher: str) -> progress.DoneRecords:
+        if teacher not in self._progress:
+            self._progress[teacher] = progress.DoneRecords(self._teacher_group(teacher)["done"], self.num_chunks)
+        return self._progress[teacher]
 
     def done_records(self, teacher: str) -> dict[int, dict[str, Any]]:
-        """The parsed done record of every finished chunk (records are immutable, so cached once read)."""
-        group = self._teacher_group(teacher)
-        cache = self._records.setdefault(teacher, {})
-        new = sorted(self._done_keys(teacher) - set(cache))
-        if new:
-            for k, text in zip(new, group["done"].get_coordinate_selection(np.array(new))):
-                try:
-                    cache[k] = json.loads(str(text))
-                except json.JSONDecodeError:
-                    continue  # a half-written record: the chunk is not done
-        return dict(cache)
+        """The parsed done record of every finished chunk, as this handle knows them (see :meth:`reload_progress`)."""
+        return dict(self._done(teacher).current())
 
     def done_chunks(self, teacher: str) -> np.ndarray:
+        """Mask of the finished chunks of ``teacher``: read once per handle, then kept current by its writes."""
         mask = np.zeros(self.num_chunks, bool)
-        mask[list(self.done_records(teacher))] = True
+        mask[list(self._done(teacher).current())] = True
         return mask
-
-    def fraction_done(self, teacher: str) -> float:
-        return float(self.done_chunks(teacher).mean())
 
     def failures(self, teacher: str) -> dict[str, str]:
         """Clip id -> reason for every clip a writer could not produce logits for."""
-        out: dict[str, str] = {}
-        for _, record in sorted(self.done_records(teacher).items()):
-            out.update(record["failures"])
-        return out
+        return progress.failures_of(self._done(teacher).current())
 
-    def _valid_rows(self, teacher: str) -> np.ndarray:
-        ok = np.zeros(self.num_clips, bool)
-        for record in self.done_records(teacher).values():
-            start, stop = record["rows"]
-            ok[start:stop] = True
-            ok[np.asarray(record["invalid"], np.int64) + start] = False
-        return ok
+    def reload_progress(self, teacher: str | None = None) -> None:
+        """Read the done records of chunks other processes finished since this handle read them.
 
-    def refresh(self) -> None:
-        """Forget cached progress and decoded arrays (to see chunks other processes finished since)."""
-        self._records.clear()
-        self._groups.clear()
-        self._readers.clear()
-        self._teacher_cache.clear()
-        self._valid_cache.clear()
-        self._cache_used = 0
+        For ``teacher``, or every teacher whose progress this handle has read (the others are read on first
+        use anyway). Decoded rows of a teacher with newly finished chunks are dropped, to be decoded again.
+        """
+        names = list(self._progress) if teacher is None else [teacher]
+        for name in names:
+            if self._done(name).reload():
+                self._rows_changed(name)
+
+    def _rows_changed(self, teacher: str) -> None:
+        """Forget what was derived from ``teacher``'s rows before they changed: validity and decoded arrays."""
+        self._valid_cache.pop(teacher, None)
+        self._decoded.drop(teacher)
 
     # --- reading --------------------------------------------------------------------------------------------
-    def _reader(self, teacher: str, level: str) -> _Reader:
-        key = (teacher, level)
-        if key not in self._readers:
-            if level not in self.teacher_info(teacher)["levels"]:
-                raise StoreError(f"teacher {teacher!r} stores no {level}-level logits")
-            reader = _Reader(self, teacher, level, max(0, self.cache_bytes - self._cache_used))
-            self._cache_used += reader.cost
-            self._readers[key] = reader
-        return self._readers[key]
+    def _reader(self, teacher: str, level: str) -> Reader:
+        reader = self._decoded.get(teacher, level)
+        if reader is not None:
+            return reader
+        info = self.teacher_info(teacher)
+        if level not in info["levels"]:
+            raise StoreError(f"teacher {teacher!r} stores no {level}-level logits")
+        group = self._teacher_group(teacher)
+        return self._decoded.reader(teacher, level, lambda budget: Reader.of_teacher(group, info, level, budget))
+
+    def _readable_rows(self, teacher: str) -> np.ndarray | None:
+        """Mask of the readable rows of ``teacher``, or ``None`` once all are (done records never change)."""
+        if teacher not in self._valid_cache:
+            valid = progress.valid_rows(self._done(teacher).current(), self.num_clips)
+            self._valid_cache[teacher] = None if valid.all() else valid
+        return self._valid_cache[teacher]
 
     def _checked_rows(self, teacher: str, ids: Sequence[str], rows: np.ndarray) -> None:
         """``UnwrittenRows`` unless every row is readable (checked against cached done records)."""
-        cache = self._valid_cache
-        if teacher not in cache:
-            cache[teacher] = self._readable_rows(teacher)
-        valid = cache[teacher]
+        valid = self._readable_rows(teacher)
         if valid is None or valid[rows].all():
             return
-        old, valid = valid, self._readable_rows(teacher)  # other processes may have finished chunks since
-        cache[teacher] = valid
-        if valid is None or not np.array_equal(old, valid):
-            self._drop_decoded(teacher)  # decoded before those chunks were written
+        self.reload_progress(teacher)  # other processes may have finished chunks since
+        valid = self._readable_rows(teacher)
         if valid is None:
             return
         ok = valid[rows]
         if not ok.all():
             bad = [ids[i] for i in np.nonzero(~ok)[0]]
             raise UnwrittenRows(teacher, bad, self.failures(teacher))
-
-    def _readable_rows(self, teacher: str) -> np.ndarray | None:
-        """Mask of the readable rows of ``teacher``, or ``None`` once all are (done records never change)."""
-        valid = self._valid_rows(teacher)
-        return None if valid.all() else valid
-
-    def _drop_decoded(self, teacher: str) -> None:
-        for key in [key for key in self._readers if key[0] == teacher]:
-            self._cache_used -= self._readers.pop(key).cost
 
     def read(self, ids: Sequence[str], teachers: Sequence[str] | None = None, weights: Sequence[float] | None = None,
              space: str = "logit", level: str = "clip", activation: str = "sigmoid") -> np.ndarray:
@@ -675,17 +429,14 @@ class LogitStore:
         (single-label; returns ``log(sum_i w_i softmax(z_i))``, logits whose softmax is the mixture).
         """
         schema.check_level(level)
-        if space not in ("logit", "prob"):
-            raise StoreError(f"space must be 'logit' or 'prob', got {space!r}")
-        if activation not in ("sigmoid", "softmax"):
-            raise StoreError(f"activation must be 'sigmoid' or 'softmax', got {activation!r}")
+        ensemble.check_view(space, activation)
         names = list(self.teachers if teachers is None else teachers)
         if not names:
             raise StoreError("no teachers to read: the store holds none yet" if teachers is None else
                              "teachers=[] selects nothing")
         for name in names:
             self._teacher_group(name)  # UnknownTeacher, checked once per handle
-        w = _normalised_weights(weights, len(names))
+        w = ensemble.normalised_weights(weights, len(names))
         if not isinstance(ids, (list, tuple, np.ndarray)):
             ids = list(ids)
         rows = self.rows_of(ids)
@@ -698,16 +449,16 @@ class LogitStore:
             raise StoreError(f"teachers {', '.join(names)} have different {level} shapes {sorted(shapes)}")
         if len(parts) == 1:
             return parts[0]
-        return _combine(parts, w, space, activation)
+        return ensemble.combine(parts, w, space, activation)
 
-    # --- integrity ------------------------------------------------------------------------------------------
+    # --- size, summary and integrity ------------------------------------------------------------------------
     def bytes_on_disk(self, teacher: str | None = None) -> int:
-        fs, root = self._fs
-        path = root if teacher is None else f"{root}/teachers/{teacher}"
-        try:
-            return int(fs.du(path, total=True))
-        except FileNotFoundError:
-            return 0
+        """Bytes stored for the whole store, or for one teacher (``UnknownTeacher`` if it has none)."""
+        return storage.size_of(self._root if teacher is None else self._teacher_group(teacher))
+
+    def _level_bytes(self, teacher: str, level: str) -> int:
+        group = self._teacher_group(teacher)
+        return sum(storage.size_of(group[name]) for name in (level, f"{level}_range") if name in group)
 
     def info(self) -> dict[str, Any]:
         """A JSON-able summary: clips, classes, chunking, and per teacher shapes, codec, size and progress."""
@@ -719,7 +470,7 @@ class LogitStore:
             done = self.done_chunks(name)
             rows_done = sum(self.chunk_rows(i).stop - self.chunk_rows(i).start for i in np.nonzero(done)[0])
             per_row = sum(int(np.prod(group[level].shape[1:])) for level in info["levels"])
-            data_bytes = sum(_array_bytes(self, name, level) for level in info["levels"])
+            data_bytes = sum(self._level_bytes(name, level) for level in info["levels"])
             logits = rows_done * per_row
             total_logits, total_bytes = total_logits + logits, total_bytes + data_bytes
             teachers[name] = {
@@ -741,17 +492,11 @@ class LogitStore:
         }
 
     def verify(self) -> list[Problem]:
-        """Check every chunk: missing or undecodable objects of done chunks, NaN/inf, shapes, class counts."""
-        problems = _verify_root(self)
-        for name in self.teachers:
-            problems += _verify_teacher(self, name)
-        return problems
+        """Check every chunk: missing or undecodable objects of done chunks, NaN/inf, shapes, class counts.
 
-
-# --- helpers ------------------------------------------------------------------------------------------------------
-def _create(group, name: str, shape, dtype, chunks) -> None:
-    group.create_array(name, shape=shape, dtype=dtype, chunks=chunks, fill_value=0, serializer="auto",
-                       compressors=_compressors(), chunk_key_encoding={"name": "default", "separator": "/"})
+        Reads storage afresh (see :mod:`logit_store.verify`): chunks finished by any process are checked.
+        """
+        return verify(self)
 
 
 def _check_unique(what: str, values: Sequence[str]) -> None:
@@ -762,174 +507,3 @@ def _check_unique(what: str, values: Sequence[str]) -> None:
                 repeated.append(v)
             seen.add(v)
         raise StoreError(f"{what} must be unique; {len(repeated)} repeated: {preview(repeated)}")
-
-
-def _checked(x, shape: tuple[int, ...], what: str, ids: Sequence[str], valid: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    if x.shape != shape:
-        raise InvalidLogits(f"{what} has shape {x.shape}, expected {shape}")
-    finite = np.isfinite(x.reshape(len(x), -1)).all(axis=1)
-    bad = [ids[i] for i in np.nonzero(valid & ~finite)[0]]
-    if bad:
-        raise InvalidLogits(f"{what} holds NaN/inf for {len(bad)} clip(s): {preview(bad)}; nothing was written")
-    return x
-
-
-def _fill_invalid(x: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """Invalid rows take a valid row's values so they do not widen the q8 ranges (they are never read)."""
-    if valid.all() or not valid.any():
-        return x if valid.any() else np.zeros_like(x)
-    x = x.copy()
-    x[~valid] = x[np.argmax(valid)]
-    return x
-
-
-def _normalised_weights(weights: Sequence[float] | None, n: int) -> np.ndarray:
-    if weights is None:
-        return np.full(n, 1.0 / n)
-    w = np.asarray(weights, np.float64)
-    if w.shape != (n,) or not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
-        raise StoreError(f"weights must be {n} non-negative numbers with a positive sum, got {list(weights)}")
-    return w / w.sum()
-
-
-def _combine(parts: list[np.ndarray], w: np.ndarray, space: str, activation: str) -> np.ndarray:
-    z = np.stack(parts).astype(np.float64)
-    wb = w.reshape((-1,) + (1,) * (z.ndim - 1))
-    if space == "logit":
-        return (wb * z).sum(0).astype(np.float32)
-    from numpy import logaddexp
-
-    log_w = np.log(np.maximum(wb, 1e-300))
-    if activation == "sigmoid":
-        log_p = _logsumexp(log_w - logaddexp(0, -z))  # log sigmoid(z) = -softplus(-z)
-        log_q = _logsumexp(log_w - logaddexp(0, z))
-        return (log_p - log_q).astype(np.float32)
-    log_softmax = z - _logsumexp(z, axis=-1, keepdims=True)
-    return _logsumexp(log_w + log_softmax).astype(np.float32)
-
-
-def _logsumexp(x: np.ndarray, axis: int = 0, keepdims: bool = False) -> np.ndarray:
-    m = np.max(x, axis=axis, keepdims=True)
-    out = m + np.log(np.exp(x - m).sum(axis=axis, keepdims=True))
-    return out if keepdims else np.squeeze(out, axis=axis)
-
-
-def _array_bytes(store: LogitStore, teacher: str, level: str) -> int:
-    fs, root = store._fs
-    total = 0
-    for name in (level, f"{level}_range"):
-        try:
-            total += int(fs.du(f"{root}/teachers/{teacher}/{name}", total=True))
-        except FileNotFoundError:
-            continue
-    return total
-
-
-def _verify_root(store: LogitStore) -> list[Problem]:
-    problems = []
-    meta = store.meta
-    if len(meta["classes"]) != meta["num_classes"]:
-        problems.append(Problem("classes", f"{len(meta['classes'])} class names for {meta['num_classes']} classes"))
-    try:
-        ids = store.clip_ids
-    except Exception as e:  # noqa: BLE001 -- an undecodable id array is a finding, not a crash
-        return problems + [Problem("clip-ids", f"clip ids cannot be read: {e}")]
-    if len(ids) != meta["num_clips"]:
-        problems.append(Problem("clip-ids", f"{len(ids)} clip ids for {meta['num_clips']} clips"))
-    if len(set(ids)) != len(ids):
-        problems.append(Problem("clip-ids", f"{len(ids) - len(set(ids))} repeated clip ids"))
-    return problems
-
-
-def _verify_teacher(store: LogitStore, name: str) -> list[Problem]:
-    info = store.teacher_info(name)
-    group = store._teacher_group(name)
-    n, c = store.num_clips, len(store.classes)
-    problems = []
-    if info["num_classes"] != c:
-        problems.append(Problem("classes", f"{info['num_classes']} classes, the store has {c}", name))
-    expected = {"clip": (n, c), "frame": (n, info["frames"], c)}
-    for level in info["levels"]:
-        if level not in group or tuple(group[level].shape) != expected[level]:
-            got = tuple(group[level].shape) if level in group else None
-            problems.append(Problem("shape", f"{level} logits have shape {got}, expected {expected[level]}", name))
-    if problems:
-        return problems
-    records = store.done_records(name)
-    unreadable = sorted(store._done_keys(name) - set(records))
-    problems += [Problem("record", "done record cannot be parsed (the chunk will be rewritten)", name, k)
-                 for k in unreadable]
-    stored_keys = {level: _stored_chunk_keys(store, name, level) for level in info["levels"]}
-    for k, record in sorted(records.items()):
-        problems += _verify_chunk(store, name, k, record, stored_keys)
-    missing = store.num_chunks - len(records)
-    if missing:
-        problems.append(Problem("incomplete", f"{missing} of {store.num_chunks} chunks are not done", name))
-    return problems
-
-
-def _level_arrays(group, level: str) -> list[str]:
-    return [name for name in (level, f"{level}_range") if name in group]
-
-
-def _stored_chunk_keys(store: LogitStore, teacher: str, level: str) -> dict[str, set[int]]:
-    """For each array of ``level``: the row-axis indices of its stored chunk objects."""
-    fs, root = store._fs
-    out = {}
-    for name in _level_arrays(store._teacher_group(teacher), level):
-        prefix = f"{root}/teachers/{teacher}/{name}/c/"
-        try:
-            paths = fs.find(prefix)
-        except FileNotFoundError:
-            paths = []
-        axis = 1 if name.endswith("_range") else 0  # range arrays lead with the (lo, hi) axis
-        out[name] = {int(p[len(prefix):].split("/")[axis]) for p in paths}
-    return out
-
-
-def _needed_chunk_keys(array, name: str, rows: slice, row_block: int) -> set[int]:
-    """Row-axis indices of the chunk objects of ``array`` that hold ``rows``."""
-    per_entry = row_block if name == "clip_range" else 1
-    axis_chunk = array.chunks[1] if name.endswith("_range") else array.chunks[0]
-    first, last = rows.start // per_entry, (rows.stop - 1) // per_entry
-    return set(range(first // axis_chunk, last // axis_chunk + 1))
-
-
-def _verify_chunk(store: LogitStore, name: str, k: int, record: dict[str, Any],
-                  stored_keys: dict[str, dict[str, set[int]]]) -> list[Problem]:
-    rows = store.chunk_rows(k)
-    if record.get("rows") != [rows.start, rows.stop]:
-        return [Problem("record", f"done record covers rows {record.get('rows')}, expected "
-                                  f"{[rows.start, rows.stop]}", name, k)]
-    valid = np.ones(rows.stop - rows.start, bool)
-    valid[np.asarray(record["invalid"], np.int64)] = False
-    ids = store.clip_ids[rows]
-    unexplained = [ids[i] for i in np.nonzero(~valid)[0] if ids[i] not in record["failures"]]
-    problems = []
-    if unexplained:
-        problems.append(Problem("record", f"{len(unexplained)} invalid rows without a failure reason", name, k))
-    if not valid.any():
-        return problems
-    group = store._teacher_group(name)
-    for level, keys in stored_keys.items():
-        reader = _Reader(store, name, level, 0)
-        missing = {array: sorted(_needed_chunk_keys(group[array], array, rows, reader.row_block) - present)
-                   for array, present in keys.items()}
-        missing = {array: m for array, m in missing.items() if m}
-        if missing:
-            detail = "; ".join(f"{array} objects {m}" for array, m in missing.items())
-            problems.append(Problem("missing-chunk", f"{detail} missing although the chunk is marked done", name, k))
-            continue
-        try:
-            values = reader.decode_rows(rows.start, rows.stop)
-        except Exception as e:  # noqa: BLE001 -- zstd/crc32c failures surface as various exception types
-            problems.append(Problem("corrupt-chunk", f"{level} logits cannot be decoded: {type(e).__name__}: {e}",
-                                    name, k))
-            continue
-        finite = np.isfinite(values.reshape(len(values), -1)).all(axis=1)
-        bad = [ids[i] for i in np.nonzero(valid & ~finite)[0]]
-        if bad:
-            problems.append(Problem("non-finite", f"{level} logits hold NaN/inf for {len(bad)} clip(s): "
-                                                  f"{preview(bad)}", name, k))
-    return problems

@@ -267,7 +267,7 @@ def test_reads_beyond_the_cache_budget_use_chunk_lru(url):
     order = np.random.default_rng(0).permutation(N)[:40]
     ids = [IDS[i] for i in order]
     np.testing.assert_allclose(small.read(ids, level="frame"), frame[order], atol=0.02)
-    reader = small._readers[("t", "frame")]
+    reader = small._decoded[("t", "frame")]
     assert not reader.resident and len(reader.lru) <= reader.capacity
 
 
@@ -277,5 +277,5 @@ def test_store_pickles_without_zarr_state(url):
     fill(store, "t", clip, codec="f32")
     store.read(IDS[:4])
     clone = pickle.loads(pickle.dumps(store))
-    assert clone._zroot is None and not clone._readers
+    assert clone._zroot is None and not len(clone._decoded)
     np.testing.assert_array_equal(clone.read(IDS[:4]), clip[:4])

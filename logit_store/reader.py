@@ -1,0 +1,122 @@
+"""Decoded rows of the logit store: per teacher level, a whole float32 array while it fits the cache budget,
+else an LRU of decoded chunks; and the cache that shares one byte budget among a handle's readers."""
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from logit_store.codecs import Codec, get_codec
+from logit_store.schema import FRAME_BLOCK
+
+__all__ = ["DecodedCache", "Reader"]
+
+
+class Reader:
+    """Decoded rows of one teacher level: a whole float32 array while it fits, else an LRU of decoded chunks.
+
+    ``data`` is the level's Zarr array (``clip`` or ``frame``), ``ranges`` its ``*_range`` array (``q8`` only),
+    ``row_block`` the teacher's rows per clip-range block, ``budget`` the bytes of decoded rows it may keep.
+    """
+
+    def __init__(self, data, ranges, codec: Codec, level: str, row_block: int, budget: int) -> None:
+        self.data, self.ranges, self.codec, self.level, self.row_block = data, ranges, codec, level, row_block
+        self.rows_per_chunk = data.chunks[0]
+        self.num_rows = data.shape[0]
+        row_bytes = int(np.prod(data.shape[1:])) * 4
+        self.resident = self.num_rows * row_bytes <= budget
+        self.cost = self.num_rows * row_bytes if self.resident else budget
+        self.capacity = max(1, budget // max(1, self.rows_per_chunk * row_bytes))
+        self.full: np.ndarray | None = None
+        self.lru: OrderedDict[int, np.ndarray] = OrderedDict()
+
+    @classmethod
+    def of_teacher(cls, group, info: dict[str, Any], level: str, budget: int) -> Reader:
+        """The reader of ``level`` of the teacher group ``group`` whose recorded settings are ``info``."""
+        return cls(group[level], group.get(f"{level}_range", None), get_codec(info["codec_config"]), level,
+                   info["row_block"], budget)
+
+    def decode_rows(self, start: int, stop: int) -> np.ndarray:
+        """Decode stored rows ``[start, stop)``; raises zarr/codec errors on corrupt objects."""
+        stored = self.data[start:stop]
+        ranges = None
+        if self.codec.uses_ranges:
+            if self.level == "clip":
+                ranges = self.ranges[:, start // self.row_block : -(-stop // self.row_block)]
+            else:
+                ranges = self.ranges[:, start:stop]
+        if self.level == "clip":
+            return self.codec.decode(stored, ranges, 0, self.row_block)
+        return self.codec.decode(stored, ranges, 1, FRAME_BLOCK)
+
+    def gather(self, rows: np.ndarray) -> np.ndarray:
+        """Decoded float32 logits of ``rows`` (any order, repeats allowed)."""
+        if self.resident:
+            if self.full is None:
+                self.full = self._decode_all()
+            return self.full.take(rows, axis=0)
+        out = np.empty((len(rows), *self.data.shape[1:]), np.float32)
+        chunk_of = rows // self.rows_per_chunk
+        for chunk in np.unique(chunk_of):
+            block = self._chunk(int(chunk))
+            where = np.nonzero(chunk_of == chunk)[0]
+            out[where] = block[rows[where] - chunk * self.rows_per_chunk]
+        return out
+
+    def _decode_all(self) -> np.ndarray:
+        full = np.empty(self.data.shape, np.float32)
+        step = self.rows_per_chunk * max(1, 64 * 1024**2 // max(1, self.rows_per_chunk * full[0].nbytes))
+        for start in range(0, self.num_rows, step):
+            stop = min(self.num_rows, start + step)
+            full[start:stop] = self.decode_rows(start, stop)
+        return full
+
+    def _chunk(self, chunk: int) -> np.ndarray:
+        if chunk in self.lru:
+            self.lru.move_to_end(chunk)
+            return self.lru[chunk]
+        start = chunk * self.rows_per_chunk
+        block = self.decode_rows(start, min(self.num_rows, start + self.rows_per_chunk))
+        self.lru[chunk] = block
+        while len(self.lru) > self.capacity:
+            self.lru.popitem(last=False)
+        return block
+
+
+class DecodedCache:
+    """The readers of one store handle, keyed by ``(teacher, level)``, sharing ``budget`` bytes of decoded rows.
+
+    A reader takes what is left of the budget when it is first needed: the whole level if it fits, else the
+    rest for its chunk LRU. Dropping a teacher's readers (its rows changed on disk) returns their share.
+    """
+
+    def __init__(self, budget: int) -> None:
+        self.budget = int(budget)
+        self.used = 0
+        self.readers: dict[tuple[str, str], Reader] = {}
+
+    def __len__(self) -> int:
+        return len(self.readers)
+
+    def __getitem__(self, key: tuple[str, str]) -> Reader:
+        return self.readers[key]
+
+    def get(self, teacher: str, level: str) -> Reader | None:
+        """The reader of ``(teacher, level)`` if it was made already."""
+        return self.readers.get((teacher, level))
+
+    def reader(self, teacher: str, level: str, make: Callable[[int], Reader]) -> Reader:
+        """The reader of ``(teacher, level)``, made by ``make(bytes left of the budget)`` on first use."""
+        key = (teacher, level)
+        if key not in self.readers:
+            reader = make(max(0, self.budget - self.used))
+            self.used += reader.cost
+            self.readers[key] = reader
+        return self.readers[key]
+
+    def drop(self, teacher: str) -> None:
+        """Forget the decoded rows of ``teacher`` (all levels)."""
+        for key in [key for key in self.readers if key[0] == teacher]:
+            self.used -= self.readers.pop(key).cost

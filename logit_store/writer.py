@@ -1,0 +1,82 @@
+"""Writing teacher logits: the arrays of a new teacher, and one chunk's checks and codec encoding.
+
+Every object a chunk writes belongs to that chunk alone (clip rows, their ``clip_range`` blocks, frame rows
+and their ``frame_range`` rows), so writers of different chunks need no lock. The done record that marks a
+chunk written is :mod:`logit_store.progress`'s business and comes after everything here.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from logit_store import storage
+from logit_store.codecs import Codec
+from logit_store.errors import InvalidLogits, preview
+from logit_store.schema import FRAME_BLOCK, MAX_ROW_BLOCK
+
+__all__ = ["FRAME_CHUNK_BYTES", "check_logits", "create_level_arrays", "fill_invalid", "row_block", "write_levels"]
+
+FRAME_CHUNK_BYTES = 16 * 1024**2  # target size of one stored frame chunk before compression
+
+
+def largest_divisor_at_most(n: int, limit: int) -> int:
+    return max(d for d in range(1, max(1, min(n, limit)) + 1) if n % d == 0)
+
+
+def row_block(chunk_size: int) -> int:
+    """Rows per block of ``clip_range`` (q8): the largest divisor of ``chunk_size`` up to 128."""
+    return largest_divisor_at_most(chunk_size, MAX_ROW_BLOCK)
+
+
+def create_level_arrays(group, codec: Codec, num_clips: int, num_classes: int, chunk_size: int,
+                        block: int, frames: int | None) -> None:
+    """The logit arrays of a new teacher (``clip``, and ``frame`` when ``frames``), with ``q8`` ranges."""
+    n, c, chunk = num_clips, num_classes, chunk_size
+    storage.create_codec_array(group, "clip", (n, c), codec.dtype, (chunk, c))
+    if codec.uses_ranges:
+        storage.create_codec_array(group, "clip_range", (2, -(-n // block), c), np.float16, (2, chunk // block, c))
+    if frames:
+        t = frames
+        rows = largest_divisor_at_most(chunk, max(1, FRAME_CHUNK_BYTES // (t * c * codec.dtype.itemsize)))
+        storage.create_codec_array(group, "frame", (n, t, c), codec.dtype, (rows, t, c))
+        if codec.uses_ranges:
+            g = -(-t // FRAME_BLOCK)
+            storage.create_codec_array(group, "frame_range", (2, n, g, c), np.float16, (2, rows, g, c))
+
+
+def check_logits(x, shape: tuple[int, ...], what: str, ids: Sequence[str], valid: np.ndarray) -> np.ndarray:
+    """``x`` as float32 of ``shape``, or ``InvalidLogits`` for a wrong shape or NaN/inf in a valid row."""
+    x = np.asarray(x, dtype=np.float32)
+    if x.shape != shape:
+        raise InvalidLogits(f"{what} has shape {x.shape}, expected {shape}")
+    finite = np.isfinite(x.reshape(len(x), -1)).all(axis=1)
+    bad = [ids[i] for i in np.nonzero(valid & ~finite)[0]]
+    if bad:
+        raise InvalidLogits(f"{what} holds NaN/inf for {len(bad)} clip(s): {preview(bad)}; nothing was written")
+    return x
+
+
+def fill_invalid(x: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Invalid rows take a valid row's values so they do not widen the q8 ranges (they are never read)."""
+    if valid.all() or not valid.any():
+        return x if valid.any() else np.zeros_like(x)
+    x = x.copy()
+    x[~valid] = x[np.argmax(valid)]
+    return x
+
+
+def write_levels(group, codec: Codec, info: dict[str, Any], rows: slice, arrays: dict[str, np.ndarray],
+                 valid: np.ndarray) -> None:
+    """Encode and store the checked logits ``arrays`` (``{"clip": ..., "frame": ...}``) of the rows ``rows``."""
+    for level, x in arrays.items():
+        x = fill_invalid(x, valid)
+        axis, block = (0, info["row_block"]) if level == "clip" else (1, FRAME_BLOCK)
+        stored, ranges = codec.encode(x, axis, block)
+        group[level][rows] = stored
+        if ranges is not None:
+            if level == "clip":
+                group["clip_range"][:, rows.start // block : -(-rows.stop // block)] = ranges
+            else:
+                group["frame_range"][:, rows] = ranges
