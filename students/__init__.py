@@ -15,7 +15,9 @@ Every student is built by name (``create_student(name, num_classes, pretrained=N
   count, only these layers keep a fresh initialisation.
 
 Each registry entry carries a ``cfg`` (``student_cfg(name)``): paper, sample rate, input length and, where the
-paper publishes them, its parameter and MAC figures (``published``), which ``kd.complexity`` reproduces.
+paper publishes them, its parameter and MAC figures (``published``), which ``kd.complexity`` reproduces; and the
+family's ``checkpoint_filter_fn``, through which ``layers.build_model`` (the builder of teachers and students)
+loads checkpoints.
 Buffers (windows, mel banks) move with the module, so ``student.to("cuda")`` runs on the GPU.
 
 Families: ``mobilenet`` (EfficientAT MobileNetV3 ``mn01``..``mn40``), ``dymn`` (dynamic MobileNets ``dymn04``,
@@ -24,8 +26,7 @@ Families: ``mobilenet`` (EfficientAT MobileNetV3 ``mn01``..``mn40``), ``dymn`` (
 """
 from . import cp_mobile, cp_resnet, dymn, mobilenet, sed
 from ._base import Student
-from ._factory import create_student, list_students, load_student_checkpoint, student_cfg
-from ._registry import STUDENTS, register_student
+from ._registry import STUDENTS, create_student, list_students, register_student, student_cfg
 
 __all__ = [
     "STUDENTS",
@@ -35,7 +36,6 @@ __all__ = [
     "create_student",
     "dymn",
     "list_students",
-    "load_student_checkpoint",
     "mobilenet",
     "register_student",
     "sed",

@@ -141,13 +141,16 @@ _CFG = {"paper": _PAPER, "sample_rate": 32000, "input_seconds": 1.0, "num_classe
         "limits": {"params": 128_000, "macs": 30_000_000, "seconds": 1.0}}
 
 
-@register_student(cfg=_CFG)
+@register_student(cfg=_CFG, checkpoint_filter=checkpoint_filter_fn)
 def cp_mobile(num_classes: int = 10, **kwargs: Any) -> CPMobile:
     """CP-Mobile as trained by the CP-JKU DCASE'23 recipe (32 base channels, x2.3, expansion 3)."""
     return CPMobile(num_classes=num_classes, **kwargs)
 
 
-@register_student(cfg={**_CFG, "note": "the small configuration of the repository's test_cp_mobile.py"})
+@register_student(
+    cfg={**_CFG, "note": "the small configuration of the repository's test_cp_mobile.py"},
+    checkpoint_filter=checkpoint_filter_fn,
+)
 def cp_mobile_tiny(num_classes: int = 10, **kwargs: Any) -> CPMobile:
     """CP-Mobile with 16 base channels, x1.5 and expansion 1.75: a few thousand parameters, fast on a CPU."""
     return CPMobile(num_classes=num_classes, **{"base_channels": 16, "channels_multiplier": 1.5,

@@ -140,13 +140,19 @@ _PAPER = "Koutini et al., TASLP 2021 (CP-ResNet); CP-JKU DCASE'23 Task 1 configu
 _CFG = {"paper": _PAPER, "sample_rate": 32000, "input_seconds": 1.0, "num_classes": 10, "task": "asc"}
 
 
-@register_student(cfg={**_CFG, "release_files": ("cpr_ms_dir_1.pt", "cpr_dir_1.pt", "cpr_ms_1.pt")})
+@register_student(
+    cfg={**_CFG, "release_files": ("cpr_ms_dir_1.pt", "cpr_dir_1.pt", "cpr_ms_1.pt")},
+    checkpoint_filter=checkpoint_filter_fn,
+)
 def cp_resnet(num_classes: int = 10, **kwargs: Any) -> CPResNet:
     """CP-ResNet as the CP-JKU DCASE'23 teacher: rho 7, 32 base channels, hop 750."""
     return CPResNet(num_classes=num_classes, **kwargs)
 
 
-@register_student(cfg={**_CFG, "limits": {"params": 128_000, "macs": 30_000_000, "seconds": 1.0}})
+@register_student(
+    cfg={**_CFG, "limits": {"params": 128_000, "macs": 30_000_000, "seconds": 1.0}},
+    checkpoint_filter=checkpoint_filter_fn,
+)
 def cp_resnet_dcase(num_classes: int = 10, **kwargs: Any) -> CPResNet:
     """CP-ResNet narrowed to 22 base channels (120 K params, 25 MMACs per second; 24 would exceed 128 K)."""
     return CPResNet(num_classes=num_classes, **{"base_channels": 22, **kwargs})

@@ -257,7 +257,7 @@ def _entrypoint(name: str):
 
 
 for _name, (_width, _params, _gmacs, _exact, _release) in _MODELS.items():
-    register_student(_entrypoint(_name), cfg={
+    register_student(_entrypoint(_name), checkpoint_filter=checkpoint_filter_fn, cfg={
         "paper": _PAPER, "sample_rate": 32000, "input_seconds": 10.0, "num_classes": 527, "width_mult": _width,
         "task": "tagging", "release_file": _release, "reference_state_size": _exact,
         "published": {"params_m": _params, "gmacs": _gmacs, "seconds": 10.0},

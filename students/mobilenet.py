@@ -253,4 +253,4 @@ def _entrypoint(name: str):
 
 
 for _name in _WIDTHS:
-    register_student(_entrypoint(_name), cfg=_cfg(_name))
+    register_student(_entrypoint(_name), cfg=_cfg(_name), checkpoint_filter=checkpoint_filter_fn)

@@ -164,7 +164,7 @@ def _entrypoint(name: str):
 
 
 for _name, _defaults in _MODELS.items():
-    register_student(_entrypoint(_name), cfg={
+    register_student(_entrypoint(_name), checkpoint_filter=checkpoint_filter_fn, cfg={
         "paper": _PAPER, "sample_rate": 16000, "input_seconds": 10.0, "num_classes": 447, "task": "sed",
         "frames_per_second": 25.0, **_defaults,
     })

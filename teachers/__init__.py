@@ -17,14 +17,14 @@ Every teacher is built by name (``create_teacher``; names from ``list_teachers``
 Buffers (windows, mel banks) move with the module, so ``teacher.to("cuda")`` runs on the GPU.
 
 Checkpoints (official release files or ones saved from these models) load strictly through each family's
-``checkpoint_filter_fn``; ``create_teacher(name, checkpoint=..., num_classes=10)`` re-initialises only the
-classifier heads for fine-tuning on a new label set. Families: ``passt`` (PaSST releases, frame-wise PaSST,
+``checkpoint_filter_fn``, named in its registry entry (``layers.build_model`` builds and loads every model);
+``create_teacher(name, checkpoint=..., num_classes=10)`` re-initialises only the classifier heads for
+fine-tuning on a new label set. Families: ``passt`` (PaSST releases, frame-wise PaSST,
 ``passt_tiny``), ``ast`` (AST releases, ``ast_tiny``).
 """
 from . import ast, passt
 from ._base import Teacher, TeacherInputError, TeacherOutput
-from ._factory import create_teacher, list_teachers, load_teacher_checkpoint, teacher_cfg
-from ._registry import TEACHERS, register_teacher
+from ._registry import TEACHERS, create_teacher, list_teachers, register_teacher, teacher_cfg
 from .ensemble import TeacherEnsemble
 
 __all__ = [
@@ -36,7 +36,6 @@ __all__ = [
     "ast",
     "create_teacher",
     "list_teachers",
-    "load_teacher_checkpoint",
     "passt",
     "register_teacher",
     "teacher_cfg",

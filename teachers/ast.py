@@ -20,6 +20,7 @@ Origin: github.com/YuanGongND/ast (``src/models/ast_models.py``, ``src/dataloade
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import torch
@@ -213,7 +214,11 @@ def _ast(stride: int, kwargs: dict[str, Any]) -> AST:
     return AST(**{"fstride": stride, "tstride": stride, **kwargs})
 
 
-@register_teacher(
+# every AST entrypoint loads checkpoints through this family's filter
+_register = partial(register_teacher, checkpoint_filter=checkpoint_filter_fn)
+
+
+@_register(
     cfg=_cfg("audioset_10_10_0.4593.pth", f"{_DROPBOX}/ca0b1v2nlxzyeb4/audioset_10_10_0.4593.pth?dl=1", 0.4593, 10)
 )
 def ast_audioset_10_10_0_4593(**kwargs: Any) -> AST:
@@ -221,7 +226,7 @@ def ast_audioset_10_10_0_4593(**kwargs: Any) -> AST:
     return _ast(10, kwargs)
 
 
-@register_teacher(
+@_register(
     cfg=_cfg("audioset_10_10_0.4495.pth", f"{_DROPBOX}/1tv0hovue1bxupk/audioset_10_10_0.4495.pth?dl=1", 0.4495, 10)
 )
 def ast_audioset_10_10_0_4495(**kwargs: Any) -> AST:
@@ -229,7 +234,7 @@ def ast_audioset_10_10_0_4495(**kwargs: Any) -> AST:
     return _ast(10, kwargs)
 
 
-@register_teacher(
+@_register(
     cfg=_cfg("audioset_10_10_0.4483.pth", f"{_DROPBOX}/6u5sikl4b9wo4u5/audioset_10_10_0.4483.pth?dl=1", 0.4483, 10)
 )
 def ast_audioset_10_10_0_4483(**kwargs: Any) -> AST:
@@ -237,7 +242,7 @@ def ast_audioset_10_10_0_4483(**kwargs: Any) -> AST:
     return _ast(10, kwargs)
 
 
-@register_teacher(
+@_register(
     cfg=_cfg("audioset_10_10_0.4475.pth", f"{_DROPBOX}/kt6i0v9fvfm1mbq/audioset_10_10_0.4475.pth?dl=1", 0.4475, 10)
 )
 def ast_audioset_10_10_0_4475(**kwargs: Any) -> AST:
@@ -245,7 +250,7 @@ def ast_audioset_10_10_0_4475(**kwargs: Any) -> AST:
     return _ast(10, kwargs)
 
 
-@register_teacher(
+@_register(
     cfg=_cfg("audioset_12_12_0.4467.pth", f"{_DROPBOX}/snfhx3tizr4nuc8/audioset_12_12_0.4467.pth?dl=1", 0.4467, 12)
 )
 def ast_audioset_12_12_0_4467(**kwargs: Any) -> AST:
@@ -253,7 +258,7 @@ def ast_audioset_12_12_0_4467(**kwargs: Any) -> AST:
     return _ast(12, kwargs)
 
 
-@register_teacher(
+@_register(
     cfg=_cfg("audioset_14_14_0.4431.pth", f"{_DROPBOX}/z18s6pemtnxm4k7/audioset_14_14_0.4431.pth?dl=1", 0.4431, 14)
 )
 def ast_audioset_14_14_0_4431(**kwargs: Any) -> AST:
@@ -261,7 +266,7 @@ def ast_audioset_14_14_0_4431(**kwargs: Any) -> AST:
     return _ast(14, kwargs)
 
 
-@register_teacher(
+@_register(
     cfg=_cfg("audioset_16_16_0.4422.pth", f"{_DROPBOX}/mdsa4t1xmcimia6/audioset_16_16_0.4422.pth?dl=1", 0.4422, 16)
 )
 def ast_audioset_16_16_0_4422(**kwargs: Any) -> AST:
@@ -269,7 +274,7 @@ def ast_audioset_16_16_0_4422(**kwargs: Any) -> AST:
     return _ast(16, kwargs)
 
 
-@register_teacher(cfg={"origin": "small AST for demos and tests, trained from scratch", "sample_rate": 16000})
+@_register(cfg={"origin": "small AST for demos and tests, trained from scratch", "sample_rate": 16000})
 def ast_tiny(**kwargs: Any) -> AST:
     """A 1.9 M-parameter AST (dim 192, depth 4); defaults: 1 s clips (100 frames), 10 classes."""
     defaults = {"embed_dim": 192, "depth": 4, "num_heads": 3, "num_classes": 10, "clip_seconds": 1.0,

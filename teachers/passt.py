@@ -28,6 +28,7 @@ exact grid. The frame variant refuses time and unstructured patchout (they would
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import torch
@@ -254,86 +255,89 @@ _S12 = {"stride": (12, 12), "input_tdim": 998}
 _S14 = {"stride": (14, 14), "input_tdim": 998}
 _S16 = {"stride": (16, 16), "input_tdim": 998}
 
+# every PaSST entrypoint loads checkpoints through this family's filter
+_register = partial(register_teacher, checkpoint_filter=checkpoint_filter_fn)
 
-@register_teacher(cfg=_cfg("passt-s-f128-p16-s10-ap.476-swa.pt", "v0.0.1-audioset", 0.476))
+
+@_register(cfg=_cfg("passt-s-f128-p16-s10-ap.476-swa.pt", "v0.0.1-audioset", 0.476))
 def passt_s_swa_p16_128_ap476(**kwargs: Any) -> PaSST:
     """PaSST-S, stride 10, SWA weights (the default hear21passt model)."""
     return _passt(_S10, kwargs)
 
 
-@register_teacher(cfg=_cfg("passt-s-f128-p16-s10-ap.4761-swa.pt", "v0.0.2-audioset", 0.4761))
+@_register(cfg=_cfg("passt-s-f128-p16-s10-ap.4761-swa.pt", "v0.0.2-audioset", 0.4761))
 def passt_s_swa_p16_128_ap4761(**kwargs: Any) -> PaSST:
     """PaSST-S, stride 10, SWA weights of a second run."""
     return _passt(_S10, kwargs)
 
 
-@register_teacher(cfg=_cfg("passt-s-f128-p16-s10-ap.472.pt", "v0.0.2-audioset", 0.472))
+@_register(cfg=_cfg("passt-s-f128-p16-s10-ap.472.pt", "v0.0.2-audioset", 0.472))
 def passt_s_p16_128_ap472(**kwargs: Any) -> PaSST:
     """PaSST-S, stride 10, last weights (no SWA)."""
     return _passt(_S10, kwargs)
 
 
-@register_teacher(cfg=_cfg("passt-s-kd-ap.486.pt", "v.0.0.9", 0.486))
+@_register(cfg=_cfg("passt-s-kd-ap.486.pt", "v.0.0.9", 0.486))
 def passt_s_kd_p16_128_ap486(**kwargs: Any) -> PaSST:
     """PaSST-S, stride 10, trained with knowledge distillation."""
     return _passt(_S10, kwargs)
 
 
-@register_teacher(cfg=_cfg("passt-l-kd-ap.47.pt", "v.0.0.10", 0.47))
+@_register(cfg=_cfg("passt-l-kd-ap.47.pt", "v.0.0.10", 0.47))
 def passt_l_kd_p16_128_ap47(**kwargs: Any) -> PaSST:
     """PaSST-L ("light"): depth 7, stride 10, trained with knowledge distillation."""
     return _passt({**_S10, "depth": 7}, kwargs)
 
 
-@register_teacher(cfg=_cfg("passt-s-f128-p16-s12-ap.470.pt", "v0.0.2-audioset", 0.470))
+@_register(cfg=_cfg("passt-s-f128-p16-s12-ap.470.pt", "v0.0.2-audioset", 0.470))
 def passt_s_p16_s12_128_ap470(**kwargs: Any) -> PaSST:
     """PaSST-S, stride 12 (10 x 83 positions, 10 x 82 patches for 10 s)."""
     return _passt(_S12, kwargs)
 
 
-@register_teacher(cfg=_cfg("passt-s-f128-p16-s12-ap.473-swa.pt", "v0.0.2-audioset", 0.473))
+@_register(cfg=_cfg("passt-s-f128-p16-s12-ap.473-swa.pt", "v0.0.2-audioset", 0.473))
 def passt_s_swa_p16_s12_128_ap473(**kwargs: Any) -> PaSST:
     """PaSST-S, stride 12, SWA weights."""
     return _passt(_S12, kwargs)
 
 
-@register_teacher(cfg=_cfg("passt-s-f128-p16-s14-ap.469.pt", "v0.0.2-audioset", 0.469))
+@_register(cfg=_cfg("passt-s-f128-p16-s14-ap.469.pt", "v0.0.2-audioset", 0.469))
 def passt_s_p16_s14_128_ap469(**kwargs: Any) -> PaSST:
     """PaSST-S, stride 14 (9 x 71 patches)."""
     return _passt(_S14, kwargs)
 
 
-@register_teacher(cfg=_cfg("passt-s-f128-p16-s14-ap.471-swa.pt", "v0.0.2-audioset", 0.471))
+@_register(cfg=_cfg("passt-s-f128-p16-s14-ap.471-swa.pt", "v0.0.2-audioset", 0.471))
 def passt_s_swa_p16_s14_128_ap471(**kwargs: Any) -> PaSST:
     """PaSST-S, stride 14, SWA weights."""
     return _passt(_S14, kwargs)
 
 
-@register_teacher(cfg=_cfg("passt-s-f128-p16-s16-ap.468.pt", "v0.0.2-audioset", 0.468))
+@_register(cfg=_cfg("passt-s-f128-p16-s16-ap.468.pt", "v0.0.2-audioset", 0.468))
 def passt_s_p16_s16_128_ap468(**kwargs: Any) -> PaSST:
     """PaSST-S without patch overlap: stride 16 (8 x 62 patches)."""
     return _passt(_S16, kwargs)
 
 
-@register_teacher(cfg=_cfg("passt-s-f128-p16-s16-ap.473-swa.pt", "v0.0.2-audioset", 0.473))
+@_register(cfg=_cfg("passt-s-f128-p16-s16-ap.473-swa.pt", "v0.0.2-audioset", 0.473))
 def passt_s_swa_p16_s16_128_ap473(**kwargs: Any) -> PaSST:
     """PaSST-S, stride 16, SWA weights."""
     return _passt(_S16, kwargs)
 
 
-@register_teacher(cfg=_cfg("passt-b-f128-p16-s16-ap.459.pt", "v.0.0.7-audioset", 0.459))
+@_register(cfg=_cfg("passt-b-f128-p16-s16-ap.459.pt", "v.0.0.7-audioset", 0.459))
 def passt_b_f128_p16_s16_ap_459(**kwargs: Any) -> PaSST:
     """PaSST-B (baseline without patchout), stride 16."""
     return _passt(_S16, kwargs)
 
 
-@register_teacher(cfg=_cfg("passt-u600-f128-p16-s16-ap.460.pt", "v.0.0.7-audioset", 0.460))
+@_register(cfg=_cfg("passt-u600-f128-p16-s16-ap.460.pt", "v.0.0.7-audioset", 0.460))
 def passt_u600_f128_p16_s16_ap_460(**kwargs: Any) -> PaSST:
     """PaSST-U600 (unstructured patchout of 600 tokens in training), stride 16."""
     return _passt(_S16, kwargs)
 
 
-@register_teacher(
+@_register(
     cfg=_cfg("passt-s-f128-stfthop100-p16-s10-ap.473-swa.pt", "v0.0.3-audioset", 0.473, hop_length=100)
 )
 def passt_s_swa_f128_stfthop100_p16_s10_ap473(**kwargs: Any) -> PaSST:
@@ -341,7 +345,7 @@ def passt_s_swa_f128_stfthop100_p16_s10_ap473(**kwargs: Any) -> PaSST:
     return _passt({"stride": (10, 10), "input_tdim": 3200, "hop_length": 100}, kwargs)
 
 
-@register_teacher(
+@_register(
     cfg=_cfg("passt-s-f128-stfthop160-p16-s10-ap.473-swa.pt", "v0.0.3-audioset", 0.473, hop_length=160)
 )
 def passt_s_swa_f128_stfthop160_p16_s10_ap473(**kwargs: Any) -> PaSST:
@@ -349,19 +353,19 @@ def passt_s_swa_f128_stfthop160_p16_s10_ap473(**kwargs: Any) -> PaSST:
     return _passt({"stride": (10, 10), "input_tdim": 2000, "hop_length": 160}, kwargs)
 
 
-@register_teacher(cfg=_cfg("passt-s-f128-20sec-p16-s10-ap.474-swa.pt", "v0.0.5", 0.474, clip_seconds=20.0))
+@_register(cfg=_cfg("passt-s-f128-20sec-p16-s10-ap.474-swa.pt", "v0.0.5", 0.474, clip_seconds=20.0))
 def passt_s_f128_20sec_p16_s10_ap474_swa(**kwargs: Any) -> PaSST:
     """PaSST-S with time positions for 20 s (trained on random 10 s slices of them)."""
     return _passt({"stride": (10, 10), "input_tdim": 2000, "clip_seconds": 20.0}, kwargs)
 
 
-@register_teacher(cfg=_cfg("passt-s-f128-30sec-p16-s10-ap.473-swa.pt", "v0.0.5", 0.473, clip_seconds=30.0))
+@_register(cfg=_cfg("passt-s-f128-30sec-p16-s10-ap.473-swa.pt", "v0.0.5", 0.473, clip_seconds=30.0))
 def passt_s_f128_30sec_p16_s10_ap473_swa(**kwargs: Any) -> PaSST:
     """PaSST-S with time positions for 30 s."""
     return _passt({"stride": (10, 10), "input_tdim": 3000, "clip_seconds": 30.0}, kwargs)
 
 
-@register_teacher(
+@_register(
     cfg={
         "origin": "frame-wise PaSST-S: the passt_s_swa_p16_128_ap476 trunk with a frame head over time tokens",
         "init_from": "passt_s_swa_p16_128_ap476 (create_teacher(..., checkpoint=<release>, new_heads=True))",
@@ -380,13 +384,13 @@ _TINY = {
 }
 
 
-@register_teacher(cfg={"origin": "small PaSST for demos and tests, trained from scratch", "sample_rate": 32000})
+@_register(cfg={"origin": "small PaSST for demos and tests, trained from scratch", "sample_rate": 32000})
 def passt_tiny(**kwargs: Any) -> PaSST:
     """A 1.9 M-parameter PaSST (dim 192, depth 4); defaults: 1 s scenes, 10 classes."""
     return _passt({**_TINY, "clip_seconds": 1.0, "s_patchout_t": 2, "s_patchout_f": 1}, kwargs)
 
 
-@register_teacher(
+@_register(
     cfg={"origin": "small frame-wise PaSST for demos and tests, trained from scratch", "sample_rate": 32000}
 )
 def passt_tiny_frame(**kwargs: Any) -> PaSST:

@@ -1,13 +1,14 @@
 """Every registered student builds, runs, trains, round-trips; official EfficientAT layouts load strictly."""
 import json
 import math
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from layers import CheckpointError, UnknownModelError
-from students import create_student, list_students, student_cfg
+from students import STUDENTS, create_student, list_students, student_cfg
 
 LAYOUTS = json.loads((Path(__file__).parent / "data" / "efficientat_release_layouts.json").read_text())["layouts"]
 ALL = list_students()
@@ -31,6 +32,21 @@ def test_registry_covers_every_family():
     assert {"mn04", "mn10", "mn40", "dymn04", "dymn10", "dymn20", "cp_mobile", "cp_resnet", "fmn10_gru", "fmn10_tf",
             "fmn04_tcn", "fmn04", "fmn_tiny"} <= set(ALL)
     assert list_students("dymn*") == ["dymn04", "dymn10", "dymn20"]
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_classifier_names_and_checkpoint_filter_are_declared(name):
+    entry = STUDENTS.get(name)
+    assert entry.checkpoint_filter is sys.modules[entry.fn.__module__].checkpoint_filter_fn
+    with torch.device("meta"):
+        model = create_student(name, 11)
+        other = create_student(name, 12).state_dict()
+    state = model.state_dict()
+    resized = {k for k, v in state.items() if v.shape != other[k].shape}
+    prefixes = tuple(f"{layer}." for layer in model.classifier_names)
+    assert resized and all(k.startswith(prefixes) for k in resized), resized
+    for layer in model.classifier_names:
+        assert any(k.startswith(f"{layer}.") for k in resized), f"{layer} is not a layer sized by num_classes"
 
 
 def test_unknown_student_names_close_matches():

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from torch import nn
 from kd_errors import KdError
 from layers import CheckpointError
 from teachers import (
+    TEACHERS,
     TeacherEnsemble,
     TeacherInputError,
     TeacherOutput,
@@ -52,6 +54,24 @@ def test_every_release_is_registered():
     assert list_teachers("ast_*") == sorted(ast | {"ast_tiny"})
     assert teacher_cfg("passt_s_swa_p16_128_ap476")["file"] == "passt-s-f128-p16-s10-ap.476-swa.pt"
     assert teacher_cfg("ast_audioset_10_10_0_4593")["file"] == "audioset_10_10_0.4593.pth"
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_classifier_names_and_checkpoint_filter_are_declared(name):
+    entry = TEACHERS.get(name)
+    assert entry.checkpoint_filter is sys.modules[entry.fn.__module__].checkpoint_filter_fn
+    with torch.device("meta"):
+        model = create_teacher(name, num_classes=11, **_small(name))
+        other = create_teacher(name, num_classes=12, **_small(name)).state_dict()
+    state = model.state_dict()
+    resized = {k for k, v in state.items() if v.shape != other[k].shape}
+    prefixes = tuple(f"{layer}." for layer in model.classifier_names)
+    assert resized and all(k.startswith(prefixes) for k in resized), resized
+    for layer in model.classifier_names:
+        if any(k.startswith(f"{layer}.") for k in state):
+            assert any(k.startswith(f"{layer}.") for k in resized), f"{layer} is not sized by num_classes"
+        else:  # an optional head this variant does not build (PaSST's frame_head)
+            assert getattr(model, layer) is None, f"{layer} names no layer of {name}"
 
 
 @pytest.mark.parametrize("name", FULL)
@@ -236,6 +256,11 @@ def test_frame_head_on_a_clip_checkpoint_needs_new_heads(tmp_path):
         create_teacher("passt_tiny_frame", checkpoint=path)
     model = create_teacher("passt_tiny_frame", checkpoint=path, new_heads=True)
     assert model.frame_head is not None
+    frame_path = tmp_path / "frame.pt"
+    torch.save(model.state_dict(), frame_path)  # and back: new_heads drops the frame head a clip model lacks
+    with pytest.raises(CheckpointError, match="unexpected key"):
+        create_teacher("passt_tiny", checkpoint=frame_path, clip_seconds=4.0)
+    assert create_teacher("passt_tiny", checkpoint=frame_path, clip_seconds=4.0, new_heads=True).frame_head is None
 
 
 def _reference_attention_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
