@@ -3,16 +3,14 @@
 The bottom of the import graph: ``teachers`` and ``students`` import from here, nothing here imports
 from the rest of the project but ``kd_errors`` (the base of the errors a user can cause).
 """
-from .builder import Checkpoint, FreshClassifiers, build_model
-from .checkpoint import CheckpointError, CheckpointFilter, load_checkpoint, load_state_dict_strict, sha256_file
+from .builder import Checkpoint, build_model
+from .checkpoint import CheckpointError, load_checkpoint, load_state_dict_strict, sha256_file
 from .mel import MelSTFT, kaldi_mel_banks, mask_along_axis
 from .registry import Registry, RegistryEntry, UnknownModelError
 
 __all__ = [
     "Checkpoint",
     "CheckpointError",
-    "CheckpointFilter",
-    "FreshClassifiers",
     "MelSTFT",
     "Registry",
     "RegistryEntry",

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, get_args
 
 import torch
 from torch import nn
@@ -29,7 +29,7 @@ __all__ = ["Checkpoint", "FreshClassifiers", "build_model"]
 
 Checkpoint = str | os.PathLike | Mapping[str, torch.Tensor]
 FreshClassifiers = Literal["never", "resized", "resized_or_missing"]
-FRESH_CLASSIFIERS = ("never", "resized", "resized_or_missing")
+FRESH_CLASSIFIERS = get_args(FreshClassifiers)
 
 M = TypeVar("M", bound=nn.Module)
 
