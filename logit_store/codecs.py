@@ -17,6 +17,10 @@ including the strongly negative logits that hold much of the mass at ``T = 2``.
   ranges are stored as float16 rounded outwards (4 bytes per class and block: 0.03 bytes per logit).
 - Along a time axis (``axis >= 1``) the codes are stored as differences of consecutive frames (mod 256):
   temporally smooth frame logits then compress to about half a byte per logit under zstd.
+
+``f16`` and ``q8`` saturate logits beyond the float16 range (``|z| > 65504``) at ``+-65504``: the sigmoid is
+0 or 1 either way, and one such logit would otherwise store an infinite value (``f16``) or an infinite
+range that turns its whole block of ``q8`` codes into NaN.
 """
 from __future__ import annotations
 
@@ -61,12 +65,18 @@ class F16Codec(Codec):
     name, dtype = "f16", np.dtype("float16")
 
     def encode(self, x, axis, block):
-        with np.errstate(over="ignore"):
-            stored = np.asarray(x).astype(np.float16)
-        return stored, None
+        return _saturate_f16(x).astype(np.float16), None
 
     def decode(self, stored, ranges, axis, block):
         return np.asarray(stored, np.float32)
+
+
+F16_MAX = float(np.finfo(np.float16).max)  # 65504: the largest finite float16
+
+
+def _saturate_f16(x) -> np.ndarray:
+    """``x`` as float32, clipped to the finite float16 range."""
+    return np.clip(np.asarray(x, np.float32), -F16_MAX, F16_MAX)
 
 
 def _block_reduce(fn: np.ufunc, x: np.ndarray, axis: int, block: int) -> np.ndarray:
@@ -76,8 +86,9 @@ def _block_reduce(fn: np.ufunc, x: np.ndarray, axis: int, block: int) -> np.ndar
 
 def _round_outwards_f16(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     lo16, hi16 = lo.astype(np.float16), hi.astype(np.float16)
-    lo16 = np.where(lo16.astype(np.float32) > lo, np.nextafter(lo16, np.float16(-np.inf)), lo16)
-    hi16 = np.where(hi16.astype(np.float32) < hi, np.nextafter(hi16, np.float16(np.inf)), hi16)
+    with np.errstate(over="ignore"):  # nextafter(+-65504) is infinite, but |lo|, |hi| <= 65504 never select it
+        lo16 = np.where(lo16.astype(np.float32) > lo, np.nextafter(lo16, np.float16(-np.inf)), lo16)
+        hi16 = np.where(hi16.astype(np.float32) < hi, np.nextafter(hi16, np.float16(np.inf)), hi16)
     return lo16, hi16
 
 
@@ -101,7 +112,7 @@ class Q8Codec(Codec):
         return u_lo, (u_hi - u_lo) / self.LEVELS
 
     def encode(self, x, axis, block):
-        x = np.asarray(x, np.float32)
+        x = _saturate_f16(x)  # the ranges are float16: they must stay finite
         lo, hi = _round_outwards_f16(_block_reduce(np.minimum, x, axis, block), _block_reduce(np.maximum, x, axis, block))
         ranges = np.stack([lo, hi])
         u_lo, step = self._u_span(ranges, axis, block, x.shape[axis])

@@ -52,12 +52,12 @@ class IdIndex:
 
     def rows(self, ids: Sequence[str]) -> np.ndarray:
         """Row of each id (int64), or :class:`MissingIds` naming the absent ids (and anything not a string)."""
-        rows = self.find(ids) if self.usable else None
+        rows = self.find(ids)
         return self._rows_by_dict(ids) if rows is None else rows
 
     def find(self, ids: Sequence[str]) -> np.ndarray | None:
         """Rows of ``ids`` (a list of ``str`` or a 1-D NumPy string array) when all are in the index, else ``None``."""
-        query = self._as_words(ids)
+        query = self._as_words(ids) if self.usable else None
         if query is None:
             return None
         hashes = query @ self.mult
@@ -80,7 +80,7 @@ class IdIndex:
             query = np.array(ids, dtype=self.dtype)  # cuts longer ids and trailing NULs: caught by the lengths
             if sum(map(len, ids)) != int(np.strings.str_len(query).sum()):
                 return None
-        return query.view(np.uint64).reshape(len(query), -1)
+        return query.view(np.uint64).reshape(len(query), self.words.shape[1])
 
     def _rows_by_dict(self, ids: Sequence[str]) -> np.ndarray:
         """The exact (slower) lookup behind :meth:`rows`, for batches the hash index does not resolve."""
