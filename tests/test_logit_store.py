@@ -279,3 +279,62 @@ def test_store_pickles_without_zarr_state(url):
     clone = pickle.loads(pickle.dumps(store))
     assert clone._zroot is None and not len(clone._decoded)
     np.testing.assert_array_equal(clone.read(IDS[:4]), clip[:4])
+
+
+def count_listings(monkeypatch) -> list[str]:
+    """Prefixes of every ``Store.list_prefix`` call zarr's local and fsspec stores make from now on."""
+    from zarr.storage import FsspecStore, LocalStore
+
+    calls: list[str] = []
+    for cls in (LocalStore, FsspecStore):
+        def counted(self, prefix, _original=cls.list_prefix):
+            calls.append(prefix)
+            return _original(self, prefix)
+        monkeypatch.setattr(cls, "list_prefix", counted)
+    return calls
+
+
+def test_progress_is_listed_once_per_handle_and_kept_current_by_its_writes(url, monkeypatch):
+    clip, _ = logits()
+    store = new_store(url)
+    store.add_teacher("t", codec="f32")
+    store.write_chunk("t", 0, clip[:CHUNK])
+    writer = LogitStore.open(url, "r+")
+    listings = count_listings(monkeypatch)
+    assert writer.done_chunks("t").tolist() == [True, False, False]
+    assert len(listings) == 1 and listings[0].endswith("teachers/t/done/")
+    for k in range(store.num_chunks):  # what kd teach does: check progress per chunk, write what is missing
+        if not writer.done_chunks("t")[k]:
+            writer.write_chunk("t", k, clip[store.chunk_rows(k)])
+        assert writer.done_chunks("t")[: k + 1].all() and writer.failures("t") == {}
+    assert sorted(writer.done_records("t")) == [0, 1, 2]
+    np.testing.assert_array_equal(writer.read(IDS[60:70]), clip[60:70])  # its own chunks read without listing
+    assert writer.verify() == [] and len(listings) > 1  # verify reads storage afresh
+    del listings[:]
+    for _ in range(3):
+        writer.done_chunks("t"), writer.done_records("t"), writer.failures("t"), writer.info()
+    assert not [p for p in listings if p.endswith("/done/")]
+
+
+def test_reload_progress_sees_chunks_other_handles_finished(url, monkeypatch):
+    clip, _ = logits()
+    store = new_store(url)
+    store.add_teacher("t", codec="f32")
+    store.write_chunk("t", 0, clip[:CHUNK])
+    reader = LogitStore.open(url)
+    np.testing.assert_array_equal(reader.read(IDS[:4]), clip[:4])  # decodes chunk 1 as unwritten zeros
+    store.write_chunk("t", 1, clip[store.chunk_rows(1)], valid=np.arange(CHUNK) != 5,
+                      failures={IDS[CHUNK + 5]: "silent file"})
+    listings = count_listings(monkeypatch)
+    assert reader.done_chunks("t").tolist() == [True, False, False] and not listings  # cached, not re-listed
+    reader.reload_progress()
+    assert reader.done_chunks("t").tolist() == [True, True, False] and len(listings) == 1
+    assert reader.failures("t") == {IDS[CHUNK + 5]: "silent file"}
+    np.testing.assert_array_equal(reader.read(IDS[CHUNK:CHUNK + 4]), clip[CHUNK:CHUNK + 4])  # decoded afresh
+    store.write_chunk("t", 2, clip[store.chunk_rows(2)])
+    np.testing.assert_array_equal(reader.read([IDS[-1]]), clip[-1:])  # a read re-lists once before raising
+    assert len(listings) == 2
+    with pytest.raises(UnwrittenRows, match="silent file"):
+        reader.read([IDS[CHUNK + 5]])
+    with pytest.raises(UnknownTeacher):
+        reader.reload_progress("nope")
