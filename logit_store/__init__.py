@@ -1,8 +1,9 @@
-"""Offline soft-target store for knowledge distillation: teacher logits in a Zarr v3 group at any fsspec URL.
+"""Offline soft-target store for knowledge distillation: teacher logits in a Zarr v3 group at any URL.
 
 Teachers run once and write their clip (and frame) logits chunk by chunk, from many processes, resumably;
-students read shuffled batches by clip id, from any ensemble of the stored teachers. numpy, zarr, numcodecs
-and fsspec only (no torch), so DataLoader workers and dask workers can import it cheaply.
+students read shuffled batches by clip id, from any ensemble of the stored teachers. numpy, zarr and numcodecs
+only (no torch; remote URLs go through Zarr's ``FsspecStore``), so DataLoader workers and dask workers can
+import it cheaply.
 """
 from logit_store.codecs import CODECS, Codec, get_codec
 from logit_store.errors import (

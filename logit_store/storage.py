@@ -1,6 +1,6 @@
 """Storage access of the logit store, all of it through Zarr's own ``Store`` API.
 
-Opening a URL gives a Zarr store (``LocalStore`` for local paths, ``FsspecStore`` for every other fsspec URL);
+Opening a URL gives a Zarr store (``LocalStore`` for local paths, ``FsspecStore`` for every other URL);
 listing keys and summing object sizes go through that store's ``list_prefix`` and ``getsize_prefix``, driven
 synchronously on Zarr's event loop, and the key of each chunk object comes from the array's own metadata
 (its chunk key encoding). Nothing here builds a storage path by hand or opens a second file-system handle.
@@ -34,7 +34,7 @@ def _local_path(url: str) -> str | None:
     """The file-system path of a local URL (a plain path, ``file://`` or ``local://``), else ``None``."""
     scheme, sep, rest = url.partition("://")
     if not sep:
-        return None if "::" in url else url  # ``a::b`` chains fsspec file systems
+        return None if "::" in url else url  # ``a::b`` chains file systems: FsspecStore's
     return rest if scheme in LOCAL_SCHEMES else None
 
 

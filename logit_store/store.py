@@ -1,4 +1,4 @@
-"""``LogitStore``: teacher logits for a fixed list of clips in a Zarr v3 group at any fsspec URL.
+"""``LogitStore``: teacher logits for a fixed list of clips in a Zarr v3 group at any URL (local, memory://, s3://, ...).
 
 Teachers run once and write chunk-aligned regions (one chunk = ``chunk_size`` consecutive clips) from any
 number of processes without a lock; each chunk ends with a small done record, so an interrupted job resumes
