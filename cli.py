@@ -14,6 +14,8 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from kd_errors import KdError
+
 console = Console(stderr=True)
 out = Console()
 
@@ -26,11 +28,7 @@ class KdGroup(click.Group):
             return super().invoke(ctx)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
-        except Exception as exc:
-            from kd.errors import is_user_error
-
-            if not is_user_error(exc):
-                raise
+        except KdError as exc:
             console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
             sys.exit(2)
 
@@ -85,37 +83,60 @@ def list_teachers_cmd(pattern) -> None:
     out.print(table)
 
 
+def training_options(*, batch_size: int, lr: float):
+    """The options every training command shares (:class:`kd.job.TrainingOptions`), with the command's defaults."""
+    options = [
+        click.option("--train-split", default="train", show_default=True),
+        click.option("--eval-split", default="eval", show_default=True),
+        click.option("--seconds", type=float, default=None,
+                     help="Clip length fed to the model (default: the store's, else the dataset's; for a teacher, "
+                          "its context, which this also sets for the tiny teachers)."),
+        click.option("--epochs", type=int, default=10, show_default=True),
+        click.option("--batch-size", type=int, default=batch_size, show_default=True),
+        click.option("--lr", type=float, default=lr, show_default=True, help="Peak learning rate (AdamW)."),
+        click.option("--mixup", type=float, default=0.3, show_default=True, help="Mixup Beta alpha; 0 disables."),
+        click.option("--mixstyle", "mixstyle_p", type=float, default=0.0, show_default=True,
+                     help="Probability of Freq-MixStyle per batch (0.4 in the DCASE'23 system)."),
+        click.option("--dir", "dir_folder", type=click.Path(exists=True, file_okay=False), default=None,
+                     help="Folder of device impulse responses to convolve device-a clips with."),
+        click.option("--dir-p", type=float, default=0.4, show_default=True, help="Probability of the DIR augmentation."),
+        click.option("--roll", "roll_seconds", type=float, default=0.0, show_default=True,
+                     help="Max time roll in seconds."),
+        click.option("--gain", "gain_db", type=float, default=0.0, show_default=True, help="Max random gain in dB."),
+        click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for last.pt / best.pt."),
+        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--device", default="auto", show_default=True,
+                     help="auto, cpu, cuda or cuda:N (torchrun: each rank its own GPU)."),
+        click.option("--decode-workers", type=int, default=0, show_default=True,
+                     help="Processes that decode audio (and read stored logits) beside training."),
+        click.option("--tracking-uri", default=None,
+                     help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else ./mlflow.db)."),
+        click.option("--resume", is_flag=True, help="Continue from OUT/last.pt (same options)."),
+    ]
+
+    def apply(command):
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return apply
+
+
 @main.command("train-teacher")
 @click.option("--dataset", required=True, metavar="FORMAT:PATH",
               help="Labelled dataset: audioset-hdf5:FILE, audioset:DIR, audioset-strong:DIR, tau22:DIR, manifest:FILE.")
 @click.option("--teacher", required=True, metavar="NAME", help="Registered teacher (see `kd teachers`).")
 @click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Official or earlier checkpoint to fine-tune from (default: train from scratch).")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for last.pt / best.pt.")
-@click.option("--train-split", default="train", show_default=True)
-@click.option("--eval-split", default="eval", show_default=True)
-@click.option("--epochs", type=int, default=10, show_default=True)
-@click.option("--batch-size", type=int, default=16, show_default=True)
-@click.option("--lr", type=float, default=1e-4, show_default=True, help="Peak learning rate (AdamW).")
-@click.option("--mixup", type=float, default=0.3, show_default=True, help="Mixup Beta alpha; 0 disables.")
-@click.option("--mixstyle", "mixstyle_p", type=float, default=0.0, show_default=True,
-              help="Probability of Freq-MixStyle per batch.")
-@click.option("--clip-seconds", type=float, default=None, help="Override the teacher's context (tiny teachers).")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--workers", "num_workers", type=int, default=0, show_default=True, help="DataLoader worker processes.")
-@click.option("--tracking-uri", default=None, help="MLflow tracking URI (default: ./mlflow.db or $MLFLOW_TRACKING_URI).")
-@click.option("--resume", is_flag=True, help="Continue from OUT/last.pt.")
+@training_options(batch_size=16, lr=1e-4)
 def train_teacher_cmd(**options) -> None:
     """Fine-tune a teacher on a labelled dataset (CE for scenes, BCE for tags, frame BCE for SED)."""
     from kd.train_teacher import TrainTeacherConfig, train_teacher
 
-    cfg = TrainTeacherConfig(**options)
     with TrainingProgress() as bar:
-        result = train_teacher(cfg, on_epoch=bar.on_epoch, on_batch=bar.on_batch)
-    if not result["main_process"]:  # torchrun: rank 0 reports for the job
-        return
-    console.print(f"best {result['metric']} {result['best']:.4f}; checkpoint {result['checkpoint']}", highlight=False)
+        result = train_teacher(TrainTeacherConfig(**options), on_epoch=bar.on_epoch, on_batch=bar.on_batch)
+    if result.main_process:  # torchrun: rank 0 reports for the job
+        console.print(f"best {result.metric} {result.best:.4f}; checkpoint {result.checkpoint}", highlight=False)
 
 
 class TrainingProgress:
@@ -165,18 +186,16 @@ class TrainingProgress:
 @click.option("--chunk-size", type=int, default=256, show_default=True, help="Clips per store chunk (new stores).")
 @click.option("--seconds", type=float, default=None,
               help="Audio length fed to the teachers (default: the dataset's clip length; longer clips are windowed).")
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
-@click.option("--tracking-uri", default=None, help="MLflow tracking URI (default: ./mlflow.db or $MLFLOW_TRACKING_URI).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N (in every worker).")
+@click.option("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else ./mlflow.db).")
 def teach_cmd(dataset, split, teachers, store, codec, workers, scheduler, batch_size, chunk_size, seconds, device,
               tracking_uri) -> None:
     """Run teachers once over a dataset and store their logits (resumable: rerun to continue)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from kd.models import TeacherSpec
+    from kd.checkpoints import TeacherSpec
     from kd.teach import TeachConfig, run_teach
 
-    if workers > 1 and scheduler:
-        raise click.UsageError("--workers and --scheduler are exclusive")
     cfg = TeachConfig(
         dataset=dataset, split=split, teachers=tuple(TeacherSpec.parse(t) for t in teachers), store=store,
         codec=codec, workers=workers, scheduler=scheduler, batch_size=batch_size, chunk_size=chunk_size,
@@ -235,28 +254,9 @@ def _print_teach_summary(summary) -> None:
 @click.option("--kd-lambda", type=float, default=None,
               help="Weight of the label loss; the KD loss gets 1 - lambda (default: asc 0.02, else 0.1).")
 @click.option("--temperature", type=float, default=None, help="KD temperature (default: asc 2, else 1).")
-@click.option("--epochs", type=int, default=10, show_default=True)
-@click.option("--batch-size", type=int, default=32, show_default=True)
-@click.option("--lr", type=float, default=1e-3, show_default=True, help="Peak learning rate (AdamW).")
-@click.option("--mixup", type=float, default=0.3, show_default=True, help="Mixup Beta alpha; 0 disables.")
-@click.option("--mixstyle", "mixstyle_p", type=float, default=0.0, show_default=True,
-              help="Probability of Freq-MixStyle per batch (0.4 in the DCASE'23 system).")
-@click.option("--dir", "dir_folder", type=click.Path(exists=True, file_okay=False), default=None,
-              help="Folder of device impulse responses to convolve device-a clips with.")
-@click.option("--dir-p", type=float, default=0.4, show_default=True, help="Probability of the DIR augmentation.")
-@click.option("--roll", "roll_seconds", type=float, default=0.0, show_default=True, help="Max time roll in seconds.")
-@click.option("--gain", "gain_db", type=float, default=0.0, show_default=True, help="Max random gain in dB.")
-@click.option("--seconds", type=float, default=None, help="Clip length (default: the store's, else the dataset's).")
-@click.option("--train-split", default="train", show_default=True)
-@click.option("--eval-split", default="eval", show_default=True)
 @click.option("--missing", type=click.Choice(["error", "drop"]), default="error", show_default=True,
               help="What to do with training clips that have no stored logits.")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for last.pt / best.pt.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N (torchrun: per rank).")
-@click.option("--workers", "num_workers", type=int, default=0, show_default=True, help="DataLoader worker processes.")
-@click.option("--tracking-uri", default=None, help="MLflow tracking URI (default: ./mlflow.db or $MLFLOW_TRACKING_URI).")
-@click.option("--resume", is_flag=True, help="Continue from OUT/last.pt (same options).")
+@training_options(batch_size=32, lr=1e-3)
 def distill_cmd(teachers, **options) -> None:
     """Train a student from stored teacher logits (hard-label + KD loss), evaluating every epoch."""
     from kd.distill import DistillConfig, TeacherChoice, distill
@@ -264,10 +264,9 @@ def distill_cmd(teachers, **options) -> None:
     cfg = DistillConfig(teachers=TeacherChoice.parse(teachers), **options)
     with TrainingProgress() as bar:
         result = distill(cfg, on_epoch=bar.on_epoch, on_batch=bar.on_batch)
-    if not result["main_process"]:  # torchrun: rank 0 reports for the job
-        return
-    console.print(f"best {result['metric']} {result['best']:.4f}; {result['params']:,} params, "
-                  f"{result['macs'] / 1e6:.1f} MMACs; checkpoint {result['checkpoint']}", highlight=False)
+    if result.main_process:  # torchrun: rank 0 reports for the job
+        console.print(f"best {result.metric} {result.best:.4f}; {result.cost.params:,} params, "
+                      f"{result.cost.macs / 1e6:.1f} MMACs; checkpoint {result.checkpoint}", highlight=False)
 
 
 @main.command("eval")
@@ -278,7 +277,7 @@ def distill_cmd(teachers, **options) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
 def eval_cmd(checkpoint, dataset, split, device, as_json) -> None:
     """Evaluate a student checkpoint written by `kd distill` on a dataset split."""
-    from kd.distill import evaluate_checkpoint
+    from kd.inference import evaluate_checkpoint
 
     metrics = evaluate_checkpoint(checkpoint, dataset, split=split, device=device)
     if as_json:
@@ -298,7 +297,7 @@ def eval_cmd(checkpoint, dataset, split, device, as_json) -> None:
 @click.option("--device", default="auto", show_default=True)
 def predict_cmd(checkpoint, audio, top, threshold, device) -> None:
     """Print a student's top classes (clip students) or detected events (frame-wise students) for audio files."""
-    from kd.distill import predict_files
+    from kd.inference import predict_files
 
     for result in predict_files(checkpoint, audio, top=top, threshold=threshold, device=device):
         if "events" in result:
@@ -369,7 +368,8 @@ def store_verify(store) -> None:
 @click.option("--teacher-epochs", type=int, default=8, show_default=True)
 @click.option("--student-epochs", type=int, default=10, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--tracking-uri", default=None, help="MLflow tracking URI (default: OUT/mlflow.db).")
+@click.option("--tracking-uri", default=None,
+              help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else OUT/mlflow.db).")
 @click.option("--overwrite", is_flag=True, help="Reuse a non-empty OUT.")
 def quickstart_cmd(**options) -> None:
     """The whole pipeline on built-in demo data: train two teachers, teach, distil four students, compare."""
@@ -379,13 +379,13 @@ def quickstart_cmd(**options) -> None:
     with TrainingProgress() as bar:
         result = quickstart(cfg, on_step=lambda m: console.rule(f"[bold]{m}"), on_epoch=bar.on_epoch,
                             on_batch=bar.on_batch)
-    _print_teach_summary(result["teach"])
-    table = Table("student run", result["runs"]["no teacher"]["metric"], "params", "MMACs", "MLflow run",
-                  title=f"{result['student']} on {result['dataset']}")
-    for label, run in result["runs"].items():
-        table.add_row(label, f"{run['best']:.4f}", f"{run['params']:,}", f"{run['macs'] / 1e6:.2f}", run["run_id"])
+    _print_teach_summary(result.teach)
+    table = Table("student run", result.runs["no teacher"].metric, "params", "MMACs", "MLflow run",
+                  title=f"{result.student} on {result.dataset}")
+    for label, run in result.runs.items():
+        table.add_row(label, f"{run.best:.4f}", f"{run.cost.params:,}", f"{run.cost.macs / 1e6:.2f}", run.run_id)
     out.print(table)
-    out.print(f"Compare the runs in MLflow:\n  {result['mlflow_ui']}\nthen open http://127.0.0.1:5000 and pick "
+    out.print(f"Compare the runs in MLflow:\n  {result.mlflow_ui}\nthen open http://127.0.0.1:5000 and pick "
               "\"Model training\" in the sidebar (MLflow 3 opens on its GenAI view)", highlight=False, soft_wrap=True)
 
 
@@ -393,9 +393,8 @@ def quickstart_cmd(**options) -> None:
 @click.argument("pattern", required=False)
 def list_students_cmd(pattern) -> None:
     """List the registered students with their parameters and MACs for their usual input length."""
-    from students import list_students, student_cfg
-
     from kd.complexity import complexity
+    from students import list_students, student_cfg
 
     table = Table("student", "task", "input", "params", "MMACs", "published", "paper")
     table.columns[0].no_wrap = True

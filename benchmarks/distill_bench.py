@@ -4,7 +4,7 @@ Setup: an ASC demo set (TAU22 layout, 1 s clips at 44.1 kHz) and a q8 store hold
 (``passt_tiny`` under two aliases, random weights: their values do not matter here) taught over its train
 split with ``kd teach``. The student is ``cp_mobile`` (the DCASE low-complexity model), batch 32, on the CPU.
 Both loops are built by :func:`kd.distill.prepare_distillation`, exactly as ``kd distill`` builds them, with the
-default augmentations (mixup) and ``num_workers=0``, so every cost of the data path lands in the step time:
+default augmentations (mixup) and ``decode_workers=0``, so every cost of the data path lands in the step time:
 
 * ``kd``: ``--teachers a,b`` (an ensemble view: one store read of both teachers per batch, soft loss on top);
 * ``labels``: ``--teachers none``, the same loop with labels only.
@@ -42,9 +42,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from kd.checkpoints import TeacherSpec
 from kd.data import make_demo_data
-from kd.distill import Distillation, DistillConfig, TeacherChoice, prepare_distillation
-from kd.models import TeacherSpec
+from kd.distill import DistillConfig, TeacherChoice, prepare_distillation
+from kd.job import TrainingJob
 from kd.teach import TeachConfig, run_teach
 
 STUDENT, BATCH = "cp_mobile", 32
@@ -60,33 +61,33 @@ def teach_store(root: Path, spec: str) -> str:
     return store
 
 
-def prepare(root: Path, spec: str, store: str | None, teachers: str) -> Distillation:
+def prepare(root: Path, spec: str, store: str | None, teachers: str) -> TrainingJob:
     return prepare_distillation(DistillConfig(
         dataset=spec, student=STUDENT, out=str(root / f"out-{teachers}"), store=store,
-        teachers=TeacherChoice.parse(teachers), batch_size=BATCH, epochs=100, device="cpu", num_workers=0))
+        teachers=TeacherChoice.parse(teachers), batch_size=BATCH, epochs=100, device="cpu", decode_workers=0))
 
 
-def timed_epoch(job: Distillation) -> float:
+def timed_epoch(job: TrainingJob) -> float:
     start = time.perf_counter()
     job.trainer.train_epoch(job.train_loader, job.step)
     return time.perf_counter() - start
 
 
-def loader_alone_s(job: Distillation) -> float:
+def loader_alone_s(job: TrainingJob) -> float:
     start = time.perf_counter()
     for _ in job.train_loader:
         pass
     return time.perf_counter() - start
 
 
-def step_alone_s(job: Distillation) -> float:
+def step_alone_s(job: TrainingJob) -> float:
     batches = list(job.train_loader)
     start = time.perf_counter()
     job.trainer.train_epoch(batches, job.step)
     return time.perf_counter() - start
 
 
-def store_read_ms(job: Distillation, repeats: int = 50) -> float:
+def store_read_ms(job: TrainingJob, repeats: int = 50) -> float:
     dataset = job.train_loader.dataset
     rng = np.random.default_rng(0)
     times = []

@@ -50,9 +50,10 @@ def main() -> None:
 
 def run(work: Path, clips: int, teacher_clips: int, teacher_epochs: int, finetune_epochs: int, student_epochs: int,
         seeds: list[int], kd_lambda: float | None, temperature: float | None) -> dict:
+    from kd.checkpoints import TeacherSpec
     from kd.data import make_demo_data
-    from kd.distill import DistillConfig, TeacherChoice, distill, evaluate_checkpoint
-    from kd.models import TeacherSpec
+    from kd.distill import DistillConfig, TeacherChoice, distill
+    from kd.inference import evaluate_checkpoint
     from kd.teach import TeachConfig, run_teach
 
     start = time.perf_counter()
@@ -67,7 +68,7 @@ def run(work: Path, clips: int, teacher_clips: int, teacher_epochs: int, finetun
     student_data, teacher_data = demo("demo-asc", clips, 0), demo("demo-asc-teachers", teacher_clips, 1)
 
     def train(data: str, out: str, teachers: str = "none", seed: int = 0, epochs: int = student_epochs,
-              student: str = "cp_mobile", **kw) -> dict:
+              student: str = "cp_mobile", **kw):
         return distill(DistillConfig(
             dataset=data, student=student, out=str(work / out), teachers=TeacherChoice.parse(teachers),
             store=str(work / "store.zarr") if teachers != "none" else None, epochs=epochs, batch_size=32,
@@ -76,9 +77,9 @@ def run(work: Path, clips: int, teacher_clips: int, teacher_epochs: int, finetun
     teachers, teacher_accuracy = [], {}
     for i, alias in enumerate(("cpr_a", "cpr_b")):
         pretrained = train(teacher_data, alias, seed=100 + i, epochs=teacher_epochs, student="cp_resnet",
-                           resume=True)["checkpoint"]  # a rerun in the same --workdir reuses finished teachers
+                           resume=True).checkpoint  # a rerun in the same --workdir reuses finished teachers
         checkpoint = train(student_data, f"{alias}_finetuned", seed=100 + i, epochs=finetune_epochs,
-                           student="cp_resnet", pretrained=pretrained, lr=1e-3, resume=True)["checkpoint"]
+                           student="cp_resnet", pretrained=pretrained, lr=1e-3, resume=True).checkpoint
         teacher_accuracy[alias] = evaluate_checkpoint(checkpoint, student_data, device="cpu")["accuracy"]
         print(f"teacher {alias}: accuracy {teacher_accuracy[alias]:.3f} on the students' eval split", flush=True)
         teachers.append(TeacherSpec("cp_resnet", checkpoint, alias))
@@ -91,7 +92,7 @@ def run(work: Path, clips: int, teacher_clips: int, teacher_epochs: int, finetun
     for seed in seeds:
         for label, options in runs.items():
             out = f"student_{label}_{seed}_{student_epochs}ep"
-            history = train(student_data, out, seed=seed, **options)["history"]
+            history = train(student_data, out, seed=seed, **options).history
             scores[label].append(history[-1]["accuracy"])
             print(f"seed {seed} {label}: accuracy {scores[label][-1]:.3f}", flush=True)
     kd, base = statistics.mean(scores["kd"]), statistics.mean(scores["baseline"])

@@ -52,8 +52,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from kd.checkpoints import TeacherSpec, build_teacher
 from kd.data import make_demo_data, open_dataset
-from kd.models import TeacherSpec, build_teacher
 from kd.teach import TeachConfig, run_teach, teach_seconds
 
 TEACHER = "passt_tiny"

@@ -33,7 +33,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from kd.errors import KdError
+from kd_errors import KdError
+from students import create_student, student_cfg
 
 __all__ = ["Complexity", "complexity", "count_macs", "published_check"]
 
@@ -141,8 +142,6 @@ def published_check(result: Complexity) -> dict[str, tuple[float, float, bool]]:
 
 def _resolve(model_or_name: nn.Module | str, num_classes: int | None) -> tuple[nn.Module, str | None, dict]:
     if isinstance(model_or_name, str):
-        from students import create_student, student_cfg
-
         cfg = student_cfg(model_or_name)
         model = create_student(model_or_name, num_classes or cfg.get("num_classes", 527))
         return model, model_or_name, cfg

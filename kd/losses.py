@@ -1,62 +1,51 @@
-"""Hard-label and distillation losses for the three tasks kd trains.
+"""Hard-label and distillation losses, and their weighting.
 
 The total loss of a distillation step is ``kd_lambda * hard + (1 - kd_lambda) * soft``, the weighting of
 EfficientAT (Schmid et al., ICASSP 2023) and of the CP-JKU DCASE'23 system (Schmid et al., "Creating a
 Good Teacher for Knowledge Distillation in Acoustic Scene Classification", 2023): ``kd_lambda`` weights the
-**label** loss. Soft targets are probabilities derived from the stored teacher logits, so that batch
-mixing (mixup) can mix them linearly with the same coefficient as the inputs:
+**label** loss. Soft targets are probabilities derived from the stored teacher logits
+(:meth:`kd.tasks.Task.soft_targets`), so that batch mixing (mixup) can mix them linearly with the same
+coefficient as the inputs. Which loss a task uses is the task's choice (:class:`kd.tasks.Task`):
 
-* ``asc`` (single label): ``p = softmax(t / T)``; soft loss ``T^2 * KL(p || softmax(s / T)) / C``: the KL
-  terms averaged over clips *and* the ``C`` classes, as CP-JKU's DCASE'23 training computes it
-  (``KLDivLoss(reduction="none")(...).mean()``), so that its ``kd_lambda = 0.02``, ``T = 2`` keep their
-  balance between label and teacher here (Hinton et al., 2015, for the ``T^2``, which keeps gradient
-  magnitudes comparable across temperatures).
-* ``tagging`` (multi label): ``p = sigmoid(t / T)``; soft loss ``BCE(s, p)`` averaged over classes and clips,
-  as EfficientAT distils PaSST ensembles.
-* ``sed`` (frame-wise multi label): the same BCE over frames ``[B, T, C]``.
+* single-label (``asc``): cross-entropy against (mixed) one-hot labels; soft loss
+  ``T^2 * KL(p || softmax(s / T)) / C`` with ``p = softmax(t / T)``: the KL terms averaged over clips *and*
+  the ``C`` classes, as CP-JKU's DCASE'23 training computes it (``KLDivLoss(reduction="none")(...).mean()``),
+  so that its ``kd_lambda = 0.02``, ``T = 2`` keep their balance here (Hinton et al., 2015, for the ``T^2``,
+  which keeps gradient magnitudes comparable across temperatures).
+* multi-label (``tagging``, and ``sed`` over frames ``[B, T, C]``): BCE against the labels, and BCE against
+  ``p = sigmoid(t / T)`` averaged over classes (and frames) and clips, as EfficientAT distils PaSST ensembles.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["TASKS", "DistillLoss", "LossTerms", "hard_loss", "soft_loss", "soft_targets"]
+from kd.tasks import Task
+from kd_errors import KdError
 
-Task = Literal["asc", "tagging", "sed"]
-TASKS: tuple[Task, ...] = ("asc", "tagging", "sed")
-
-
-def soft_targets(task: Task, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """Teacher probabilities at ``temperature``: softmax over classes for ``asc``, sigmoid otherwise."""
-    scaled = teacher_logits.float() / temperature
-    return scaled.softmax(dim=-1) if task == "asc" else scaled.sigmoid()
+__all__ = ["DistillLoss", "LossTerms", "binary_cross_entropy", "soft_cross_entropy", "tempered_kl"]
 
 
-def hard_loss(task: Task, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy against (possibly mixed) one-hot targets for ``asc``, BCE for ``tagging``/``sed``.
-
-    ``targets`` has the shape of ``logits``: one-hot or mixed label distributions ``[B, C]`` for ``asc``,
-    multi-hot ``[B, C]`` for ``tagging`` and ``[B, T, C]`` for ``sed``.
-    """
+def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of ``logits`` ``[B, C]`` against label distributions (one-hot or mixed), averaged over clips."""
     _check_shapes(logits, targets)
-    logits = logits.float()
-    if task == "asc":
-        return -(targets * logits.log_softmax(dim=-1)).sum(dim=-1).mean()
-    return F.binary_cross_entropy_with_logits(logits, targets)
+    return -(targets * logits.float().log_softmax(dim=-1)).sum(dim=-1).mean()
 
 
-def soft_loss(task: Task, logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """Distillation loss of student ``logits`` against teacher probabilities ``targets`` (see module doc)."""
+def binary_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """BCE of independent classes, averaged over every entry (clips, frames, classes)."""
     _check_shapes(logits, targets)
-    logits = logits.float()
-    if task == "asc":
-        log_q = (logits / temperature).log_softmax(dim=-1)
-        kl = torch.xlogy(targets, targets) - targets * log_q
-        return kl.mean() * temperature**2
-    return F.binary_cross_entropy_with_logits(logits, targets)
+    return F.binary_cross_entropy_with_logits(logits.float(), targets)
+
+
+def tempered_kl(logits: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``T^2 * KL(targets || softmax(logits / T))``, averaged over clips and classes (see the module doc)."""
+    _check_shapes(logits, targets)
+    log_q = (logits.float() / temperature).log_softmax(dim=-1)
+    kl = torch.xlogy(targets, targets) - targets * log_q
+    return kl.mean() * temperature**2
 
 
 def _check_shapes(logits: torch.Tensor, targets: torch.Tensor) -> None:
@@ -80,21 +69,19 @@ class DistillLoss:
     temperature: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.task not in TASKS:
-            raise ValueError(f"unknown task {self.task!r}; expected one of {', '.join(TASKS)}")
         if not 0.0 <= self.kd_lambda <= 1.0:
-            raise ValueError(f"kd_lambda must lie in [0, 1], got {self.kd_lambda}")
+            raise KdError(f"kd_lambda must lie in [0, 1], got {self.kd_lambda}")
         if self.temperature <= 0:
-            raise ValueError(f"temperature must be positive, got {self.temperature}")
+            raise KdError(f"temperature must be positive, got {self.temperature}")
 
     def targets(self, teacher_logits: torch.Tensor) -> torch.Tensor:
-        return soft_targets(self.task, teacher_logits, self.temperature)
+        return self.task.soft_targets(teacher_logits, self.temperature)
 
     def __call__(
         self, logits: torch.Tensor, hard_targets: torch.Tensor, teacher_targets: torch.Tensor | None = None
     ) -> LossTerms:
-        hard = hard_loss(self.task, logits, hard_targets)
+        hard = self.task.hard_loss(logits, hard_targets)
         if teacher_targets is None:
             return LossTerms(hard, hard, None)
-        soft = soft_loss(self.task, logits, teacher_targets, self.temperature)
+        soft = self.task.soft_loss(logits, teacher_targets, self.temperature)
         return LossTerms(self.kd_lambda * hard + (1.0 - self.kd_lambda) * soft, hard, soft)

@@ -11,16 +11,33 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from sklearn.metrics import average_precision_score
 
-__all__ = ["accuracy", "asc_metrics", "frame_map", "mean_average_precision", "psds", "tagging_metrics"]
+from kd_errors import KdError
+
+__all__ = [
+    "UndefinedMetric",
+    "accuracy",
+    "asc_metrics",
+    "frame_map",
+    "mean_average_precision",
+    "merge_overlapping",
+    "psds",
+    "sed_metrics",
+    "tagging_metrics",
+]
 
 PSDS_SETTINGS = {
     "psds1": dict(dtc_threshold=0.7, gtc_threshold=0.7, cttc_threshold=None, alpha_ct=0.0, alpha_st=1.0),
     "psds2": dict(dtc_threshold=0.1, gtc_threshold=0.1, cttc_threshold=0.3, alpha_ct=0.5, alpha_st=1.0),
 }
+
+
+class UndefinedMetric(KdError):
+    """The labels leave a metric undefined (e.g. mAP of clips without a single positive label)."""
 
 
 def mean_average_precision(scores: np.ndarray, targets: np.ndarray) -> float:
@@ -32,7 +49,7 @@ def mean_average_precision(scores: np.ndarray, targets: np.ndarray) -> float:
     scores, targets = _as_2d(scores), _as_2d(targets) > 0.5
     present = targets.any(axis=0)
     if not present.any():
-        raise ValueError("no class has a positive example: mAP is undefined")
+        raise UndefinedMetric("no class has a positive example: mAP is undefined")
     return float(average_precision_score(targets[:, present], scores[:, present], average="macro"))
 
 
@@ -109,3 +126,24 @@ def psds(
         )
         out[name] = float(value)
     return out
+
+
+def sed_metrics(data: Any, clips: Sequence[Any], probs: np.ndarray, frames_per_second: float) -> dict[str, float]:
+    """Frame mAP, PSDS1 and PSDS2 of frame probabilities ``[N, T, C]`` against the clips' strong labels."""
+    targets = np.stack([data.frame_targets(c, frames_per_second, probs.shape[1]) for c in clips])
+    out = {"frame_mAP": frame_map(probs, targets)}
+    truth = {c.id: merge_overlapping([(e.onset, e.offset, data.classes[e.label]) for e in c.events]) for c in clips}
+    durations = {c.id: c.duration or probs.shape[1] / frames_per_second for c in clips}
+    out.update(psds({c.id: p for c, p in zip(clips, probs)}, frames_per_second, truth, durations, data.classes))
+    return out
+
+
+def merge_overlapping(events: Sequence[tuple[float, float, str]]) -> list[tuple[float, float, str]]:
+    """Join overlapping or touching events of one class (PSDS counts each ground-truth event once)."""
+    merged: list[tuple[float, float, str]] = []
+    for onset, offset, name in sorted(events, key=lambda e: (e[2], e[0])):
+        if merged and merged[-1][2] == name and onset <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], offset), name)
+        else:
+            merged.append((onset, offset, name))
+    return merged

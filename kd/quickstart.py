@@ -9,14 +9,20 @@ PaSSTs of different seeds and augmentation as teachers A and B.
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from kd.errors import KdError
+from kd.checkpoints import TeacherSpec
+from kd.data import make_demo_data
+from kd.distill import DistillConfig, TeacherChoice, distill
+from kd.job import TrainingResult
+from kd.teach import TeachConfig, TeachSummary, run_teach
+from kd.train_teacher import TrainTeacherConfig, train_teacher
+from kd_errors import KdError
 
-__all__ = ["QuickstartConfig", "quickstart"]
+__all__ = ["QuickstartConfig", "QuickstartResult", "quickstart"]
 
 
 @dataclass(frozen=True)
@@ -53,21 +59,33 @@ class QuickstartConfig:
             raise KdError(f"unknown task {self.task!r}; use asc, tagging or sed")
 
 
+@dataclass(frozen=True)
+class QuickstartResult:
+    """The store, the teach summary and the distillation runs (by label) of a quick start."""
+
+    out: str
+    dataset: str
+    store: str
+    student: str
+    teach: TeachSummary
+    runs: dict[str, TrainingResult]
+    tracking_uri: str
+
+    @property
+    def mlflow_ui(self) -> str:
+        """The command that shows the runs."""
+        return f"mlflow ui --backend-store-uri {self.tracking_uri} --host 127.0.0.1 --port 5000"
+
+
 def quickstart(cfg: QuickstartConfig, on_step: Callable[[str], None] | None = None,
                on_epoch: Callable[[int, dict], None] | None = None,
-               on_batch: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+               on_batch: Callable[[int, int], None] | None = None) -> QuickstartResult:
     """Run the pipeline; returns the four distillation results, the store and the ``mlflow ui`` command."""
-    from kd.data import make_demo_data
-    from kd.distill import DistillConfig, TeacherChoice, distill
-    from kd.models import TeacherSpec
-    from kd.teach import TeachConfig, run_teach
-    from kd.train_teacher import TrainTeacherConfig, train_teacher
-
     plan = PLANS[cfg.task]
     out = Path(cfg.out).expanduser().resolve()
     if out.exists() and any(out.iterdir()) and not cfg.overwrite:
         raise KdError(f"{out} is not empty; choose another --out or pass --overwrite")
-    tracking = cfg.tracking_uri or f"sqlite:///{out / 'mlflow.db'}"
+    tracking = cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{out / 'mlflow.db'}"
     step = on_step or (lambda message: None)
 
     step(f"writing demo data ({cfg.task})")
@@ -79,10 +97,10 @@ def quickstart(cfg: QuickstartConfig, on_step: Callable[[str], None] | None = No
         step(f"training teacher {alias} ({name})")
         result = train_teacher(TrainTeacherConfig(
             dataset=spec, teacher=name, out=str(out / "teachers" / alias), epochs=cfg.teacher_epochs,
-            batch_size=cfg.batch_size, lr=plan.teacher_lr, clip_seconds=plan.clip_seconds, seed=cfg.seed + i,
+            batch_size=cfg.batch_size, lr=plan.teacher_lr, seconds=plan.clip_seconds, seed=cfg.seed + i,
             mixstyle_p=0.4 * i, tracking_uri=tracking, device="auto",
         ), on_epoch=on_epoch, on_batch=on_batch)
-        checkpoints[alias] = (name, result["checkpoint"])
+        checkpoints[alias] = (name, result.checkpoint)
 
     step("teaching both teachers into one store")
     store = str(out / "store.zarr")
@@ -101,6 +119,4 @@ def quickstart(cfg: QuickstartConfig, on_step: Callable[[str], None] | None = No
             epochs=cfg.student_epochs, batch_size=cfg.batch_size, lr=plan.student_lr, seed=cfg.seed,
             tracking_uri=tracking, device="auto",
         ), on_epoch=on_epoch, on_batch=on_batch)
-    ui = f"mlflow ui --backend-store-uri {tracking} --host 127.0.0.1 --port 5000"
-    return {"out": str(out), "dataset": spec, "store": store, "teach": teach, "runs": results,
-            "student": plan.student, "tracking_uri": tracking, "mlflow_ui": ui}
+    return QuickstartResult(str(out), spec, store, plan.student, teach, results, tracking)

@@ -16,14 +16,22 @@ import os
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
+from dask.distributed import Client, LocalCluster, as_completed
 
-from kd.errors import KdError
-from kd.models import TeacherSpec, build_teacher
+from kd.checkpoints import TeacherSpec, build_teacher
+from kd.data import AudioError, Dataset, open_dataset
+from kd.metrics import UndefinedMetric
+from kd.tracking import tracked_run
+from kd.train import select_device
+from kd_errors import KdError
+from layers import sha256_file
+from logit_store import LogitStore, StoreNotFound
+from teachers import TeacherEnsemble
 
 __all__ = ["ChunkResult", "TeachConfig", "TeachSummary", "run_teach", "teach_chunk"]
 
@@ -36,7 +44,7 @@ class TeachConfig:
     split: str | None = None
     codec: str = "q8"
     batch_size: int = 8
-    device: str = "cpu"
+    device: str = "auto"
     seconds: float | None = None
     chunk_size: int = 256
     workers: int = 1
@@ -52,6 +60,8 @@ class TeachConfig:
             raise KdError(f"teacher names must be unique in a store; repeated: {', '.join(repeated)} (use ALIAS:NAME)")
         if self.batch_size < 1 or self.chunk_size < 1 or self.workers < 1:
             raise KdError("batch size, chunk size and workers must be >= 1")
+        if self.scheduler and self.workers > 1:
+            raise KdError("--workers starts a local cluster; with --scheduler the cluster's own workers run the job")
 
 
 @dataclass
@@ -82,14 +92,9 @@ class _Context:
     """What a worker process builds once per job: the dataset, the store handle and the teachers."""
 
     def __init__(self, cfg: TeachConfig) -> None:
-        from logit_store import LogitStore
-        from teachers import TeacherEnsemble
-
-        from kd.data import open_dataset
-
         self.data = open_dataset(cfg.dataset, split=cfg.split)
         self.store = LogitStore.open(cfg.store, mode="r+")
-        self.device = torch.device(cfg.device)
+        self.device = select_device(cfg.device)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # the client already warned about random weights
             members = [(s.key, build_teacher(s, len(self.data.classes))) for s in cfg.teachers]
@@ -121,8 +126,6 @@ def teach_seconds(cfg: TeachConfig, data: Any) -> float:
 
 def teach_chunk(cfg: TeachConfig, chunk: int) -> ChunkResult:
     """Decode the clips of store chunk ``chunk`` once, run the teachers that have not finished it, write it."""
-    from kd.data import AudioError
-
     start = time.perf_counter()
     ctx = _context(cfg)
     store = ctx.store
@@ -149,8 +152,6 @@ def teach_chunk(cfg: TeachConfig, chunk: int) -> ChunkResult:
 
 def _run_teachers(ctx: _Context, audio: list[np.ndarray], batch_size: int, names: Sequence[str]):
     """Clip (and frame) logits of the teachers ``names`` for the decoded clips, batch by batch."""
-    from teachers import TeacherEnsemble
-
     ensemble = TeacherEnsemble([(n, ctx.ensemble.members[n]) for n in names])
     results: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {n: ([], []) for n in names}
     for i in range(0, len(audio), batch_size):
@@ -182,11 +183,8 @@ def _scatter(outputs, valid: np.ndarray, info: dict[str, Any]):
 # --- the client side ----------------------------------------------------------------------------------------------
 def prepare_store(cfg: TeachConfig, on_warning: Callable[[str], None] | None = None):
     """Create or reopen the store and register the teachers; refuse a store built for other data or teachers."""
-    from layers import sha256_file
-    from logit_store import LogitStore, StoreError
-
-    from kd.data import open_dataset
-
+    if not cfg.scheduler:
+        select_device(cfg.device)  # the local workers share this machine's devices: say now if CUDA is missing
     data = open_dataset(cfg.dataset, split=cfg.split)
     if not data.clips:
         raise KdError(f"{cfg.dataset} (split {data.split}) holds no clips")
@@ -201,9 +199,7 @@ def prepare_store(cfg: TeachConfig, on_warning: Callable[[str], None] | None = N
     fingerprint = data.fingerprint()
     try:
         store = LogitStore.open(cfg.store, mode="r+")
-    except StoreError as e:
-        if not _store_missing(e):
-            raise
+    except StoreNotFound:
         store = LogitStore.create(
             cfg.store, [c.id for c in data.clips], data.classes, mids=data.mids,
             dataset=f"{cfg.dataset}#{data.split}", dataset_fingerprint=fingerprint, chunk_size=cfg.chunk_size,
@@ -229,20 +225,12 @@ def prepare_store(cfg: TeachConfig, on_warning: Callable[[str], None] | None = N
     return data, store, models
 
 
-def _store_missing(error: Exception) -> bool:
-    from logit_store import StoreNotFound
-
-    return isinstance(error, StoreNotFound)
-
-
 def run_teach(
     cfg: TeachConfig,
     on_progress: Callable[[int, int], None] | None = None,
     on_warning: Callable[[str], None] | None = None,
 ) -> TeachSummary:
     """Teach every pending chunk on a dask cluster, then score the teachers on the dataset's labels."""
-    from kd.tracking import tracked_run
-
     start = time.perf_counter()
     data, store, models = prepare_store(cfg, on_warning)
     names = [s.key for s in cfg.teachers]
@@ -273,8 +261,6 @@ def run_teach(
 def _run_on_dask(cfg: TeachConfig, chunks: list[int], on_progress, total_clips: int) -> list[ChunkResult]:
     if not chunks:
         return []
-    from dask.distributed import Client, LocalCluster, as_completed
-
     cluster = None
     if cfg.scheduler:
         client = Client(cfg.scheduler)
@@ -308,38 +294,30 @@ def _chunk_len(cfg: TeachConfig, chunk: int, total: int) -> int:
 
 
 # --- quality of the teachers on the dataset's labels ----------------------------------------------------------------
-def score_teachers(store, data, names: Sequence[str]) -> dict[str, dict[str, float]]:
-    """Each teacher's and the ensemble's metric on the labels of the taught split (where it has labels)."""
-    from kd import metrics
+def score_teachers(store: LogitStore, data: Dataset, names: Sequence[str]) -> dict[str, dict[str, float]]:
+    """Each teacher's and the ensemble's metrics on the labels of the taught split, as the task scores a student.
 
+    A view whose metric the labels leave undefined (e.g. no positive example) is left out; the others are kept.
+    """
     failed = set().union(*(store.failures(n) for n in names))
     clips = [c for c in data.clips if c.id not in failed]
-    if not clips:
+    if not clips or not data.has_labels:
         return {}
+    task = data.task
     ids = [c.id for c in clips]
     views = {n: [n] for n in names}
     if len(names) > 1:
         views["ensemble"] = list(names)
     out: dict[str, dict[str, float]] = {}
-    try:
-        for view, members in views.items():
-            if data.task == "asc":
-                logits = store.read(ids, teachers=members)
-                labels = np.array([c.labels[0] for c in clips])
-                out[view] = metrics.asc_metrics(logits, labels, [c.device or "" for c in clips],
-                                                seen_devices=getattr(data, "seen_devices", None))
-            elif data.task == "tagging":
-                targets = np.stack([data.targets(c) for c in clips])
-                out[view] = metrics.tagging_metrics(store.read(ids, teachers=members), targets)
-            elif data.task == "sed":
-                fps = store.teacher_info(members[0]).get("frames_per_second")
-                if not fps or any(store.teacher_info(m).get("frames_per_second") != fps for m in members):
-                    continue
-                frames = store.read(ids, teachers=members, level="frame")
-                targets = np.stack([data.frame_targets(c, fps, frames.shape[1]) for c in clips])
-                out[view] = {"frame_mAP": metrics.frame_map(1 / (1 + np.exp(-frames)), targets)}
-    except ValueError:  # e.g. labels without a single positive: nothing to score
-        return out
+    for view, members in views.items():
+        rates = {store.teacher_info(m).get("frames_per_second") for m in members}
+        if task.frame_level and (len(rates) != 1 or None in rates):
+            continue  # frame logits at different rates (or none) make no frame-wise view
+        logits = store.read(ids, teachers=members, level=task.level, activation=task.activation)
+        try:
+            out[view] = task.metrics(data, clips, logits, next(iter(rates)))
+        except UndefinedMetric:
+            continue
     return out
 
 
@@ -360,7 +338,3 @@ def _run_metrics(summary: TeachSummary) -> dict[str, float]:
     if bpl is not None and math.isfinite(bpl):
         flat["bytes_per_logit"] = bpl
     return flat
-
-
-def summary_dict(summary: TeachSummary) -> dict[str, Any]:
-    return asdict(summary)

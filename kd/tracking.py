@@ -5,6 +5,9 @@ goes where MLflow sends it by default (MLflow 3: a SQLite database ``mlflow.db``
 directory, which a plain ``mlflow ui`` started in the same folder shows), unless ``tracking_uri`` or the
 ``MLFLOW_TRACKING_URI`` environment variable says otherwise. Parameters are flattened to dotted names so
 that MLflow's compare view lines up runs key by key.
+
+mlflow takes over a second to import; it is imported when a run starts, because the modules that track
+(``kd.teach``, ``kd.job``) are also imported by dask and DataLoader worker processes that never do.
 """
 from __future__ import annotations
 
@@ -33,42 +36,34 @@ def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str
 
 
 class RunLogger:
-    """What a training or teaching loop needs from a tracking run."""
+    """What a training or teaching loop needs from a tracking run (the active run of the ``mlflow`` module given)."""
 
-    def __init__(self, run: Any) -> None:
-        self._run = run
+    def __init__(self, run: Any, mlflow: Any) -> None:
+        self._run, self._mlflow = run, mlflow
 
     @property
     def run_id(self) -> str:
         return self._run.info.run_id
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        import mlflow
-
         clean = {_metric_name(k): float(v) for k, v in metrics.items() if v is not None}
-        mlflow.log_metrics(clean, step=step)
+        self._mlflow.log_metrics(clean, step=step)
 
     def log_params(self, params: Mapping[str, Any]) -> None:
-        import mlflow
-
-        mlflow.log_params(flatten_params(params))
+        self._mlflow.log_params(flatten_params(params))
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
-        import mlflow
-
-        mlflow.set_tags({k: str(v) for k, v in tags.items()})
+        self._mlflow.set_tags({k: str(v) for k, v in tags.items()})
 
     def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
-        import mlflow
-
-        mlflow.log_artifact(str(path), artifact_path=artifact_path)
+        self._mlflow.log_artifact(str(path), artifact_path=artifact_path)
 
 
 class NullRunLogger(RunLogger):
     """The logger of a process that does not track: the non-zero ranks of a ``torchrun`` job."""
 
     def __init__(self) -> None:
-        super().__init__(None)
+        super().__init__(None, None)
 
     @property
     def run_id(self) -> str | None:
@@ -120,7 +115,7 @@ def tracked_run(
         mlflow.set_tracking_uri(f"sqlite:///{Path.cwd() / 'mlflow.db'}")
     mlflow.set_experiment(experiment)
     with mlflow.start_run(run_name=run_name) as run:
-        logger = RunLogger(run)
+        logger = RunLogger(run, mlflow)
         if params:
             logger.log_params(params)
         if tags:

@@ -22,10 +22,11 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed
 from torch import nn
 
-from kd.errors import KdError
 from kd.losses import LossTerms
+from kd_errors import KdError
 
 __all__ = ["DistEnv", "OptimConfig", "Trainer", "WarmupRampDown", "init_distributed", "select_device"]
 
@@ -64,8 +65,7 @@ def init_distributed(device: torch.device) -> DistEnv:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistEnv()
-    import torch.distributed as dist
-
+    dist = torch.distributed
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return DistEnv(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))

@@ -5,6 +5,7 @@ import soundfile as sf
 import torch
 
 from kd.augment import DeviceImpulseResponses, freq_mixstyle, mix, mixup_params, random_gain, time_roll
+from kd_errors import KdError
 
 
 def test_mixup_mixes_inputs_labels_and_teacher_targets_alike():
@@ -76,5 +77,5 @@ def test_device_impulse_responses_apply_only_to_chosen_devices(tmp_path):
 
 def test_device_impulse_responses_refuse_an_empty_folder(tmp_path):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match="no impulse responses"):
+    with pytest.raises(KdError, match="no impulse responses"):
         DeviceImpulseResponses(tmp_path / "empty", 32000)

@@ -6,6 +6,7 @@ import pytest
 import soundfile as sf
 
 from kd.data import AudioError, decode_audio, fit_length, load_audio
+from kd_errors import KdError
 
 SR = 44100
 
@@ -92,7 +93,7 @@ def test_silence_within_the_kept_part_is_rejected_not_returned_as_zeros(tmp_path
 def test_audio_error_survives_pickling_for_worker_processes():
     err = pickle.loads(pickle.dumps(AudioError("clip-1", "silent (all zeros)")))
     assert (err.clip_id, err.reason) == ("clip-1", "silent (all zeros)")
-    assert isinstance(err, ValueError) and "clip-1" in str(err)
+    assert isinstance(err, KdError) and "clip-1" in str(err)
 
 
 def write_bytes(path, data):

@@ -38,7 +38,7 @@ def demo(tmp_path_factory):
 def test_tau22_splits_devices_cities_and_one_hot_targets(demo):
     spec = demo["asc"]["spec"]
     train, evaluate = open_dataset(spec), open_dataset(spec, split="evaluate")
-    assert (train.split, evaluate.split, train.task) == ("train", "eval", "asc")
+    assert (train.split, evaluate.split, train.task.name) == ("train", "eval", "asc")
     assert len(train) == demo["asc"]["splits"]["train"] and len(evaluate) == demo["asc"]["splits"]["eval"]
     assert set(train.devices) <= {"a", "b", "c", "s1", "s2", "s3"}
     assert evaluate.seen_devices == train.seen_devices == train.devices
@@ -109,7 +109,7 @@ def test_audioset_folder_parses_quoted_mid_lists_and_matches_downloader_names(tm
     root = audioset_folder(tmp_path / "as")
     with pytest.warns(UserWarning, match="1 of 4 segments have no audio"):
         ds = open_dataset(f"audioset:{root}")
-    assert ds.task == "tagging" and ds.classes[3] == "Vehicle, car" and ds.mids[0] == "/m/09x0r"
+    assert ds.task.name == "tagging" and ds.classes[3] == "Vehicle, car" and ds.mids[0] == "/m/09x0r"
     assert ds.ids == ["--PJHxphWEs", "-0RWZT-miFs", "Yabcdefghij"]
     assert [c.labels for c in ds.clips] == [(0, 3), (1,), (0, 1, 2)]
     assert ds.skipped == [("gonegonegon", "no audio file")]
@@ -207,7 +207,7 @@ def strong_folder(root):
 def test_strong_frame_targets_follow_onsets_and_offsets(tmp_path):
     root = strong_folder(tmp_path / "strong")
     ds = open_dataset(f"audioset-strong:{root}")
-    assert ds.task == "sed" and ds.mids == ["/m/04rlf", "/m/09x0r"] and ds.classes == ["Music", "Speech"]
+    assert ds.task.name == "sed" and ds.mids == ["/m/04rlf", "/m/09x0r"] and ds.classes == ["Music", "Speech"]
     clip = ds.clips[0]
     assert clip.labels == (0, 1) and len(clip.events) == 3
     frames = ds.frame_targets(clip, frames_per_second=10, num_frames=100)
@@ -253,7 +253,7 @@ def test_manifest_multi_label_relative_paths_and_splits(tmp_path):
     manifest.write_text('path,labels,split,device\n../clips/one.wav,"dog,cat",train,phone\n'
                         '../clips/two.flac,bird,train,mic\n../three.wav,dog;bird,eval,tablet\n')
     every = open_dataset(f"manifest:{manifest}")
-    assert every.task == "tagging" and every.classes == ["bird", "cat", "dog"] and every.split is None
+    assert every.task.name == "tagging" and every.classes == ["bird", "cat", "dog"] and every.split is None
     assert [c.labels for c in every.clips] == [(1, 2), (0,), (0, 2)]
     assert every.ids == ["../clips/one", "../clips/two", "../three"]
     evaluate = open_dataset(f"manifest:{manifest}", split="evaluate")
@@ -267,7 +267,7 @@ def test_manifest_single_label_tsv_is_asc_and_errors_are_clear(tmp_path):
     manifest = tmp_path / "m.tsv"
     manifest.write_text("id\tfilename\tlabel\nclip-a\ta.wav\tpark\nclip-b\ta.wav\tbus\n")
     ds = open_dataset(f"manifest:{manifest}")
-    assert ds.task == "asc" and ds.ids == ["clip-a", "clip-b"] and ds.classes == ["bus", "park"]
+    assert ds.task.name == "asc" and ds.ids == ["clip-a", "clip-b"] and ds.classes == ["bus", "park"]
     with pytest.raises(DatasetError, match="no split column"):
         open_dataset(f"manifest:{manifest}", split="train")
     classes = tmp_path / "classes.txt"

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from kd.dataset import DistributedWeightedSampler
+from kd.loaders import DistributedWeightedSampler
 
 ROOT = Path(__file__).resolve().parents[1]
 

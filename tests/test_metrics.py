@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from kd.metrics import accuracy, asc_metrics, frame_map, mean_average_precision, psds
+from kd.metrics import UndefinedMetric, accuracy, asc_metrics, frame_map, mean_average_precision, psds
 
 
 def test_map_by_hand():
@@ -13,7 +13,7 @@ def test_map_by_hand():
 
 
 def test_map_without_positives_is_an_error():
-    with pytest.raises(ValueError, match="no class has a positive"):
+    with pytest.raises(UndefinedMetric, match="no class has a positive"):
         mean_average_precision(np.zeros((3, 2)), np.zeros((3, 2)))
 
 

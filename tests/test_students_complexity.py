@@ -6,7 +6,7 @@ import torch
 import torchinfo
 
 from kd.complexity import complexity, count_macs, published_check
-from kd.errors import KdError
+from kd_errors import KdError
 from students import create_student, list_students, student_cfg
 
 PUBLISHED = [n for n in list_students() if student_cfg(n).get("published")]

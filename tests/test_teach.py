@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kd.errors import KdError
-from kd.models import TeacherSpec
+from kd.checkpoints import TeacherSpec
 from kd.teach import TeachConfig, run_teach
+from kd_errors import KdError
 from logit_store import LogitStore
 
 pytestmark = pytest.mark.slow

@@ -4,9 +4,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from kd.errors import KdError
 from kd.losses import DistillLoss
+from kd.tasks import ASC
 from kd.train import OptimConfig, Trainer, WarmupRampDown
+from kd_errors import KdError
 
 
 def test_schedule_warms_up_holds_and_ramps_down():
@@ -34,7 +35,7 @@ def _trainer(tmp_path, epochs=3):
 
 def _step(model, batch):
     x, y = batch
-    return DistillLoss("asc")(model(x), nn.functional.one_hot(y, 3).float())
+    return DistillLoss(ASC)(model(x), nn.functional.one_hot(y, 3).float())
 
 
 def _evaluate(loader):

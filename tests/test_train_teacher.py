@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from kd.errors import KdError
-from kd.models import TeacherSpec, build_teacher
+from kd.checkpoints import TeacherSpec, build_teacher
 from kd.train_teacher import TrainTeacherConfig, train_teacher
+from kd_errors import KdError
 
 pytestmark = pytest.mark.slow
 
@@ -15,14 +15,14 @@ def test_frame_wise_teacher_trains_on_strong_labels_and_reloads(demo_sed, tmp_pa
     result = train_teacher(TrainTeacherConfig(
         dataset=demo_sed["spec"], teacher="passt_tiny_frame", out=str(tmp_path / "t"), epochs=1, batch_size=8,
         lr=1e-3, device="cpu", tracking_uri=tracking_uri))
-    assert {"frame_mAP", "psds1", "psds2"} <= set(result["history"][0])
-    run = mlflow.MlflowClient(tracking_uri).get_run(result["run_id"])
+    assert {"frame_mAP", "psds1", "psds2"} <= set(result.history[0])
+    run = mlflow.MlflowClient(tracking_uri).get_run(result.run_id)
     assert run.data.params["teacher"] == "passt_tiny_frame" and "frame_mAP" in run.data.metrics
-    teacher = build_teacher(TeacherSpec("passt_tiny_frame", result["checkpoint"]), num_classes=len(demo_sed["classes"]))
-    saved = torch.load(result["checkpoint"], weights_only=True)["model"]
+    teacher = build_teacher(TeacherSpec("passt_tiny_frame", result.checkpoint), num_classes=len(demo_sed["classes"]))
+    saved = torch.load(result.checkpoint, weights_only=True)["model"]
     assert all(torch.equal(saved[k], v) for k, v in teacher.state_dict().items())
     with pytest.raises(KdError, match="holds a passt_tiny_frame teacher"):
-        build_teacher(TeacherSpec("passt_tiny", result["checkpoint"]))
+        build_teacher(TeacherSpec("passt_tiny", result.checkpoint))
 
 
 def test_clip_teacher_cannot_learn_strong_labels(demo_sed, tmp_path):
@@ -38,7 +38,7 @@ def test_train_teacher_command_reports_its_checkpoint(demo_asc, tmp_path, tracki
 
     out = tmp_path / "t"
     result = CliRunner().invoke(main, ["train-teacher", "--dataset", demo_asc["spec"], "--teacher", "ast_tiny",
-                                       "--out", str(out), "--epochs", "1", "--clip-seconds", "1.0", "--device", "cpu",
+                                       "--out", str(out), "--epochs", "1", "--seconds", "1.0", "--device", "cpu",
                                        "--tracking-uri", tracking_uri], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert f"checkpoint {out / 'best.pt'}" in result.output.replace("\n", "")

@@ -19,7 +19,10 @@ import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+import h5py
 import numpy as np
+
+from kd.tasks import TAGGING
 
 from .base import Dataset, canonical_split, read_class_list
 from .clip import Clip
@@ -97,8 +100,6 @@ class AudioSetHDF5Dataset(Dataset):
         return state
 
     def _file(self, path: str):
-        import h5py
-
         if self._pid != os.getpid():
             self._handles, self._pid = {}, os.getpid()
         if path not in self._handles:
@@ -136,8 +137,6 @@ def _hdf5_files(root: Path, split: str, spec: str) -> list[Path]:
 
 
 def _read_hdf5_rows(path: Path, num_classes: int) -> tuple[list[str], list[tuple[int, ...]] | None]:
-    import h5py
-
     try:
         f = h5py.File(path, "r")
     except OSError as e:
@@ -193,7 +192,7 @@ def open_audioset_hdf5(path: Path, split: str | None = None, classes: str | Path
         for row, audio_name in enumerate(audio_names):
             clips.append(Clip(id=youtube_id(audio_name), source=str(file), row=row,
                               labels=labels[row] if labels is not None else ()))
-    return AudioSetHDF5Dataset(clips=clips, classes=names, mids=mids, task="tagging", name=path.name, split=split,
+    return AudioSetHDF5Dataset(clips=clips, classes=names, mids=mids, task=TAGGING, name=path.name, split=split,
                                spec=spec, has_labels=has_labels)
 
 
@@ -307,5 +306,5 @@ def open_audioset_folder(
     if skipped:
         warnings.warn(f"{spec}: {len(skipped)} of {len(skipped) + len(clips)} segments have no audio file and "
                       "are skipped", stacklevel=2)
-    return Dataset(clips=clips, classes=names, mids=mids, task="tagging", name=path.name, split=split, spec=spec,
+    return Dataset(clips=clips, classes=names, mids=mids, task=TAGGING, name=path.name, split=split, spec=spec,
                    skipped=skipped)

@@ -11,13 +11,14 @@ from pathlib import Path
 
 import numpy as np
 
+from kd.tasks import Task, get_task
+
 from .audio import decode_audio, load_audio
 from .clip import Clip
 from .errors import AudioError, DatasetError
 
 __all__ = ["SPLIT_ALIASES", "Dataset", "canonical_split", "read_class_list", "read_table"]
 
-TASKS = ("asc", "tagging", "sed")
 SPLIT_ALIASES = {"evaluate": "eval", "evaluation": "eval", "val": "eval"}
 
 
@@ -39,7 +40,8 @@ class Dataset:
         clips: The clips of the split, in the order of the metadata.
         classes: Class display names; index ``i`` is the ``i``-th entry of every target vector.
         mids: AudioSet machine ids of the classes (``None`` where the format has none).
-        task: ``"asc"`` (single-label scenes), ``"tagging"`` (multi-label) or ``"sed"`` (strong labels).
+        task: The :class:`kd.tasks.Task`: single-label scenes (``asc``), multi-label tags (``tagging``) or strong
+            labels (``sed``).
         name: Short name (the folder or file name).
         split: The canonical split (``train``, ``eval``, ...) or ``None`` for a whole manifest.
         spec: ``FORMAT:PATH`` that reopens this dataset.
@@ -53,7 +55,7 @@ class Dataset:
         *,
         clips: Sequence[Clip],
         classes: Sequence[str],
-        task: str,
+        task: str | Task,
         name: str,
         split: str | None,
         spec: str,
@@ -62,12 +64,10 @@ class Dataset:
         seen_devices: Sequence[str] | None = None,
         skipped: Sequence[tuple[str, str]] = (),
     ) -> None:
-        if task not in TASKS:
-            raise DatasetError(f"{spec}: unknown task {task!r}; expected one of {', '.join(TASKS)}")
         self.clips = list(clips)
         self.classes = list(classes)
         self.mids = None if mids is None else list(mids)
-        self.task, self.name, self.split, self.spec = task, name, split, spec
+        self.task, self.name, self.split, self.spec = get_task(task), name, split, spec
         self.has_labels = has_labels
         self.seen_devices = None if seen_devices is None else sorted(seen_devices)
         self.skipped = list(skipped)
@@ -116,10 +116,6 @@ class Dataset:
             return None
         return [d for d in self.devices if d not in self.seen_devices]
 
-    def label_sets(self) -> list[tuple[int, ...]]:
-        """Each clip's class indices, e.g. for ``kd.dataset.balanced_sample_weights``."""
-        return [c.labels for c in self.clips]
-
     # --- targets ---------------------------------------------------------------------------------------------
 
     def targets(self, clip: Clip) -> np.ndarray:
@@ -136,7 +132,7 @@ class Dataset:
         shorter than a frame are not lost. ``num_frames`` defaults to ``ceil(duration * fps)`` when the clip's
         duration is known; events beyond it are cut.
         """
-        if self.task != "sed":
+        if not self.task.frame_level:
             raise DatasetError(f"{self.spec}: a {self.task} dataset has no strong labels to make frame targets from")
         if num_frames is None:
             if clip.duration is None:
@@ -200,7 +196,7 @@ class Dataset:
         """
         if self._fingerprint is None:
             rows = sorted(zip(self.ids, self.source_sizes(), strict=True))
-            payload = {"task": self.task, "classes": self.classes, "mids": self.mids, "clips": rows}
+            payload = {"task": self.task.name, "classes": self.classes, "mids": self.mids, "clips": rows}
             blob = json.dumps(payload, separators=(",", ":"), ensure_ascii=True).encode()
             self._fingerprint = hashlib.sha256(blob).hexdigest()
         return self._fingerprint

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import h5py
 import numpy as np
 import soundfile as sf
 
@@ -361,8 +362,6 @@ def _mp3_bytes(audio: np.ndarray, sr: int) -> bytes:
 
 
 def _write_audioset_hdf5(out: Path, clips: int, seed: int, seconds: float) -> dict:
-    import h5py
-
     if "MP3" not in sf.available_formats():
         raise DatasetError(f"libsndfile {sf.__libsndfile_version__} cannot write MP3 (needs >= 1.1 built with "
                            "mpg123/LAME), and the AudioSet HDF5 layout stores mp3 bytes")

@@ -1,7 +1,7 @@
 """The two ways reading a dataset goes wrong: the dataset as a whole (a bad spec or layout) or one clip."""
 from __future__ import annotations
 
-from kd.errors import KdError
+from kd_errors import KdError
 
 __all__ = ["AudioError", "DatasetError"]
 

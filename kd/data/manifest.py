@@ -19,6 +19,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from kd.tasks import ASC, TAGGING, get_task
+
 from .base import Dataset, canonical_split, read_class_list, read_table
 from .clip import Clip
 from .errors import DatasetError
@@ -60,11 +62,11 @@ def open_manifest(path: Path, split: str | None = None, classes: str | Path | No
         lookup = {n: i for i, n in enumerate(names)}
     if not names:
         raise DatasetError(f"{path}: column {label_col} holds no labels")
-    if task not in (None, "asc", "tagging"):
-        raise DatasetError(f"{spec}: a manifest holds clip labels; task must be asc or tagging, not {task!r}")
-    task = task or ("asc" if all(len(labels) == 1 for labels in label_lists) else "tagging")
-    if task == "asc" and any(len(labels) != 1 for labels in label_lists):
-        raise DatasetError(f"{path}: task asc needs exactly one label per row in column {label_col}")
+    task = get_task(task) if task else (ASC if all(len(labels) == 1 for labels in label_lists) else TAGGING)
+    if task.frame_level:
+        raise DatasetError(f"{spec}: a manifest holds clip labels; task must be asc or tagging, not {task}")
+    if task.single_label and any(len(labels) != 1 for labels in label_lists):
+        raise DatasetError(f"{path}: task {task} needs exactly one label per row in column {label_col}")
 
     split = canonical_split(split)
     has_split = "split" in rows[0]

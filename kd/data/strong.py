@@ -16,6 +16,8 @@ import warnings
 from collections import defaultdict
 from pathlib import Path
 
+from kd.tasks import SED
+
 from .audioset import AudioIndex, mid_lookup
 from .base import Dataset, canonical_split, read_class_list, read_table
 from .clip import Clip, Event
@@ -112,5 +114,5 @@ def open_audioset_strong(
     if skipped:
         warnings.warn(f"{spec}: {len(skipped)} of {len(events)} segments have no audio file and are skipped",
                       stacklevel=2)
-    return Dataset(clips=clips, classes=names, mids=mids, task="sed", name=path.name, split=split, spec=spec,
+    return Dataset(clips=clips, classes=names, mids=mids, task=SED, name=path.name, split=split, spec=spec,
                    skipped=skipped)

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from kd.tasks import ASC
+
 from .base import Dataset, canonical_split, read_table
 from .clip import Clip
 from .errors import DatasetError
@@ -50,7 +52,7 @@ def open_tau22(path: Path, split: str | None = None) -> Dataset:
                            f"(e.g. {', '.join(unknown[:3])})")
     clips = [_clip(path, by_file[f], classes) for f in wanted]
     seen = {by_file[f]["source_label"] for f in train_files}
-    return Dataset(clips=clips, classes=classes, task="asc", name=path.name, split=split, spec=spec,
+    return Dataset(clips=clips, classes=classes, task=ASC, name=path.name, split=split, spec=spec,
                    seen_devices=sorted(seen))
 
 

@@ -1,4 +1,4 @@
-"""Torch datasets over ``kd.data`` clips, joined with stored teacher logits by clip id.
+"""Training and evaluation batches: ``kd.data`` clips joined with stored teacher logits by clip id, and their loaders.
 
 Design (after lhotse): the sampler only sees indices; the dataset does the I/O once per batch through
 ``__getitems__`` (which torch's DataLoader calls with a whole batch of indices): each clip's audio is
@@ -14,10 +14,21 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, WeightedRandomSampler
 
 from kd.align import align_frames
+from kd.data import AudioError
+from kd.forward import model_frames
+from logit_store import LogitStore
 
-__all__ = ["ClipDataset", "DistributedWeightedSampler", "TeacherTargets", "balanced_sample_weights"]
+__all__ = [
+    "ClipDataset",
+    "DistributedWeightedSampler",
+    "TeacherTargets",
+    "balanced_sample_weights",
+    "make_dataset",
+    "make_loader",
+]
 
 
 @dataclass(frozen=True)
@@ -41,7 +52,8 @@ class ClipDataset(torch.utils.data.Dataset):
     ``teacher`` set, ``teacher`` logits (``[C]``, or ``[T, C]`` aligned to the model's frames).
 
     A clip whose audio cannot be decoded is left out of its batch with a warning (``kd teach`` already
-    recorded such clips, and ``kd distill`` drops clips without logits before training).
+    recorded such clips, and ``kd distill`` drops clips without logits before training); indexing it alone
+    raises its :class:`kd.data.AudioError`.
     """
 
     def __init__(
@@ -68,10 +80,8 @@ class ClipDataset(torch.utils.data.Dataset):
         return state
 
     @property
-    def store(self):
+    def store(self) -> LogitStore:
         if self._store is None:
-            from logit_store import LogitStore
-
             self._store = LogitStore.open(self.teacher.store_url, mode="r")
         return self._store
 
@@ -79,28 +89,28 @@ class ClipDataset(torch.utils.data.Dataset):
         return len(self.clips)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        items = self.__getitems__([index])
-        if not items:
-            raise IndexError(f"clip {self.clips[index].id} could not be decoded")
-        return items[0]
+        return self._with_teacher([self._item(index)])[0]
 
     def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
-        from kd.data import AudioError
-
         items = []
         for i in indices:
-            clip = self.clips[i]
             try:
-                audio = self.data.load_audio(clip, self.sample_rate, self.seconds)
+                items.append(self._item(i))
             except AudioError as e:
-                warnings.warn(f"skipping clip {clip.id}: {e}", stacklevel=2)
-                continue
-            items.append({
-                "audio": torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)),
-                "target": torch.from_numpy(self._target(clip)),
-                "index": i,
-                "device": clip.device or "",
-            })
+                warnings.warn(f"skipping clip {self.clips[i].id}: {e}", stacklevel=2)
+        return self._with_teacher(items)
+
+    def _item(self, index: int) -> dict[str, Any]:
+        clip = self.clips[index]
+        audio = self.data.load_audio(clip, self.sample_rate, self.seconds)
+        return {
+            "audio": torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)),
+            "target": torch.from_numpy(self._target(clip)),
+            "index": index,
+            "device": clip.device or "",
+        }
+
+    def _with_teacher(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if self.teacher is not None and items:
             logits = self.teacher_logits(self.ids[[item["index"] for item in items]])
             for item, row in zip(items, logits):
@@ -160,3 +170,42 @@ class DistributedWeightedSampler(torch.utils.data.Sampler[int]):
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         draw = torch.multinomial(self.weights, self.per_rank * self.world, replacement=True, generator=generator)
         return iter(draw[self.rank::self.world].tolist())
+
+
+def make_dataset(data: Any, clips: Sequence[Any], model: torch.nn.Module, seconds: float,
+                 teacher: TeacherTargets | None = None) -> ClipDataset:
+    """The clips at ``model``'s sample rate, ``seconds`` long, with frame targets on its frame grid for SED."""
+    frame_level = data.task.frame_level
+    return ClipDataset(
+        data, clips, sample_rate=model.sample_rate, seconds=seconds,
+        frames_per_second=model.frames_per_second if frame_level else None,
+        num_frames=model_frames(model, seconds) if frame_level else None,
+        teacher=teacher,
+    )
+
+
+def make_loader(
+    dataset: ClipDataset, batch_size: int, *, train: bool, decode_workers: int = 0, dist_rank: int = 0,
+    dist_world: int = 1, seed: int = 0,
+) -> DataLoader:
+    """Batches for training (shuffled, or class-balanced where the task asks for it) or evaluation (in order).
+
+    Under ``torchrun`` (``dist_world > 1``) each rank gets its share of every epoch's draw.
+    """
+    sampler = training_sampler(dataset, dist_rank, dist_world, seed) if train else None
+    return DataLoader(
+        dataset, batch_size=batch_size, sampler=sampler, shuffle=False, drop_last=train and len(dataset) > batch_size,
+        num_workers=decode_workers, persistent_workers=False, pin_memory=torch.cuda.is_available(),
+    )
+
+
+def training_sampler(dataset: ClipDataset, rank: int = 0, world: int = 1, seed: int = 0) -> torch.utils.data.Sampler:
+    """The draw of one training epoch: class-balanced with replacement (AudioSet) or a shuffle, shared over ranks."""
+    if dataset.data.task.balanced_sampling:
+        weights = balanced_sample_weights([c.labels for c in dataset.clips], dataset.data.num_classes)
+        if world > 1:
+            return DistributedWeightedSampler(weights, len(dataset), rank, world, seed=seed)
+        return WeightedRandomSampler(weights, num_samples=len(dataset), replacement=True)
+    if world > 1:
+        return DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed)
+    return RandomSampler(dataset)

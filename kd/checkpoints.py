@@ -1,4 +1,5 @@
-"""Building teachers and students for kd's commands, from registry names and checkpoints.
+"""Teachers and students from registry names and checkpoints: what ``kd teach``, ``kd eval``, ``kd predict`` and
+``kd export`` build their models with.
 
 Checkpoints written by ``kd train-teacher`` and ``kd distill`` carry a ``meta`` dict (model name,
 constructor arguments, class list, task), so a user passes only the file; official release files carry
@@ -20,10 +21,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from kd.errors import KdError
-from teachers import Teacher, TeacherInputError, TeacherOutput
+from kd_errors import KdError
+from layers import CheckpointError, load_state_dict_strict
+from students import Student, create_student
+from teachers import Teacher, TeacherInputError, TeacherOutput, create_teacher, list_teachers
 
-__all__ = ["StudentAsTeacher", "TeacherSpec", "build_teacher", "checkpoint_meta", "seeded"]
+__all__ = ["StudentAsTeacher", "TeacherSpec", "build_teacher", "checkpoint_meta", "load_student", "seeded"]
 
 
 @dataclass(frozen=True)
@@ -51,16 +54,37 @@ class TeacherSpec:
         return f"{self.alias + ':' if self.alias else ''}{self.name}{'=' + self.checkpoint if self.checkpoint else ''}"
 
 
-def checkpoint_meta(path: str | os.PathLike) -> dict[str, Any] | None:
-    """The ``meta`` dict of a checkpoint written by kd, or None for other files (e.g. official releases)."""
+def read_checkpoint(path: str | os.PathLike) -> Any:
+    """The object a checkpoint file holds, read without unpickling code (``weights_only=True``).
+
+    Raises:
+        CheckpointError: the file is missing, or not a torch checkpoint of plain tensors and containers.
+    """
+    if not Path(path).is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise KdError(f"checkpoint not found: {path}") from None
-    except Exception:
-        return None  # let the strict loader report what is wrong with the file
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 -- torch raises several types (pickle, zip, weights-only) for one problem
+        first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise CheckpointError(f"{path} is not a readable torch checkpoint: {first_line}") from None
+
+
+def checkpoint_meta(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The ``meta`` dict of a checkpoint written by kd, or None for other checkpoints (e.g. official releases)."""
+    obj = read_checkpoint(path)
     meta = obj.get("meta") if isinstance(obj, dict) else None
     return dict(meta) if isinstance(meta, dict) else None
+
+
+def load_student(checkpoint: str | os.PathLike) -> tuple[Student, dict[str, Any]]:
+    """Rebuild a student saved by ``kd distill`` (its ``meta`` names the model and its classes), in eval mode."""
+    state = read_checkpoint(checkpoint)
+    meta = state.get("meta") if isinstance(state, dict) else None
+    if not isinstance(meta, dict) or meta.get("kind") != "student":
+        raise CheckpointError(f"{checkpoint} is not a student checkpoint written by kd distill")
+    model = create_student(meta["name"], len(meta["classes"]))
+    load_state_dict_strict(model, state["model"], source=str(checkpoint))
+    return model.eval(), dict(meta)
 
 
 def seeded(name: str) -> int:
@@ -74,8 +98,6 @@ def build_teacher(spec: TeacherSpec, num_classes: int | None = None, **overrides
     Args:
         num_classes: the dataset's class count, checked against the teacher's.
     """
-    from teachers import create_teacher, list_teachers
-
     if spec.checkpoint is None:
         if spec.name not in list_teachers():
             raise KdError(f"unknown teacher {spec.name!r} (see `kd teachers`); a student trained by kd distill "
@@ -131,8 +153,6 @@ class StudentAsTeacher(Teacher):
 
     @classmethod
     def load(cls, checkpoint: str | os.PathLike) -> StudentAsTeacher:
-        from kd.distill import load_student
-
         student, meta = load_student(checkpoint)
         return cls(student, meta["name"], meta["seconds"])
 

@@ -1,0 +1,74 @@
+"""The forward passes of training and evaluation, shared by teachers and students.
+
+A model here is any teacher or student of the registries: it has ``sample_rate``, ``frames_per_second``
+(None for clip-level models), a ``frontend`` (waveform -> spectrogram, augmenting in training mode) and
+``forward_spectrogram``. Teachers return ``TeacherOutput(clip, frame)``, students a tensor;
+:meth:`kd.tasks.Task.logits` picks what a task trains on.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from kd.augment import MixupParams, freq_mixstyle, mix
+from kd.tasks import SED, Task
+
+__all__ = ["AugmentedForward", "evaluate", "model_frames", "predict"]
+
+
+@torch.no_grad()
+def model_frames(model: nn.Module, seconds: float) -> int | None:
+    """How many output frames ``model`` gives for ``seconds`` of audio (None for clip-level models)."""
+    if not model.frames_per_second:
+        return None
+    was_training = model.training
+    model.eval()
+    param = next(model.parameters())
+    out = model(torch.zeros(1, int(round(seconds * model.sample_rate)), device=param.device))
+    model.train(was_training)
+    return SED.logits(out).shape[1]
+
+
+class AugmentedForward(nn.Module):
+    """Frontend, spectrogram augmentations (Freq-MixStyle, mixup) and model as one forward.
+
+    One module, so that DistributedDataParallel sees every use of the parameters in a single call.
+    """
+
+    def __init__(self, model: nn.Module, task: Task, mixstyle_p: float = 0.0, mixstyle_alpha: float = 0.3):
+        super().__init__()
+        self.model, self.task = model, task
+        self.mixstyle_p, self.mixstyle_alpha = mixstyle_p, mixstyle_alpha
+
+    def forward(self, waveform: torch.Tensor, mixup: MixupParams | None = None) -> torch.Tensor:
+        spec = self.model.frontend(waveform)
+        if self.mixstyle_p > 0:
+            spec = freq_mixstyle(spec, alpha=self.mixstyle_alpha, p=self.mixstyle_p)
+        if mixup is not None:
+            spec = mix(spec, mixup)
+        return self.task.logits(self.model.forward_spectrogram(spec))
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, loader: DataLoader, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """Raw logits of the loader's clips (frame logits for frame-level tasks) and the clip indices they belong to."""
+    task: Task = loader.dataset.data.task
+    model.eval()
+    outputs, indices = [], []
+    for batch in loader:
+        out = task.logits(model(batch["audio"].to(device, non_blocking=True)))
+        outputs.append(out.float().cpu().numpy())
+        indices.append(batch["index"].numpy())
+    return np.concatenate(outputs), np.concatenate(indices)
+
+
+def evaluate(model: nn.Module, loader: DataLoader, device: torch.device) -> dict[str, Any]:
+    """The task's metrics on the loader's clips: accuracy per device (ASC), mAP (tagging), frame mAP + PSDS (SED)."""
+    dataset = loader.dataset
+    logits, indices = predict(model, loader, device)
+    clips = [dataset.clips[i] for i in indices]
+    return dataset.data.task.metrics(dataset.data, clips, logits, dataset.frames_per_second)
