@@ -18,12 +18,15 @@ coefficient as the inputs. Which loss a task uses is the task's choice (:class:`
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
-from kd.tasks import Task
 from kd_errors import KdError
+
+if TYPE_CHECKING:  # the task chooses among these losses (kd.tasks imports this module)
+    from kd.tasks import Task
 
 __all__ = ["DistillLoss", "LossTerms", "binary_cross_entropy", "soft_cross_entropy", "tempered_kl"]
 
