@@ -2,7 +2,16 @@
 import numpy as np
 import pytest
 
-from kd.metrics import UndefinedMetric, accuracy, asc_metrics, frame_map, mean_average_precision, psds
+from kd.metrics import (
+    UndefinedMetric,
+    accuracy,
+    asc_metrics,
+    frame_map,
+    mean_average_precision,
+    merge_overlapping,
+    psds,
+    sed_metrics,
+)
 
 
 def test_map_by_hand():
@@ -53,3 +62,23 @@ def test_psds_is_high_for_perfect_scores_and_psds1_low_for_misplaced_ones():
     bad = psds(wrong, 10, truth, durations, ["dog", "bell"])
     assert good["psds1"] > 0.9 and good["psds2"] > 0.9
     assert bad["psds1"] < 0.1
+
+
+def test_overlapping_events_of_one_class_merge_and_other_classes_stay_apart():
+    events = [(3.0, 5.0, "dog"), (1.0, 2.0, "dog"), (2.0, 2.5, "dog"), (4.5, 6.0, "dog"), (1.5, 7.0, "bell")]
+    assert merge_overlapping(events) == [(1.5, 7.0, "bell"), (1.0, 2.5, "dog"), (3.0, 6.0, "dog")]
+    assert merge_overlapping([]) == []
+
+
+def test_sed_metrics_score_strong_labels_at_the_frame_rate(demo_sed):
+    """Frame mAP and PSDS of the labels themselves (a perfect detector), and of their time-reversal."""
+    from kd.data import open_dataset
+
+    data = open_dataset(demo_sed["spec"], split="eval")
+    clips, fps = data.clips, 10.0
+    frames = int(demo_sed["seconds"] * fps)
+    truth = np.stack([data.frame_targets(c, fps, frames) for c in clips])
+    perfect = sed_metrics(data, clips, truth * 0.98 + 0.01, fps)
+    assert perfect["frame_mAP"] == pytest.approx(1.0) and perfect["psds1"] > 0.8
+    reversed_ = sed_metrics(data, clips, truth[:, ::-1] * 0.98 + 0.01, fps)
+    assert reversed_["frame_mAP"] < 0.8 and reversed_["psds1"] < perfect["psds1"]
