@@ -300,7 +300,7 @@ def score_teachers(store: LogitStore, data: Dataset, names: Sequence[str]) -> di
     A view whose metric the labels leave undefined (e.g. no positive example) is left out; the others are kept.
     """
     failed = set().union(*(store.failures(n) for n in names))
-    clips = [c for c in data.clips if c.id not in failed]
+    clips = [c for c in data.labelled_clips if c.id not in failed]
     if not clips or not data.has_labels:
         return {}
     task = data.task
