@@ -39,13 +39,19 @@ def _local_path(url: str) -> str | None:
 
 
 def open_zarr_store(url: str, read_only: bool, storage_options: dict[str, Any] | None = None):
-    """Zarr's LocalStore for local paths (no async wrapper, creates folders), its FsspecStore for the rest."""
+    """Zarr's LocalStore for local paths (no async wrapper, creates folders), its FsspecStore for the rest.
+
+    The file system caches no directory listings: other processes add objects to the store all the time, and
+    s3fs answers a key's ``info`` (and so zarr's read of it) from a cached listing of its parent, so a process
+    that had listed the done records would read the records other processes wrote since as missing.
+    """
     from zarr.storage import FsspecStore, LocalStore
 
     path = _local_path(url)
     if path is not None and not storage_options:
         return LocalStore(os.path.abspath(os.path.expanduser(path)), read_only=read_only)
-    return FsspecStore.from_url(url, storage_options=storage_options or None, read_only=read_only)
+    options = {"use_listings_cache": False, **(storage_options or {})}
+    return FsspecStore.from_url(url, storage_options=options, read_only=read_only)
 
 
 def open_group(url: str, mode: str, storage_options: dict[str, Any] | None = None):
