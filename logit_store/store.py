@@ -136,7 +136,10 @@ class LogitStore:
                 raise StoreError(f"{url} already holds a Zarr group; pass overwrite=True to replace it")
             except (FileNotFoundError, zarr.errors.GroupNotFoundError):
                 pass
-        root = zarr.open_group(store, mode="w")
+        try:
+            root = zarr.open_group(store, mode="w")
+        except (FileNotFoundError, PermissionError) as e:  # e.g. s3fs: no such bucket, access denied
+            raise StoreError(f"cannot create a logit store at {url}: {e}") from e
         ids = root.create_array("clip_ids", shape=(len(clip_ids),), dtype=str, chunks=(min(len(clip_ids), 65536),))
         ids[:] = np.array(clip_ids, dtype=object)
         root.create_group("teachers")
