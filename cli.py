@@ -180,16 +180,25 @@ class TrainingProgress:
 @click.option("--store", required=True, metavar="URL", help="Logit store: a path, file://, memory:// or s3:// URL.")
 @click.option("--codec", type=click.Choice(["q8", "f16", "f32"]), default="q8", show_default=True,
               help="How logits are stored: q8 (8-bit, designed for KD targets), f16 or f32.")
-@click.option("--workers", type=int, default=1, show_default=True, help="Local dask worker processes.")
-@click.option("--scheduler", default=None, metavar="ADDRESS", help="A dask.distributed scheduler to run on instead.")
+@click.option("--workers", type=int, default=None,
+              help="Local dask worker processes (default: one per visible GPU, each pinned to it; else 1).")
+@click.option("--decode-workers", type=int, default=None,
+              help="Threads decoding audio in each worker, ahead of the device (default: the worker's cores).")
+@click.option("--scheduler", default=None, metavar="ADDRESS",
+              help="A dask.distributed scheduler to run on instead; workers started with --resources GPU=1 each "
+                   "get chunks for their GPU.")
 @click.option("--batch-size", type=int, default=8, show_default=True)
 @click.option("--chunk-size", type=int, default=256, show_default=True, help="Clips per store chunk (new stores).")
 @click.option("--seconds", type=float, default=None,
-              help="Audio length fed to the teachers (default: the dataset's clip length; longer clips are windowed).")
+              help="Audio length fed to the teachers (default: the metadata's clip length, else the 90th "
+                   "percentile of a decoded sample of clips; longer clips are windowed by the teachers).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N (in every worker).")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
+              help="Teacher arithmetic (autocast): auto is bf16 on GPUs that support it, else fp32.")
+@click.option("--dashboard", is_flag=True, help="Serve the dask dashboard on 127.0.0.1 (needs bokeh).")
 @click.option("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else ./mlflow.db).")
-def teach_cmd(dataset, split, teachers, store, codec, workers, scheduler, batch_size, chunk_size, seconds, device,
-              tracking_uri) -> None:
+def teach_cmd(dataset, split, teachers, store, codec, workers, decode_workers, scheduler, batch_size, chunk_size,
+              seconds, device, precision, dashboard, tracking_uri) -> None:
     """Run teachers once over a dataset and store their logits (resumable: rerun to continue)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -198,8 +207,9 @@ def teach_cmd(dataset, split, teachers, store, codec, workers, scheduler, batch_
 
     cfg = TeachConfig(
         dataset=dataset, split=split, teachers=tuple(TeacherSpec.parse(t) for t in teachers), store=store,
-        codec=codec, workers=workers, scheduler=scheduler, batch_size=batch_size, chunk_size=chunk_size,
-        seconds=seconds, device=device, tracking_uri=tracking_uri,
+        codec=codec, workers=workers, decode_workers=decode_workers, scheduler=scheduler, batch_size=batch_size,
+        chunk_size=chunk_size, seconds=seconds, device=device, precision=precision, dashboard=dashboard,
+        tracking_uri=tracking_uri,
     )
     columns = (TextColumn("teaching"), BarColumn(), MofNCompleteColumn(), TextColumn("clips"),
                TextColumn("{task.fields[rate]}"), TimeRemainingColumn())
@@ -212,18 +222,29 @@ def teach_cmd(dataset, split, teachers, store, codec, workers, scheduler, batch_
             progress.update(task, completed=done, total=total, rate=rate)
 
         summary = run_teach(cfg, on_progress=on_progress,
-                            on_warning=lambda m: console.print(f"[bold yellow]warning:[/] {m}", highlight=False))
+                            on_warning=lambda m: console.print(f"[bold yellow]warning:[/] {m}", highlight=False),
+                            on_status=lambda m: console.print(m, highlight=False, soft_wrap=True))
     _print_teach_summary(summary)
 
 
 def _print_teach_summary(summary) -> None:
+    from kd.data import ClipLengths
+
     info = summary.store_info
     table = Table("", "", title="kd teach", show_header=False)
     table.add_row("store", summary.store)
     table.add_row("clips", f"{summary.clips} ({summary.chunks_run} chunks run, {summary.chunks_skipped} already done)")
+    if summary.clip_lengths:
+        lengths = ClipLengths(**{k: v for k, v in summary.clip_lengths.items()
+                                 if k in ClipLengths.__dataclass_fields__})
+        table.add_row("clip length", lengths.describe())
+        table.add_row("fed as", summary.fed_as)
     for name, count in summary.written.items():
         table.add_row(f"written by {name}", str(count))
-    table.add_row("failed clips", str(len(summary.failures)))
+    kinds = ", ".join(f"{n} {kind}" for kind, n in summary.failure_kinds.items())
+    table.add_row("failed clips", f"{len(summary.failures)}" + (f" ({kinds})" if kinds else ""))
+    if summary.devices:
+        table.add_row("devices", ", ".join(summary.devices))
     table.add_row("store size", f"{info.get('bytes_on_disk', 0) / 1e6:.2f} MB")
     if info.get("bytes_per_logit") is not None:
         table.add_row("bytes per logit", f"{info['bytes_per_logit']:.3f}")
@@ -235,7 +256,7 @@ def _print_teach_summary(summary) -> None:
         table.add_row("MLflow run", summary.run_id)
     out.print(table)
     if summary.failures:
-        failed = Table("clip", "reason", title="clips that could not be decoded (not stored)")
+        failed = Table("clip", "reason", title="clips without logits (not stored)")
         for clip_id, reason in list(summary.failures.items())[:20]:
             failed.add_row(clip_id, reason)
         out.print(failed)

@@ -2,38 +2,120 @@
 
 Work is sharded on the store's chunk boundaries: one dask task per chunk decodes each clip of the chunk
 once (at the highest sample rate any teacher needs), runs every teacher that has not finished that chunk
-(``TeacherEnsemble`` resamples once per distinct rate), writes the chunk and marks it done. Because a chunk
-is the unit of both work and storage, writers never share a chunk and need no lock, a killed job loses at
-most the chunks in flight, and a rerun of the same command skips finished chunks.
+(resampled once per distinct rate), writes the chunk and marks it done. Because a chunk is the unit of both work
+and storage, writers never share a chunk and need no lock, a killed job loses at most the chunks in flight, and
+a rerun of the same command skips finished chunks.
 
-Clips that cannot be decoded are recorded (id and reason) in the store and never become rows of zeros.
+**Inside a worker** a chunk passes three stages, and a worker holds :data:`CHUNKS_PER_WORKER` chunks at once,
+so that one chunk decodes while another is on the device and a third is written:
+
+* decode: a pool of ``decode_workers`` threads per worker decodes, resamples and checks the clips (soundfile
+  and soxr release the GIL, so the threads decode in parallel); the chunk's batches are handed to the device
+  as soon as their clips are ready;
+* device: the teachers run batch by batch under the worker's device lock (one chunk on the device at a time),
+  with autocast (``precision``); on CUDA each batch is staged in pinned memory and copied without blocking, and
+  the next batch is launched before the previous one's logits are copied back;
+* write: q8 encoding and the chunk's objects, outside the device lock.
+
+A local cluster on a machine with GPUs starts one worker per visible GPU, each pinned to its GPU through
+``CUDA_VISIBLE_DEVICES`` and declaring the dask resource ``GPU=1`` (see :func:`plan_workers`); on a
+``--scheduler`` cluster whose workers declare ``GPU`` resources, each chunk asks for ``1 / CHUNKS_PER_WORKER``
+of one.
+
+**Clip length**: ``--seconds``, else the dataset's policy (:meth:`kd.data.Dataset.clip_lengths`: metadata
+durations, else the 90th percentile of a decoded sample). When the lengths vary and every teacher is clip-level
+(those take any length), each clip is fed at its own length, cropped to the chosen one, in batches of similar
+length (no clip padded by more than ``LENGTH_TOLERANCE``); otherwise every clip is cropped or padded to it.
+A clip shorter than :attr:`~kd.data.ClipLengths.min_seconds`, or silent, is flagged, never padded into a target.
+
+**Failures** are per clip wherever the data is at fault, recorded (clip id and reason) in the store and never
+stored as logits; a bug still ends the job with its traceback:
+
+* decoding: :class:`kd.data.AudioError` (missing, empty, unreadable, silent, non-finite, too short) always;
+  any other :data:`DATA_ERRORS` raised while reading, decoding or resampling one clip is recorded as
+  ``decode error: Type: message``;
+* teachers: a batch on which a teacher raises one of :data:`DATA_ERRORS` is retried clip by clip for that
+  teacher; a clip that fails alone is recorded as ``teacher NAME failed: Type: message`` (that teacher only),
+  and so is a clip whose logits are not finite;
+* a stage that has not worked on a single clip in this worker (every clip failing, a teacher raising on
+  everything) is broken, not fed bad data: its first error propagates. So do all other exception types
+  (TypeError, AttributeError, KeyError, NotImplementedError, ...) and CUDA device faults.
 """
 from __future__ import annotations
 
+import contextlib
+import importlib.util
+import itertools
 import logging
 import math
 import os
+import threading
 import time
 import warnings
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import torch
-from dask.distributed import Client, LocalCluster, as_completed
+from dask.distributed import Client, Nanny, Scheduler, SpecCluster, as_completed
+from distributed.system import MEMORY_LIMIT
 
 from kd.checkpoints import TeacherSpec, build_teacher
-from kd.data import AudioError, Dataset, open_dataset
+from kd.data import AudioError, ClipLengths, Dataset, open_dataset
+from kd.data.base import LENGTH_TOLERANCE
 from kd.metrics import UndefinedMetric
 from kd.tracking import tracked_run
 from kd.train import select_device
 from kd_errors import KdError
 from layers import sha256_file
+from layers.resample import resample
 from logit_store import LogitStore, StoreNotFound
-from teachers import TeacherEnsemble
+from teachers import Teacher, TeacherInputError
 
-__all__ = ["ChunkResult", "TeachConfig", "TeachSummary", "run_teach", "teach_chunk"]
+__all__ = [
+    "CHUNKS_PER_WORKER",
+    "DATA_ERRORS",
+    "PRECISIONS",
+    "ChunkResult",
+    "TeachConfig",
+    "TeachSummary",
+    "WorkerPlan",
+    "failure_kind",
+    "length_batches",
+    "plan_workers",
+    "resolve_precision",
+    "run_teach",
+    "teach_chunk",
+]
+
+CHUNKS_PER_WORKER = 2  # chunks a worker holds at once: one on the device while the next decodes
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# What one bad clip makes decoders and models raise: soundfile (LibsndfileError is a RuntimeError), soxr and
+# numpy (ValueError), h5py (OSError), torch (RuntimeError for shapes and padding, IndexError), teachers
+# (TeacherInputError). These subclasses of them are bugs, never data:
+DATA_ERRORS = (AudioError, TeacherInputError, OSError, EOFError, RuntimeError, ValueError, ArithmeticError, IndexError)
+_NEVER_DATA = (NotImplementedError, RecursionError)
+FAILURE_KINDS = ("undecodable", "too short", "silent", "teacher error")
+
+
+def _is_data_error(error: BaseException) -> bool:
+    return (isinstance(error, DATA_ERRORS) and not isinstance(error, _NEVER_DATA)
+            and not str(error).startswith("CUDA error"))  # a device fault poisons the context: not one clip's
+
+
+def failure_kind(reason: str) -> str:
+    """The kind of a recorded failure reason: ``too short``, ``silent``, ``teacher error`` or ``undecodable``."""
+    if reason.startswith("too short"):
+        return "too short"
+    if reason.startswith("silent"):
+        return "silent"
+    if reason.startswith("teacher "):
+        return "teacher error"
+    return "undecodable"
 
 
 @dataclass(frozen=True)
@@ -45,10 +127,13 @@ class TeachConfig:
     codec: str = "q8"
     batch_size: int = 8
     device: str = "auto"
+    precision: str = "auto"
     seconds: float | None = None
     chunk_size: int = 256
-    workers: int = 1
+    workers: int | None = None
+    decode_workers: int | None = None
     scheduler: str | None = None
+    dashboard: bool = False
     tracking_uri: str | None = None
 
     def __post_init__(self) -> None:
@@ -58,10 +143,28 @@ class TeachConfig:
         repeated = sorted({k for k in keys if keys.count(k) > 1})
         if repeated:
             raise KdError(f"teacher names must be unique in a store; repeated: {', '.join(repeated)} (use ALIAS:NAME)")
-        if self.batch_size < 1 or self.chunk_size < 1 or self.workers < 1:
+        if self.batch_size < 1 or self.chunk_size < 1 or (self.workers is not None and self.workers < 1):
             raise KdError("batch size, chunk size and workers must be >= 1")
-        if self.scheduler and self.workers > 1:
+        if self.decode_workers is not None and self.decode_workers < 1:
+            raise KdError("--decode-workers must be >= 1")
+        if self.seconds is not None and not self.seconds > 0:
+            raise KdError(f"--seconds must be positive, got {self.seconds}")
+        if self.precision not in PRECISIONS:
+            raise KdError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.scheduler and self.workers is not None:
             raise KdError("--workers starts a local cluster; with --scheduler the cluster's own workers run the job")
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What the client decided for every worker: the clip length, how clips are fed, the device and precision."""
+
+    seconds: float
+    min_seconds: float
+    variable: bool
+    device: str
+    precision: str
+    decode_workers: int | None
 
 
 @dataclass
@@ -71,6 +174,9 @@ class ChunkResult:
     written: dict[str, int]
     failures: dict[str, str]
     seconds: float
+    device: str = ""
+    precision: str = ""
+    device_seconds: float = 0.0
 
 
 @dataclass
@@ -83,106 +189,342 @@ class TeachSummary:
     failures: dict[str, str]
     wall_seconds: float
     store_info: dict[str, Any]
+    clip_lengths: dict[str, Any] = field(default_factory=dict)
+    fed_as: str = ""
+    failure_kinds: dict[str, int] = field(default_factory=dict)
+    devices: list[str] = field(default_factory=list)
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     run_id: str | None = None
 
 
+# --- precision and workers ------------------------------------------------------------------------------------------
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` is bf16 on GPUs that support it, else fp32; an explicit precision is checked against the device."""
+    bf16_ok = device.type != "cuda" or torch.cuda.is_bf16_supported()
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" and bf16_ok else "fp32"
+    if precision == "bf16" and not bf16_ok:
+        raise KdError(f"--precision bf16: {torch.cuda.get_device_name(device)} does not support bfloat16; use fp16")
+    return precision
+
+
+@dataclass(frozen=True)
+class WorkerPlan:
+    """One local dask worker: its name, the device string its chunks use, its environment and dask resources."""
+
+    name: str
+    device: str
+    env: dict[str, str]
+    resources: dict[str, float]
+
+
+def visible_gpus() -> list[str]:
+    """The GPUs this process may use, as ``CUDA_VISIBLE_DEVICES`` names them (indices or UUIDs)."""
+    count = torch.cuda.device_count()
+    listed = [s.strip() for s in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if s.strip()]
+    return (listed or [str(i) for i in range(count)])[:count]
+
+
+def plan_workers(device: str, workers: int | None, gpus: Sequence[str], cores: int) -> list[WorkerPlan]:
+    """The workers of a local cluster: one per visible GPU (or ``workers`` of them, round-robin over the GPUs),
+    each seeing only its GPU, which it then calls ``cuda``; without GPUs (or with ``--device cpu``) ``workers``
+    processes (default 1). Each worker gets ``cores // workers`` torch threads.
+
+    Raises:
+        KdError: ``cuda:N`` names a GPU that is not visible.
+    """
+    wants_gpu = device.startswith("cuda") or (device == "auto" and bool(gpus))
+    if wants_gpu and not gpus:
+        raise KdError(f"--device {device} was asked for, but torch sees no CUDA device")
+    targets: list[str | None] = [None]
+    if wants_gpu:
+        index = device.partition(":")[2]
+        if index:
+            if not index.isdigit() or int(index) >= len(gpus):
+                raise KdError(f"--device {device}: this machine has {len(gpus)} visible GPU(s) (cuda:0..cuda:{len(gpus) - 1})")
+            targets = [gpus[int(index)]]
+        else:
+            targets = list(gpus)
+    n = workers or len(targets)
+    threads = str(max(1, cores // n))
+    plans = []
+    for i in range(n):
+        env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+        gpu = targets[i % len(targets)]
+        if gpu is not None:
+            env["CUDA_VISIBLE_DEVICES"] = gpu
+        plans.append(WorkerPlan(name=f"teach-{i}" + (f"-gpu{gpu}" if gpu is not None else ""),
+                                device="cuda" if gpu is not None else "cpu" if device == "auto" else device,
+                                env=env, resources={"GPU": 1.0} if gpu is not None else {}))
+    return plans
+
+
 # --- the per-process context of a worker --------------------------------------------------------------------------
 class _Context:
-    """What a worker process builds once per job: the dataset, the store handle and the teachers."""
+    """What a worker process builds once per job: the dataset, the store handle, the teachers and the decode pool."""
 
-    def __init__(self, cfg: TeachConfig) -> None:
+    def __init__(self, cfg: TeachConfig, job: _Job) -> None:
+        self.job = job
         self.data = open_dataset(cfg.dataset, split=cfg.split)
         self.store = LogitStore.open(cfg.store, mode="r+")
-        self.device = select_device(cfg.device)
+        self.device = select_device(job.device)
+        self.precision = resolve_precision(job.precision, self.device)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # the client already warned about random weights
-            members = [(s.key, build_teacher(s, len(self.data.classes))) for s in cfg.teachers]
-        self.ensemble = TeacherEnsemble(members).to(self.device).eval()
-        self.sample_rate = max(t.sample_rate for _, t in members)
-        self.seconds = teach_seconds(cfg, self.data)
+            self.teachers: dict[str, Teacher] = {
+                s.key: build_teacher(s, len(self.data.classes)).to(self.device).eval() for s in cfg.teachers}
+        self.sample_rate = max(t.sample_rate for t in self.teachers.values())
         self.clip_by_id = {c.id: c for c in self.data.clips}
+        self.decode_pool = ThreadPoolExecutor(job.decode_workers or torch.get_num_threads(),
+                                              thread_name_prefix="kd-decode")
+        self.device_lock = threading.Lock()  # one chunk on the device at a time
+        self.write_lock = threading.Lock()  # one store handle per process; its writes one at a time
+        self.successes: Counter[str] = Counter()  # per stage ("decode" or a teacher): clips it has handled
+
+    def decode(self, clip_id: str) -> np.ndarray | BaseException:
+        """The clip at the teachers' rate and the job's length, or the data error that makes it unusable."""
+        job = self.job
+        try:
+            return self.data.load_audio(self.clip_by_id[clip_id], self.sample_rate, job.seconds,
+                                        pad=not job.variable, min_seconds=job.min_seconds)
+        except Exception as e:  # noqa: BLE001 -- sorted into data problems and bugs by _is_data_error
+            if not _is_data_error(e):
+                raise
+            return e
+
+    def close(self) -> None:
+        self.decode_pool.shutdown(wait=False, cancel_futures=True)
 
 
-_CONTEXTS: dict[TeachConfig, _Context] = {}
+_CONTEXTS: dict[tuple[TeachConfig, _Job], _Context] = {}
+_CONTEXT_LOCK = threading.Lock()
 
 
-def _context(cfg: TeachConfig) -> _Context:
-    if cfg not in _CONTEXTS:
-        _CONTEXTS.clear()
-        _CONTEXTS[cfg] = _Context(cfg)
-    return _CONTEXTS[cfg]
+def _context(cfg: TeachConfig, job: _Job) -> _Context:
+    with _CONTEXT_LOCK:  # a worker's threads share one context
+        if (cfg, job) not in _CONTEXTS:
+            for old in _CONTEXTS.values():
+                old.close()
+            _CONTEXTS.clear()
+            _CONTEXTS[cfg, job] = _Context(cfg, job)
+        return _CONTEXTS[cfg, job]
 
 
-def teach_seconds(cfg: TeachConfig, data: Any) -> float:
-    """Audio length fed to the teachers: ``--seconds``, else the dataset's clip length.
+def teach_lengths(cfg: TeachConfig, data: Dataset) -> ClipLengths:
+    """Audio length fed to the teachers: ``--seconds``, else the dataset's clip-length policy.
 
     Not the teachers' context: a 1 s TAU22 clip padded to PaSST's 10 s would be 90 % silence, which the
     teacher never saw in training. Shorter clips give fewer time tokens (as in the DCASE'23 fine-tuning on 1 s);
     clips longer than a teacher's context are windowed by the teacher itself.
     """
-    return cfg.seconds if cfg.seconds else data.clip_seconds()
+    return data.clip_lengths(seconds=cfg.seconds)
 
 
-def teach_chunk(cfg: TeachConfig, chunk: int) -> ChunkResult:
-    """Decode the clips of store chunk ``chunk`` once, run the teachers that have not finished it, write it."""
+def length_batches(lengths: Sequence[int], batch_size: int, tolerance: float = LENGTH_TOLERANCE) -> list[list[int]]:
+    """Indices of ``lengths`` grouped into batches of at most ``batch_size`` whose longest member is at most
+    ``1 + tolerance`` times the shortest, so no clip is padded by more than ``tolerance`` of its length."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    batches: list[list[int]] = []
+    for i in order:
+        if batches and len(batches[-1]) < batch_size and lengths[i] <= (1 + tolerance) * lengths[batches[-1][0]]:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
+# --- one chunk ------------------------------------------------------------------------------------------------------
+@dataclass
+class _ChunkState:
+    """The rows of one chunk as the stages fill them in."""
+
+    ids: list[str]
+    names: list[str]
+    info: dict[str, dict[str, Any]]
+    failures: dict[str, str] = field(default_factory=dict)  # decoding: every teacher loses the clip
+    teacher_failures: dict[str, dict[str, str]] = field(default_factory=dict)
+    errors: dict[str, BaseException] = field(default_factory=dict)  # first unexpected error per stage
+    clip: dict[str, np.ndarray] = field(default_factory=dict)
+    frame: dict[str, np.ndarray] = field(default_factory=dict)
+    done: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n = len(self.ids)
+        for name in self.names:
+            info = self.info[name]
+            self.teacher_failures[name] = {}
+            self.clip[name] = np.zeros((n, info["num_classes"]), np.float32)
+            if info.get("frames"):
+                self.frame[name] = np.zeros((n, info["frames"], info["num_classes"]), np.float32)
+            self.done[name] = np.zeros(n, bool)
+
+    def fail(self, stage: str, row: int, reason: str, error: BaseException | None = None) -> None:
+        target = self.failures if stage == "decode" else self.teacher_failures[stage]
+        target[self.ids[row]] = reason
+        if error is not None:
+            self.errors.setdefault(stage, error)
+
+
+def _reason(error: BaseException) -> str:
+    if isinstance(error, AudioError):
+        return error.reason
+    first = (str(error).strip().splitlines() or [""])[0][:300]
+    return f"{type(error).__name__}: {first}" if first else type(error).__name__
+
+
+def _batches(ctx: _Context, state: _ChunkState, decoded: list[Future], batch_size: int) -> Iterator[list[tuple[int, np.ndarray]]]:
+    """Batches of ``(row, audio)`` as the decode pool finishes them, recording the clips that fail to decode.
+
+    Fixed-length clips are batched in order, each as soon as its clips are ready; variable-length ones wait for
+    the whole chunk and are batched by length.
+    """
+    def take(row: int) -> np.ndarray | None:
+        result = decoded[row].result()
+        if isinstance(result, np.ndarray):
+            ctx.successes["decode"] += 1
+            return result
+        if isinstance(result, AudioError):
+            state.fail("decode", row, result.reason)
+        else:
+            state.fail("decode", row, f"decode error: {_reason(result)}", result)
+        return None
+
+    if not ctx.job.variable:
+        batch: list[tuple[int, np.ndarray]] = []
+        for row in range(len(decoded)):
+            audio = take(row)
+            if audio is not None:
+                batch.append((row, audio))
+            if len(batch) == batch_size:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+        return
+    ready = [(row, a) for row in range(len(decoded)) if (a := take(row)) is not None]
+    for group in length_batches([len(a) for _, a in ready], batch_size):
+        yield [ready[i] for i in group]
+
+
+def _stage(audio: Sequence[np.ndarray], device: torch.device) -> torch.Tensor:
+    """A zero-padded ``[B, N]`` batch on ``device``: pinned and copied without blocking on CUDA."""
+    host = torch.zeros((len(audio), max(len(a) for a in audio)), dtype=torch.float32,
+                       pin_memory=device.type == "cuda")
+    for i, a in enumerate(audio):
+        host[i, : len(a)] = torch.from_numpy(a)
+    return host.to(device, non_blocking=True)
+
+
+def _autocast(ctx: _Context):
+    if ctx.precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=ctx.device.type, dtype=_DTYPES[ctx.precision])
+
+
+def _launch(ctx: _Context, names: Sequence[str], audio: Sequence[np.ndarray]) -> dict[str, Any]:
+    """Each teacher's outputs for a batch (still on the device), or the data error it raised on the batch."""
+    wave = _stage(audio, ctx.device)
+    by_rate: dict[int, torch.Tensor] = {}
+    out: dict[str, Any] = {}
+    with torch.inference_mode():
+        for name in names:
+            teacher = ctx.teachers[name]
+            try:
+                if teacher.sample_rate not in by_rate:  # once per distinct rate, in float32
+                    by_rate[teacher.sample_rate] = resample(wave, ctx.sample_rate, teacher.sample_rate)
+                with _autocast(ctx):
+                    out[name] = teacher(by_rate[teacher.sample_rate])
+            except Exception as e:  # noqa: BLE001 -- sorted into data problems and bugs by _is_data_error
+                if not _is_data_error(e):
+                    raise
+                out[name] = e
+    return out
+
+
+def _collect(ctx: _Context, state: _ChunkState, rows: Sequence[int], outputs: dict[str, Any]) -> None:
+    """Copy a launched batch's logits into the chunk's rows; non-finite rows are failures of that teacher."""
+    for name, output in outputs.items():
+        clip = output.clip.float().cpu().numpy()
+        frame = output.frame.float().cpu().numpy() if name in state.frame else None
+        finite = np.isfinite(clip).all(axis=1)
+        if frame is not None:
+            finite &= np.isfinite(frame).all(axis=(1, 2))
+        for i, row in enumerate(rows):
+            if not finite[i]:
+                state.fail(name, row, f"teacher {name} returned non-finite logits", KdError(
+                    f"teacher {name} returned non-finite logits on every clip so far (precision {ctx.precision}); "
+                    "with fp16 or bf16, try --precision fp32"))
+                continue
+            state.clip[name][row] = clip[i]
+            if frame is not None:
+                state.frame[name][row] = frame[i]
+            state.done[name][row] = True
+        ctx.successes[name] += int(finite.sum())
+
+
+def _run_device(ctx: _Context, state: _ChunkState, batches: Iterable[list[tuple[int, np.ndarray]]]) -> None:
+    """Run the teachers batch by batch; batch ``k + 1`` is launched before batch ``k`` is copied back."""
+    previous: tuple[list[int], dict[str, Any]] | None = None
+    for batch in batches:
+        rows = [row for row, _ in batch]
+        outputs = _launch(ctx, state.names, [a for _, a in batch])
+        raised = [name for name, out in outputs.items() if isinstance(out, BaseException)]
+        if previous is not None:
+            _collect(ctx, state, *previous)
+        previous = (rows, {n: o for n, o in outputs.items() if n not in raised})
+        for name in raised:  # retry this teacher clip by clip: only the clips that fail alone are lost
+            for row, audio in batch:
+                alone = _launch(ctx, [name], [audio])[name]
+                if isinstance(alone, BaseException):
+                    state.fail(name, row, f"teacher {name} failed: {_reason(alone)}", alone)
+                else:
+                    _collect(ctx, state, [row], {name: alone})
+    if previous is not None:
+        _collect(ctx, state, *previous)
+
+
+def teach_chunk(cfg: TeachConfig, job: _Job, chunk: int) -> ChunkResult:
+    """Decode the clips of store chunk ``chunk``, run the teachers that have not finished it, write it."""
     start = time.perf_counter()
-    ctx = _context(cfg)
+    ctx = _context(cfg, job)
     store = ctx.store
-    pending = [name for name in ctx.ensemble.members if not store.done_chunks(name)[chunk]]
-    ids = store.chunk_ids(chunk)
-    if not pending:
-        return ChunkResult(chunk, len(ids), {}, {}, time.perf_counter() - start)
-    audio, failures = [], {}
-    for clip_id in ids:
-        try:
-            audio.append(ctx.data.load_audio(ctx.clip_by_id[clip_id], ctx.sample_rate, ctx.seconds))
-        except AudioError as e:
-            failures[clip_id] = str(e)
-            audio.append(None)
-    valid = np.array([a is not None for a in audio])
-    outputs = _run_teachers(ctx, [a for a in audio if a is not None], cfg.batch_size, pending)
+    names = [name for name in ctx.teachers if not store.done_chunks(name)[chunk]]
+    ids = [str(i) for i in store.chunk_ids(chunk)]
+    if not names:
+        return ChunkResult(chunk, len(ids), {}, {}, time.perf_counter() - start, str(ctx.device), ctx.precision)
+    state = _ChunkState(ids, names, {n: store.teacher_info(n) for n in names})
+    decoded = [ctx.decode_pool.submit(ctx.decode, clip_id) for clip_id in ids]
+    batches = _batches(ctx, state, decoded, cfg.batch_size)
+    first = next(batches, None)  # the device lock is taken once there is something to run
+    device_seconds = 0.0
+    if first is not None:
+        with ctx.device_lock:
+            t0 = time.perf_counter()
+            _run_device(ctx, state, itertools.chain([first], batches))
+            device_seconds = time.perf_counter() - t0
+    for stage, error in state.errors.items():
+        if ctx.successes[stage] == 0:  # never worked on any clip in this worker: broken, not bad data
+            raise error
     written = {}
-    for name in pending:
-        clip_logits, frame_logits = _scatter(outputs[name], valid, store.teacher_info(name))
-        store.write_chunk(name, chunk, clip_logits, frame_logits, valid=valid, failures=failures)
-        written[name] = int(valid.sum())
-    return ChunkResult(chunk, len(ids), written, failures, time.perf_counter() - start)
-
-
-def _run_teachers(ctx: _Context, audio: list[np.ndarray], batch_size: int, names: Sequence[str]):
-    """Clip (and frame) logits of the teachers ``names`` for the decoded clips, batch by batch."""
-    ensemble = TeacherEnsemble([(n, ctx.ensemble.members[n]) for n in names])
-    results: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {n: ([], []) for n in names}
-    for i in range(0, len(audio), batch_size):
-        wave = torch.from_numpy(np.stack(audio[i : i + batch_size])).to(ctx.device)
-        with torch.inference_mode():
-            outputs = ensemble(wave, ctx.sample_rate)
-        for name, out in outputs.items():
-            results[name][0].append(out.clip.float().cpu().numpy())
-            if out.frame is not None:
-                results[name][1].append(out.frame.float().cpu().numpy())
-    return results
-
-
-def _scatter(outputs, valid: np.ndarray, info: dict[str, Any]):
-    """Place the logits of the decodable clips into chunk-shaped arrays (invalid rows stay unwritten)."""
-    clips, frames = outputs
-    num_classes = info["num_classes"]
-    clip_logits = np.zeros((len(valid), num_classes), np.float32)
-    if clips:
-        clip_logits[valid] = np.concatenate(clips)
-    frame_logits = None
-    if info.get("frames"):
-        frame_logits = np.zeros((len(valid), info["frames"], num_classes), np.float32)
-        if frames:
-            frame_logits[valid] = np.concatenate(frames)
-    return clip_logits, frame_logits
+    failures = dict(state.failures)
+    with ctx.write_lock:
+        for name in names:
+            teacher_failures = {**state.failures, **state.teacher_failures[name]}
+            store.write_chunk(name, chunk, state.clip[name], state.frame.get(name), valid=state.done[name],
+                              failures=teacher_failures)
+            written[name] = int(state.done[name].sum())
+            failures.update(state.teacher_failures[name])
+    return ChunkResult(chunk, len(ids), written, failures, time.perf_counter() - start, str(ctx.device),
+                       ctx.precision, device_seconds)
 
 
 # --- the client side ----------------------------------------------------------------------------------------------
 def prepare_store(cfg: TeachConfig, on_warning: Callable[[str], None] | None = None):
-    """Create or reopen the store and register the teachers; refuse a store built for other data or teachers."""
+    """Create or reopen the store and register the teachers; refuse a store built for other data or teachers.
+
+    Returns:
+        ``(dataset, store, teachers, clip lengths)``.
+    """
     if not cfg.scheduler:
         select_device(cfg.device)  # the local workers share this machine's devices: say now if CUDA is missing
     data = open_dataset(cfg.dataset, split=cfg.split)
@@ -206,10 +548,11 @@ def prepare_store(cfg: TeachConfig, on_warning: Callable[[str], None] | None = N
         )
     store.check_dataset(fingerprint)
     store.check_classes(data.classes)
-    seconds = teach_seconds(cfg, data)
+    lengths = teach_lengths(cfg, data)
     for spec in cfg.teachers:
         model = models[spec.key]
-        frames = model.num_output_frames(int(round(seconds * model.sample_rate))) if model.frames_per_second else None
+        frames = (model.num_output_frames(int(round(lengths.seconds * model.sample_rate)))
+                  if model.frames_per_second else None)
         store.add_teacher(
             spec.key, codec=cfg.codec, frames=frames, frames_per_second=model.frames_per_second,
             attrs={
@@ -219,34 +562,58 @@ def prepare_store(cfg: TeachConfig, on_warning: Callable[[str], None] | None = N
                 "checkpoint_sha256": sha256_file(spec.checkpoint) if spec.checkpoint else "random-weights",
                 "frontend": model.frontend_config(),
                 "sample_rate": model.sample_rate,
-                "clip_seconds": seconds,
+                "clip_seconds": lengths.seconds,
             },
         )
-    return data, store, models
+    return data, store, models, lengths
+
+
+def _fed_as(lengths: ClipLengths, variable: bool) -> str:
+    if variable:
+        return (f"each clip at its own length up to {lengths.seconds:g} s, batched by length "
+                f"(padding <= {LENGTH_TOLERANCE:.0%})")
+    return f"every clip cropped or padded to {lengths.seconds:g} s"
 
 
 def run_teach(
     cfg: TeachConfig,
     on_progress: Callable[[int, int], None] | None = None,
     on_warning: Callable[[str], None] | None = None,
+    on_status: Callable[[str], None] | None = None,
 ) -> TeachSummary:
-    """Teach every pending chunk on a dask cluster, then score the teachers on the dataset's labels."""
+    """Teach every pending chunk on a dask cluster, then score the teachers on the dataset's labels.
+
+    ``on_status`` receives one-line notes as the job goes: the clip length chosen and the dashboard's address.
+    """
     start = time.perf_counter()
-    data, store, models = prepare_store(cfg, on_warning)
+    data, store, models, lengths = prepare_store(cfg, on_warning)
+    variable = lengths.variable and all(m.frames_per_second is None for m in models.values())
+    fed_as = _fed_as(lengths, variable)
+    if on_status:
+        on_status(f"clip length {lengths.describe()}; {fed_as}")
     names = [s.key for s in cfg.teachers]
-    params = _run_params(cfg, store)
+    params = _run_params(cfg, store, lengths, variable)
     with tracked_run("teach", run_name=f"teach {params['teachers']}", params=params, tags={"store": cfg.store},
                      tracking_uri=cfg.tracking_uri) as run:
         pending = [c for c in range(store.num_chunks) if not all(store.done_chunks(n)[c] for n in names)]
-        results = _run_on_dask(cfg, pending, on_progress, total_clips=len(store.clip_ids))
+        job = _Job(seconds=lengths.seconds, min_seconds=lengths.min_seconds, variable=variable, device=cfg.device,
+                   precision=cfg.precision, decode_workers=cfg.decode_workers)
+        results = _run_on_dask(cfg, job, pending, on_progress, on_status, total_clips=len(store.clip_ids))
         store = type(store).open(cfg.store, mode="r+")
         failures = {k: v for n in names for k, v in store.failures(n).items()}
+        kinds = Counter(failure_kind(r) for r in failures.values())
         written = {n: sum(r.written.get(n, 0) for r in results) for n in names}
         summary = TeachSummary(
             store=cfg.store, clips=len(store.clip_ids), chunks_run=len(pending),
             chunks_skipped=store.num_chunks - len(pending), written=written, failures=failures,
-            wall_seconds=time.perf_counter() - start, store_info=store.info(),
+            wall_seconds=time.perf_counter() - start, store_info=store.info(), clip_lengths=lengths.as_dict(),
+            fed_as=fed_as, failure_kinds={k: kinds[k] for k in FAILURE_KINDS if kinds[k]},
+            devices=sorted({f"{r.device} {r.precision}" for r in results if r.device}),
         )
+        store.set_attrs({"clip_lengths": {**lengths.as_dict(), "fed_as": fed_as,
+                                          "too_short": kinds["too short"], "silent": kinds["silent"]}})
+        if summary.devices:
+            store.set_attrs({"teach_devices": summary.devices})
         summary.metrics = score_teachers(store, data, names)
         for name in names:
             if name in summary.metrics:
@@ -258,23 +625,45 @@ def run_teach(
     return summary
 
 
-def _run_on_dask(cfg: TeachConfig, chunks: list[int], on_progress, total_clips: int) -> list[ChunkResult]:
+def local_cluster(cfg: TeachConfig, *, preload: Sequence[str] = ()) -> tuple[SpecCluster, str]:
+    """The local cluster of ``kd teach`` (see :func:`plan_workers`) and the device string its workers use.
+
+    Everything listens on 127.0.0.1; the dashboard (``cfg.dashboard``) on port 8787 if free. ``preload``:
+    modules every worker imports first (the benchmark's simulated accelerator registers itself this way).
+    """
+    if cfg.dashboard and importlib.util.find_spec("bokeh") is None:
+        raise KdError("--dashboard needs bokeh: pip install 'bokeh>=3.1'")
+    cores = os.cpu_count() or 1
+    plans = plan_workers(cfg.device, cfg.workers, visible_gpus() if cfg.device != "cpu" else [], cores)
+    scheduler = {"cls": Scheduler, "options": {
+        "host": "127.0.0.1", "port": 0, "dashboard": cfg.dashboard,
+        "dashboard_address": "127.0.0.1:8787" if cfg.dashboard else "127.0.0.1:0"}}
+    workers = {p.name: {"cls": Nanny, "options": {
+        "host": "127.0.0.1", "nthreads": CHUNKS_PER_WORKER, "env": p.env, "resources": p.resources,
+        "memory_limit": MEMORY_LIMIT // len(plans), "silence_logs": logging.ERROR, "preload": list(preload)}}
+        for p in plans}
+    cluster = SpecCluster(workers=workers, scheduler=scheduler, silence_logs=logging.ERROR, name="kd-teach")
+    return cluster, plans[0].device
+
+
+def _run_on_dask(cfg: TeachConfig, job: _Job, chunks: list[int], on_progress, on_status,
+                 total_clips: int) -> list[ChunkResult]:
     if not chunks:
         return []
     cluster = None
     if cfg.scheduler:
         client = Client(cfg.scheduler)
     else:
-        threads = max(1, (os.cpu_count() or 1) // cfg.workers)
-        # No dashboard; the scheduler's own HTTP endpoints on a free loopback port, not on 8787 of every interface.
-        cluster = LocalCluster(
-            n_workers=cfg.workers, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None,
-            scheduler_kwargs={"dashboard_address": "127.0.0.1:0"}, silence_logs=logging.ERROR,
-            env={"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)},
-        )
+        cluster, device = local_cluster(cfg)
+        job = replace(job, device=device)
         client = Client(cluster)
     try:
-        futures = [client.submit(teach_chunk, cfg, c, key=f"teach-chunk-{c}", pure=False) for c in chunks]
+        if cfg.dashboard and on_status:
+            on_status(f"dask dashboard: {client.dashboard_link}")
+        declared = [w.get("resources", {}) for w in client.scheduler_info().get("workers", {}).values()]
+        resources = {"GPU": 1 / CHUNKS_PER_WORKER} if any("GPU" in r for r in declared) else None
+        futures = [client.submit(teach_chunk, cfg, job, c, key=f"teach-chunk-{c}", pure=False, resources=resources)
+                   for c in chunks]
         results, done_clips = [], total_clips - sum(_chunk_len(cfg, c, total_clips) for c in chunks)
         for future in as_completed(futures):
             result = future.result()
@@ -321,19 +710,22 @@ def score_teachers(store: LogitStore, data: Dataset, names: Sequence[str]) -> di
     return out
 
 
-def _run_params(cfg: TeachConfig, store) -> dict[str, Any]:
+def _run_params(cfg: TeachConfig, store, lengths: ClipLengths, variable: bool) -> dict[str, Any]:
     return {
         "dataset": cfg.dataset, "split": cfg.split, "codec": cfg.codec,
         "teachers": ",".join(t.key for t in cfg.teachers),
         **{f"teacher.{t.key}.model": t.name for t in cfg.teachers},
         **{f"teacher.{t.key}.checkpoint_sha256": store.teacher_info(t.key).get("checkpoint_sha256") for t in cfg.teachers},
-        "workers": cfg.workers, "batch_size": cfg.batch_size, "device": cfg.device,
+        "workers": cfg.workers, "decode_workers": cfg.decode_workers, "batch_size": cfg.batch_size,
+        "device": cfg.device, "precision": cfg.precision, "clip_seconds": lengths.seconds,
+        "clip_seconds_chosen_by": lengths.chosen_by, "variable_length": variable,
     }
 
 
 def _run_metrics(summary: TeachSummary) -> dict[str, float]:
     flat = {f"{view}.{k}": v for view, m in summary.metrics.items() for k, v in m.items()}
     flat.update({"clips": summary.clips, "failed_clips": len(summary.failures), "wall_seconds": summary.wall_seconds})
+    flat.update({f"failed_{kind.replace(' ', '_')}": n for kind, n in summary.failure_kinds.items()})
     bpl = summary.store_info.get("bytes_per_logit")
     if bpl is not None and math.isfinite(bpl):
         flat["bytes_per_logit"] = bpl

@@ -1,4 +1,5 @@
-"""kd teach end to end on demo data: all three tasks, resume after a kill, bad clips, worker-count invariance."""
+"""kd teach end to end on demo data: all three tasks, resume after a kill, bad clips (corrupt, truncated, empty,
+silent), worker-count invariance."""
 import os
 import shutil
 import signal
@@ -78,6 +79,34 @@ def test_a_corrupt_clip_is_recorded_and_never_stored(demo_asc, tmp_path, trackin
     assert store.verify() == []
     with pytest.raises(Exception, match=victim.id):
         store.read([victim.id], teachers=["passt_tiny"])
+
+
+def test_a_truncated_first_file_an_empty_and_a_silent_one_teach_to_completion(demo_asc, tmp_path, tracking_uri):
+    """The first clip cut to 100 bytes (it still decodes, to a few samples) used to set the length of every clip
+    and crash the mel frontend; now it is flagged too short, the empty and silent clips are recorded, the rest
+    is stored at the dataset's 1 s."""
+    import soundfile as sf
+
+    from kd.data import open_dataset
+
+    data_dir = tmp_path / "asc"
+    shutil.copytree(demo_asc["path"], data_dir)
+    clips = open_dataset(f"tau22:{data_dir}").clips
+    first, empty, silent = clips[0], clips[9], clips[17]
+    Path(first.source).write_bytes(Path(first.source).read_bytes()[:100])
+    Path(empty.source).write_bytes(b"")
+    sf.write(silent.source, np.zeros(44100, np.float32), 44100)
+    summary = _teach(f"tau22:{data_dir}", tmp_path / "s.zarr", tracking_uri)
+    assert set(summary.failures) == {first.id, empty.id, silent.id}
+    assert summary.failures[first.id].startswith("too short")
+    assert summary.failure_kinds == {"undecodable": 1, "too short": 1, "silent": 1}
+    assert summary.written == {"passt_tiny": len(clips) - 3}
+    assert summary.clip_lengths["seconds"] == 1.0 and summary.clip_lengths["chosen_by"] == "p90"
+    store = LogitStore.open(str(tmp_path / "s.zarr"))
+    assert store.user_attrs["clip_lengths"]["too_short"] == 1 and store.user_attrs["clip_lengths"]["silent"] == 1
+    assert store.teacher_info("passt_tiny")["clip_seconds"] == 1.0
+    others = [c.id for c in clips if c.id not in summary.failures]
+    assert np.isfinite(store.read(others, teachers=["passt_tiny"])).all() and store.verify() == []
 
 
 def test_two_workers_write_the_same_store_as_one(demo_asc, tmp_path, tracking_uri):

@@ -5,7 +5,7 @@ TAU Urban Acoustic Scenes 2022 Mobile and a generic manifest; see :mod:`kd.data.
 small synthetic datasets in the TAU22, AudioSet-HDF5 and AudioSet-Strong layouts.
 """
 from .audio import decode_audio, fit_length, load_audio
-from .base import Dataset, read_class_list
+from .base import ClipLengths, Dataset, read_class_list
 from .clip import Clip, Event
 from .demo import make_demo_data
 from .errors import AudioError, DatasetError
@@ -15,6 +15,7 @@ __all__ = [
     "FORMATS",
     "AudioError",
     "Clip",
+    "ClipLengths",
     "Dataset",
     "DatasetError",
     "Event",

@@ -72,20 +72,27 @@ def fit_length(x: np.ndarray, num_samples: int) -> np.ndarray:
 
 
 def load_audio(
-    source: str | Path | bytes, sample_rate: int, seconds: float | None = None, clip_id: str = ""
+    source: str | Path | bytes, sample_rate: int, seconds: float | None = None, clip_id: str = "", *,
+    pad: bool = True, min_seconds: float | None = None,
 ) -> np.ndarray:
-    """Decodes, mixes to mono, resamples to ``sample_rate`` (soxr, high quality) and pads/crops to ``seconds``.
+    """Decodes, mixes to mono, resamples to ``sample_rate`` (soxr, high quality) and crops/pads to ``seconds``.
 
-    Cropping keeps the beginning of the clip; padding appends zeros. A clip whose kept part is all zeros
-    (e.g. silence followed by sound beyond ``seconds``) is rejected like a silent file.
+    Cropping keeps the beginning of the clip; padding (``pad``, the default) appends zeros; with ``pad=False`` a
+    shorter clip keeps its own length. A clip whose kept part is all zeros (e.g. silence followed by sound beyond
+    ``seconds``) is rejected like a silent file, and so is one shorter than ``min_seconds`` (before padding), so
+    that a truncated file never becomes a clip of mostly zeros.
 
     Returns:
-        float32 ``[round(seconds * sample_rate)]`` (or the whole resampled clip when ``seconds`` is None).
+        float32 ``[round(seconds * sample_rate)]`` (shorter with ``pad=False``; the whole resampled clip when
+        ``seconds`` is None).
     """
     x, rate = decode_audio(source, clip_id)
+    if min_seconds is not None and len(x) < min_seconds * rate:
+        raise AudioError(clip_id, f"too short: {len(x) / rate:.3g} s of audio, under the {min_seconds:.3g} s minimum")
     if rate != sample_rate:
         x = soxr.resample(x, rate, sample_rate, quality="HQ").astype(np.float32, copy=False)
     if seconds is not None:
-        x = fit_length(x, round(seconds * sample_rate))
+        num_samples = round(seconds * sample_rate)
+        x = fit_length(x, num_samples) if pad else x[:num_samples]
         _check_content(x, clip_id, f" in the first {seconds:g} s")
     return np.ascontiguousarray(x, dtype=np.float32)

@@ -7,7 +7,9 @@ import json
 import os
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -17,9 +19,62 @@ from .audio import decode_audio, load_audio
 from .clip import Clip
 from .errors import AudioError, DatasetError
 
-__all__ = ["SPLIT_ALIASES", "Dataset", "canonical_split", "read_class_list", "read_table"]
+__all__ = ["SPLIT_ALIASES", "ClipLengths", "Dataset", "canonical_split", "read_class_list", "read_table"]
 
 SPLIT_ALIASES = {"evaluate": "eval", "evaluation": "eval", "val": "eval"}
+LENGTH_SAMPLE = 64  # clips decoded to estimate the length when the metadata states none
+LENGTH_TOLERANCE = 0.1  # lengths "vary" when the 10th percentile is more than this fraction below the 90th
+SHORT_FRACTION = 0.5  # a clip under this fraction of the short end of the dataset's lengths is "too short"
+
+
+@dataclass(frozen=True)
+class ClipLengths:
+    """The outcome of the clip-length policy (:meth:`Dataset.clip_lengths`).
+
+    Attributes:
+        seconds: The length clips are taught and trained at.
+        chosen_by: ``p90`` (the 90th percentile of the lengths) or ``--seconds`` (given by the user).
+        source: Where the lengths come from: ``metadata`` (every clip), or a decoded sample of clips.
+        count: How many lengths the statistics are over; ``unusable``: sampled clips that did not decode to
+            usable audio (unreadable, empty, silent).
+        min, p10, median, p90, max: The spread of the lengths in seconds (None when no length is known).
+    """
+
+    seconds: float
+    chosen_by: str
+    source: str
+    count: int
+    unusable: int
+    min: float | None
+    p10: float | None
+    median: float | None
+    p90: float | None
+    max: float | None
+
+    @property
+    def variable(self) -> bool:
+        """Whether lengths vary: the short end (10th percentile) is over 10 % below the long end (90th)."""
+        return self.p10 is not None and self.p10 < (1 - LENGTH_TOLERANCE) * self.p90
+
+    @property
+    def min_seconds(self) -> float:
+        """Clips shorter than this are flagged, not padded: half of the chosen length or of the short end
+        of the dataset's lengths, whichever is less, so genuinely short clips of a variable dataset pass."""
+        short_end = self.seconds if self.p10 is None else min(self.seconds, self.p10)
+        return SHORT_FRACTION * short_end
+
+    def describe(self) -> str:
+        """One line: what was chosen, how, and the spread of the lengths."""
+        how = "given by --seconds" if self.chosen_by == "--seconds" else "the 90th percentile"
+        if self.p10 is None:
+            return f"{self.seconds:g} s ({how}; no clip length known from the data)"
+        middle = f"{self.p90:g} s" if self.p10 == self.p90 else f"{self.p10:g}-{self.p90:g} s"
+        spread = f"lengths {self.min:g}-{self.max:g} s, 80 % of them {middle}, median {self.median:g} s"
+        skipped = f", {self.unusable} unusable" if self.unusable else ""
+        return f"{self.seconds:g} s ({how}; {spread}; from {self.source}{skipped})"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "variable": self.variable, "min_seconds": self.min_seconds}
 
 
 def canonical_split(split: str | None) -> str | None:
@@ -151,30 +206,59 @@ class Dataset:
         """What the decoder reads: the file path (bytes for HDF5 rows, see the HDF5 reader)."""
         return clip.source
 
-    def load_audio(self, clip: Clip, sample_rate: int, seconds: float | None = None) -> np.ndarray:
-        """The clip as float32 mono at ``sample_rate``, padded/cropped to ``seconds`` if given.
+    def load_audio(self, clip: Clip, sample_rate: int, seconds: float | None = None, *, pad: bool = True,
+                   min_seconds: float | None = None) -> np.ndarray:
+        """The clip as float32 mono at ``sample_rate``, cropped to ``seconds`` (and padded to it with ``pad``).
 
         Raises:
-            AudioError: with a short ``reason`` when the clip is missing, empty, corrupt, silent or non-finite.
+            AudioError: with a short ``reason`` when the clip is missing, empty, corrupt, silent, non-finite or
+                shorter than ``min_seconds``.
         """
-        return load_audio(self.read_source(clip), sample_rate, seconds, clip_id=clip.id)
+        return load_audio(self.read_source(clip), sample_rate, seconds, clip_id=clip.id, pad=pad,
+                          min_seconds=min_seconds)
 
-    def clip_seconds(self, probe: int = 8) -> float:
-        """The length of this dataset's clips: the metadata's duration, else the decoded length of a clip.
+    def clip_lengths(self, seconds: float | None = None, sample: int = LENGTH_SAMPLE) -> ClipLengths:
+        """The clip length to teach and train at, how it was chosen, and how much this dataset's lengths vary.
 
-        What a student trains on when no length is given (TAU22 1 s, AudioSet 10 s); the first of the first
-        ``probe`` clips that states a duration or decodes decides.
+        The lengths are the metadata's durations when every clip states one, else the decoded lengths of up to
+        ``sample`` clips spread evenly over the split (clips that do not decode are counted and skipped). The
+        chosen length is ``seconds`` when given, else the 90th percentile of those lengths: one truncated or
+        odd file cannot decide it, and nine clips in ten fit in it whole.
+
+        Raises:
+            DatasetError: no length is given, the metadata states none and no sampled clip decodes.
         """
-        for clip in self.clips[:probe]:
-            if clip.duration:
-                return float(clip.duration)
+        stated = [c.duration for c in self.clips]
+        if self.clips and all(d is not None and d > 0 for d in stated):
+            lengths, source, unusable = [float(d) for d in stated], "metadata", 0
+        else:
+            lengths, unusable = self._decoded_lengths(sample)
+            source = f"decoded sample of {len(lengths) + unusable} clips"
+        if not lengths and seconds is None:
+            raise DatasetError(f"{self.spec}: none of the {unusable} sampled clips decodes to usable audio "
+                               "and the metadata states no durations, so the clip length is unknown; pass --seconds")
+        stats = np.percentile(lengths, [0, 10, 50, 90, 100]).round(4).tolist() if lengths else [None] * 5
+        chosen = float(seconds) if seconds is not None else round(stats[3], 3)
+        return ClipLengths(seconds=chosen, chosen_by="--seconds" if seconds is not None else "p90", source=source,
+                           count=len(lengths), unusable=unusable, min=stats[0], p10=stats[1],
+                           median=stats[2], p90=stats[3], max=stats[4])
+
+    def _decoded_lengths(self, sample: int) -> tuple[list[float], int]:
+        picks = np.unique(np.linspace(0, len(self.clips) - 1, min(sample, len(self.clips))).round().astype(int))
+        lengths, unusable = [], 0
+        for i in picks.tolist():
+            clip = self.clips[i]
             try:
                 audio, rate = decode_audio(self.read_source(clip), clip.id)
             except AudioError:
+                unusable += 1
                 continue
-            return len(audio) / rate
-        raise DatasetError(f"{self.spec}: none of the first {probe} clips decodes, so their length is unknown; "
-                           "pass --seconds")
+            lengths.append(len(audio) / rate)
+        return lengths, unusable
+
+    def clip_seconds(self) -> float:
+        """The length this dataset's clips are taught and trained at when none is given (see :meth:`clip_lengths`)."""
+        return self.clip_lengths().seconds
 
     # --- identity --------------------------------------------------------------------------------------------
 
