@@ -277,12 +277,17 @@ def _print_teach_summary(summary) -> None:
 @click.option("--temperature", type=float, default=None, help="KD temperature (default: asc 2, else 1).")
 @click.option("--missing", type=click.Choice(["error", "drop"]), default="error", show_default=True,
               help="What to do with training clips that have no stored logits.")
+@click.option("--transfer", multiple=True, metavar="FORMAT:PATH",
+              help="A transfer set: clips the store holds teacher logits for, used without labels (soft loss "
+                   "only); folder:DIR takes every audio file below DIR. Repeat for several.")
+@click.option("--transfer-ratio", type=float, default=1.0, show_default=True,
+              help="Transfer clips per labelled clip in each batch.")
 @training_options(batch_size=32, lr=1e-3)
-def distill_cmd(teachers, **options) -> None:
+def distill_cmd(teachers, transfer, **options) -> None:
     """Train a student from stored teacher logits (hard-label + KD loss), evaluating every epoch."""
     from kd.distill import DistillConfig, TeacherChoice, distill
 
-    cfg = DistillConfig(teachers=TeacherChoice.parse(teachers), **options)
+    cfg = DistillConfig(teachers=TeacherChoice.parse(teachers), transfer=tuple(transfer), **options)
     with TrainingProgress() as bar:
         result = distill(cfg, on_epoch=bar.on_epoch, on_batch=bar.on_batch)
     if result.main_process:  # torchrun: rank 0 reports for the job

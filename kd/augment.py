@@ -43,10 +43,23 @@ class MixupParams:
     lam: torch.Tensor  # [B] weight of the example itself, in [0.5, 1]
 
 
-def mixup_params(batch_size: int, alpha: float, device: torch.device | str = "cpu") -> MixupParams:
+def mixup_params(batch_size: int, alpha: float, device: torch.device | str = "cpu",
+                 groups: torch.Tensor | None = None) -> MixupParams:
+    """Mixing weights ``lam ~ Beta(alpha, alpha)`` folded to ``[0.5, 1]`` and each example's partner.
+
+    ``groups`` (a boolean ``[B]``, e.g. which clips have labels): partners are drawn within each group, so
+    labelled clips mix with labelled clips and transfer clips with transfer clips, and a mixed hard label never
+    takes in a clip that has none.
+    """
     lam = torch.distributions.Beta(alpha, alpha).sample((batch_size,))
     lam = torch.maximum(lam, 1.0 - lam).to(device)
-    return MixupParams(torch.randperm(batch_size, device=device), lam)
+    if groups is None:
+        return MixupParams(torch.randperm(batch_size, device=device), lam)
+    groups, perm = groups.cpu(), torch.empty(batch_size, dtype=torch.long)
+    for value in (True, False):
+        members = torch.nonzero(groups == value).flatten()
+        perm[members] = members[torch.randperm(len(members))]
+    return MixupParams(perm.to(device), lam)
 
 
 def mix(x: torch.Tensor, params: MixupParams) -> torch.Tensor:

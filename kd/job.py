@@ -133,6 +133,8 @@ def build_job(
     params: Mapping[str, Any],
     train_clips: Sequence[Any] | None = None,
     teacher: TeacherTargets | None = None,
+    transfer: Sequence[tuple[Dataset, Sequence[Any]]] = (),
+    transfer_ratio: float = 1.0,
     tags: Mapping[str, str] | None = None,
     cost: Complexity | None = None,
 ) -> TrainingJob:
@@ -143,17 +145,22 @@ def build_job(
         meta: what the checkpoints record to rebuild the model (``kind``, ``name``, ...); the classes, task,
             clip length and dataset are added here.
         params: the run's MLflow parameters beside the shared ones (schedule, augmentations, clip counts).
-        train_clips: the training clips (default: every clip of ``train_data``).
+        train_clips: the labelled training clips (default: every clip of ``train_data``).
         teacher: stored logits to attach to each training batch.
+        transfer: ``(dataset, clips)`` without labels, mixed into every batch at ``transfer_ratio`` transfer
+            clips per labelled clip (soft loss only).
     """
     device = select_device(options.device)
     dist = init_distributed(device)
     task = train_data.task
-    clips = list(train_data.clips if train_clips is None else train_clips)
+    clips = list(train_data.labelled_clips if train_clips is None else train_clips)
     train_set = make_dataset(train_data, clips, model, seconds, teacher=teacher)
+    transfer_sets = [make_dataset(data, part, model, seconds, teacher=teacher, labels_from=train_data)
+                     for data, part in transfer]
     train_loader = make_loader(train_set, options.batch_size, train=True, decode_workers=options.decode_workers,
-                               dist_rank=dist.rank, dist_world=dist.world_size, seed=options.seed)
-    eval_loader = make_loader(make_dataset(eval_data, eval_data.clips, model, seconds), options.batch_size,
+                               dist_rank=dist.rank, dist_world=dist.world_size, seed=options.seed,
+                               transfer=transfer_sets, transfer_ratio=transfer_ratio)
+    eval_loader = make_loader(make_dataset(eval_data, eval_data.labelled_clips, model, seconds), options.batch_size,
                               train=False, decode_workers=options.decode_workers)
     meta = {**meta, "classes": train_data.classes, "task": task.name, "seconds": seconds, "dataset": options.dataset}
     trainer = Trainer(
@@ -164,7 +171,7 @@ def build_job(
     if options.resume:
         trainer.resume()
     shared = {"epochs": options.epochs, "batch_size": options.batch_size, "lr": options.lr, "seed": options.seed,
-              "seconds": seconds, "train_clips": len(clips), "eval_clips": len(eval_data),
+              "seconds": seconds, "train_clips": len(clips), "eval_clips": len(eval_data.labelled_clips),
               "aug": options.augmentations()}
     return TrainingJob(options, task, model, trainer, train_loader, eval_loader,
                        training_step(options, task, model, loss, device), experiment, run_name,
@@ -180,6 +187,7 @@ def training_step(options: TrainingOptions, task: Task, model: nn.Module, loss: 
     def step(module: nn.Module, batch: Mapping[str, Any]):
         wave, hard = batch["audio"].to(device, non_blocking=True), batch["target"].to(device, non_blocking=True)
         teacher = batch["teacher"].to(device, non_blocking=True) if "teacher" in batch else None
+        labelled = batch["labelled"].to(device) if not batch["labelled"].all() else None
         if dirs is not None:
             wave = dirs(wave, batch["device"])
         if options.roll_seconds > 0:
@@ -190,10 +198,10 @@ def training_step(options: TrainingOptions, task: Task, model: nn.Module, loss: 
         if options.gain_db > 0:
             wave = random_gain(wave, options.gain_db)
         soft = loss.targets(teacher) if teacher is not None else None
-        params = mixup_params(len(wave), options.mixup, device) if options.mixup > 0 else None
+        params = mixup_params(len(wave), options.mixup, device, groups=labelled) if options.mixup > 0 else None
         if params is not None:
             hard, soft = mix(hard, params), (mix(soft, params) if soft is not None else None)
-        return loss(module(wave, params), hard, soft)
+        return loss(module(wave, params), hard, soft, labelled)
 
     return step
 

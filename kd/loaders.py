@@ -19,11 +19,14 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Weig
 from kd.align import align_frames
 from kd.data import AudioError
 from kd.forward import model_frames
+from kd_errors import KdError
 from logit_store import LogitStore
 
 __all__ = [
     "ClipDataset",
     "DistributedWeightedSampler",
+    "MixedBatchSampler",
+    "MixedDataset",
     "TeacherTargets",
     "balanced_sample_weights",
     "make_dataset",
@@ -48,7 +51,8 @@ class ClipDataset(torch.utils.data.Dataset):
     """Clips at a model's sample rate and length, with hard targets and, optionally, teacher logits.
 
     Each item is a dict: ``audio`` ``[N]``, ``target`` (one-hot/multi-hot ``[C]``, or ``[T, C]`` frame
-    labels at ``frames_per_second`` for SED), ``index``, ``device`` (recording device or ``""``) and, with
+    labels at ``frames_per_second`` for SED), ``labelled`` (False for a transfer clip, whose ``target`` is a
+    zero placeholder that no loss may read), ``index``, ``device`` (recording device or ``""``) and, with
     ``teacher`` set, ``teacher`` logits (``[C]``, or ``[T, C]`` aligned to the model's frames).
 
     A clip whose audio cannot be decoded is left out of its batch with a warning (``kd teach`` already
@@ -66,8 +70,10 @@ class ClipDataset(torch.utils.data.Dataset):
         frames_per_second: float | None = None,
         num_frames: int | None = None,
         teacher: TeacherTargets | None = None,
+        num_classes: int | None = None,
     ) -> None:
         self.data, self.clips = data, list(clips)
+        self.num_classes = data.num_classes if num_classes is None else num_classes
         self.sample_rate, self.seconds = sample_rate, seconds
         self.frames_per_second, self.num_frames = frames_per_second, num_frames
         self.teacher = teacher
@@ -106,6 +112,7 @@ class ClipDataset(torch.utils.data.Dataset):
         return {
             "audio": torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)),
             "target": torch.from_numpy(self._target(clip)),
+            "labelled": clip.labelled,
             "index": index,
             "device": clip.device or "",
         }
@@ -118,6 +125,9 @@ class ClipDataset(torch.utils.data.Dataset):
         return items
 
     def _target(self, clip) -> np.ndarray:
+        if not clip.labelled:
+            shape = (self.num_classes,) if self.frames_per_second is None else (self.num_frames, self.num_classes)
+            return np.zeros(shape, np.float32)
         if self.frames_per_second is not None:
             return np.asarray(self.data.frame_targets(clip, self.frames_per_second, self.num_frames), np.float32)
         return np.asarray(self.data.targets(clip), dtype=np.float32)
@@ -173,30 +183,40 @@ class DistributedWeightedSampler(torch.utils.data.Sampler[int]):
 
 
 def make_dataset(data: Any, clips: Sequence[Any], model: torch.nn.Module, seconds: float,
-                 teacher: TeacherTargets | None = None) -> ClipDataset:
-    """The clips at ``model``'s sample rate, ``seconds`` long, with frame targets on its frame grid for SED."""
-    frame_level = data.task.frame_level
+                 teacher: TeacherTargets | None = None, labels_from: Any = None) -> ClipDataset:
+    """The clips at ``model``'s sample rate, ``seconds`` long, with frame targets on its frame grid for SED.
+
+    ``labels_from``: the labelled dataset whose task and classes the (unlabelled) ``data`` is trained for.
+    """
+    labels_from = labels_from or data
+    frame_level = labels_from.task.frame_level
     return ClipDataset(
         data, clips, sample_rate=model.sample_rate, seconds=seconds,
         frames_per_second=model.frames_per_second if frame_level else None,
         num_frames=model_frames(model, seconds) if frame_level else None,
-        teacher=teacher,
+        teacher=teacher, num_classes=labels_from.num_classes,
     )
 
 
 def make_loader(
     dataset: ClipDataset, batch_size: int, *, train: bool, decode_workers: int = 0, dist_rank: int = 0,
-    dist_world: int = 1, seed: int = 0,
+    dist_world: int = 1, seed: int = 0, transfer: Sequence[ClipDataset] = (), transfer_ratio: float = 1.0,
 ) -> DataLoader:
     """Batches for training (shuffled, or class-balanced where the task asks for it) or evaluation (in order).
 
-    Under ``torchrun`` (``dist_world > 1``) each rank gets its share of every epoch's draw.
+    Under ``torchrun`` (``dist_world > 1``) each rank gets its share of every epoch's draw. With ``transfer``
+    datasets, every training batch holds labelled clips and transfer clips in ``transfer_ratio`` (see
+    :class:`MixedBatchSampler`).
     """
+    options = {"num_workers": decode_workers, "persistent_workers": False, "pin_memory": torch.cuda.is_available()}
     sampler = training_sampler(dataset, dist_rank, dist_world, seed) if train else None
-    return DataLoader(
-        dataset, batch_size=batch_size, sampler=sampler, shuffle=False, drop_last=train and len(dataset) > batch_size,
-        num_workers=decode_workers, persistent_workers=False, pin_memory=torch.cuda.is_available(),
-    )
+    if train and transfer:
+        mixed = MixedDataset([dataset, *transfer])
+        batches = MixedBatchSampler(sampler, len(mixed) - len(dataset), len(dataset), batch_size, transfer_ratio,
+                                    dist_rank, dist_world)
+        return DataLoader(mixed, batch_sampler=batches, **options)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False,
+                      drop_last=train and len(dataset) > batch_size, **options)
 
 
 def training_sampler(dataset: ClipDataset, rank: int = 0, world: int = 1, seed: int = 0) -> torch.utils.data.Sampler:
@@ -209,3 +229,66 @@ def training_sampler(dataset: ClipDataset, rank: int = 0, world: int = 1, seed: 
     if world > 1:
         return DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed)
     return RandomSampler(dataset)
+
+
+class MixedDataset(torch.utils.data.Dataset):
+    """Several :class:`ClipDataset` one after another, each batch's I/O done per part (one store read each)."""
+
+    def __init__(self, parts: Sequence[ClipDataset]) -> None:
+        self.parts = list(parts)
+        self.offsets = np.cumsum([0] + [len(p) for p in self.parts])
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        part = int(np.searchsorted(self.offsets, index, side="right")) - 1
+        return self.parts[part][index - int(self.offsets[part])]
+
+    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
+        indices = np.asarray(indices)
+        part_of = np.searchsorted(self.offsets, indices, side="right") - 1
+        items = []
+        for part in np.unique(part_of):
+            local = (indices[part_of == part] - self.offsets[part]).tolist()
+            items += self.parts[part].__getitems__(local)
+        return items
+
+
+class MixedBatchSampler(torch.utils.data.Sampler[list[int]]):
+    """Batches of labelled clips (the task's draw) and transfer clips in a fixed ratio.
+
+    ``ratio`` transfer clips per labelled clip: ``round(batch_size * ratio / (1 + ratio))`` of each batch are
+    transfer clips (at least one labelled clip stays). An epoch is one pass of the labelled draw; transfer
+    clips follow shuffled passes of their own (drawn from torch's global generator, which the trainer seeds
+    per epoch, so a resumed run draws the same), shared out over ``torchrun`` ranks like the labelled ones.
+    Indices address a :class:`MixedDataset` of the labelled dataset followed by the transfer datasets.
+    """
+
+    def __init__(self, labelled: torch.utils.data.Sampler, transfer_size: int, labelled_size: int,
+                 batch_size: int, ratio: float, rank: int = 0, world: int = 1) -> None:
+        if ratio <= 0 or transfer_size < 1:
+            raise KdError(f"a transfer set needs clips and a positive ratio, got {transfer_size} clips, ratio {ratio}")
+        self.labelled, self.transfer_size, self.labelled_size = labelled, transfer_size, labelled_size
+        self.num_transfer = min(batch_size - 1, round(batch_size * ratio / (1 + ratio)))
+        self.num_labelled = batch_size - self.num_transfer
+        self.rank, self.world = rank, world
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.labelled, "set_epoch"):
+            self.labelled.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return max(1, len(self.labelled) // self.num_labelled)
+
+    def __iter__(self):
+        labelled = list(self.labelled)
+        transfer = self._transfer_stream()
+        for b in range(len(self)):
+            own = labelled[b * self.num_labelled:(b + 1) * self.num_labelled]
+            yield own + [self.labelled_size + next(transfer) for _ in range(self.num_transfer)]
+
+    def _transfer_stream(self):
+        while True:
+            order = torch.randperm(self.transfer_size)
+            yield from (order[self.rank::self.world] if self.transfer_size >= self.world else order).tolist()

@@ -14,6 +14,11 @@ coefficient as the inputs. Which loss a task uses is the task's choice (:class:`
   which keeps gradient magnitudes comparable across temperatures).
 * multi-label (``tagging``, and ``sed`` over frames ``[B, T, C]``): BCE against the labels, and BCE against
   ``p = sigmoid(t / T)`` averaged over classes (and frames) and clips, as EfficientAT distils PaSST ensembles.
+
+Transfer clips (clips without labels, ``kd distill --transfer``) take the soft loss only: the label loss
+averages over the batch's labelled clips, the soft loss over all its clips. ``kd_lambda`` so keeps its meaning
+(the weight of the label term against the teacher term, per clip that has each), and a larger share of
+transfer clips adds teacher signal without diluting the label loss.
 """
 from __future__ import annotations
 
@@ -81,9 +86,16 @@ class DistillLoss:
         return self.task.soft_targets(teacher_logits, self.temperature)
 
     def __call__(
-        self, logits: torch.Tensor, hard_targets: torch.Tensor, teacher_targets: torch.Tensor | None = None
+        self, logits: torch.Tensor, hard_targets: torch.Tensor, teacher_targets: torch.Tensor | None = None,
+        labelled: torch.Tensor | None = None,
     ) -> LossTerms:
-        hard = self.task.hard_loss(logits, hard_targets)
+        """``labelled`` (boolean ``[B]``): which clips have labels; the label loss reads only those."""
+        if labelled is None or labelled.all():
+            hard = self.task.hard_loss(logits, hard_targets)
+        elif labelled.any():
+            hard = self.task.hard_loss(logits[labelled], hard_targets[labelled])
+        else:
+            hard = logits.sum() * 0.0  # a batch of transfer clips alone: no label term, but a graph for backward
         if teacher_targets is None:
             return LossTerms(hard, hard, None)
         soft = self.task.soft_loss(logits, teacher_targets, self.temperature)

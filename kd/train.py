@@ -229,9 +229,9 @@ class Trainer:
         """Train from ``self.epoch`` to ``cfg.epochs``; returns the per-epoch history (train loss + eval metrics)."""
         while self.epoch < self.cfg.epochs:
             seed_everything(epoch_seed(self.seed, self.epoch))
-            sampler = getattr(loader, "sampler", None)
-            if hasattr(sampler, "set_epoch"):
-                sampler.set_epoch(self.epoch)
+            for sampler in (getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None)):
+                if hasattr(sampler, "set_epoch"):
+                    sampler.set_epoch(self.epoch)
             record = self.train_epoch(loader, step, on_batch)
             self._recalibrate_batchnorm(loader, step)
             self.model.eval()

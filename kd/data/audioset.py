@@ -185,15 +185,13 @@ def open_audioset_hdf5(path: Path, split: str | None = None, classes: str | Path
         raise DatasetError(f"{spec}: no such file or folder")
     names, mids = find_class_list(path, classes)
     clips: list[Clip] = []
-    has_labels = True
     for file in files:
         audio_names, labels = _read_hdf5_rows(file, len(names))
-        has_labels &= labels is not None
         for row, audio_name in enumerate(audio_names):
             clips.append(Clip(id=youtube_id(audio_name), source=str(file), row=row,
-                              labels=labels[row] if labels is not None else ()))
+                              labels=labels[row] if labels is not None else (), labelled=labels is not None))
     return AudioSetHDF5Dataset(clips=clips, classes=names, mids=mids, task=TAGGING, name=path.name, split=split,
-                               spec=spec, has_labels=has_labels)
+                               spec=spec)
 
 
 # --- the folder layout -----------------------------------------------------------------------------------------

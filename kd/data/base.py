@@ -1,13 +1,14 @@
 """The dataset object every reader returns: clips, class vocabulary, hard targets, audio access, fingerprint."""
 from __future__ import annotations
 
+import copy
 import csv
 import hashlib
 import json
 import os
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -96,11 +97,12 @@ class Dataset:
         classes: Class display names; index ``i`` is the ``i``-th entry of every target vector.
         mids: AudioSet machine ids of the classes (``None`` where the format has none).
         task: The :class:`kd.tasks.Task`: single-label scenes (``asc``), multi-label tags (``tagging``) or strong
-            labels (``sed``).
+            labels (``sed``); ``None`` for audio without any labels (``folder:DIR``), whose task and classes
+            come from the labelled dataset it is used with.
         name: Short name (the folder or file name).
         split: The canonical split (``train``, ``eval``, ...) or ``None`` for a whole manifest.
         spec: ``FORMAT:PATH`` that reopens this dataset.
-        has_labels: Whether the metadata carries labels (targets of an unlabelled set are all zero).
+        has_labels: Whether any clip carries labels.
         seen_devices: For ASC, devices of the training split (the rest are "unseen"); ``None`` if unknown.
         skipped: ``(clip id, reason)`` of metadata entries left out (e.g. an AudioSet segment without audio).
     """
@@ -110,20 +112,19 @@ class Dataset:
         *,
         clips: Sequence[Clip],
         classes: Sequence[str],
-        task: str | Task,
+        task: str | Task | None,
         name: str,
         split: str | None,
         spec: str,
         mids: Sequence[str] | None = None,
-        has_labels: bool = True,
         seen_devices: Sequence[str] | None = None,
         skipped: Sequence[tuple[str, str]] = (),
     ) -> None:
         self.clips = list(clips)
         self.classes = list(classes)
         self.mids = None if mids is None else list(mids)
-        self.task, self.name, self.split, self.spec = get_task(task), name, split, spec
-        self.has_labels = has_labels
+        self.task = None if task is None else get_task(task)
+        self.name, self.split, self.spec = name, split, spec
         self.seen_devices = None if seen_devices is None else sorted(seen_devices)
         self.skipped = list(skipped)
         self._fingerprint: str | None = None
@@ -156,6 +157,32 @@ class Dataset:
         return len(self.classes)
 
     @property
+    def has_labels(self) -> bool:
+        return any(c.labelled for c in self.clips)
+
+    @property
+    def labelled_clips(self) -> list[Clip]:
+        return [c for c in self.clips if c.labelled]
+
+    @property
+    def unlabelled_clips(self) -> list[Clip]:
+        return [c for c in self.clips if not c.labelled]
+
+    def unlabelled(self) -> Dataset:
+        """This dataset with every clip's labels dropped: a transfer set, labelled only by teachers.
+
+        The copy keeps the clips, their audio and recording devices; its targets are refused, so a clip whose
+        labels are ignored can never become an "all classes absent" target.
+        """
+        return self.subset([replace(c, labels=(), events=(), labelled=False) for c in self.clips])
+
+    def subset(self, clips: Sequence[Clip]) -> Dataset:
+        """A dataset of the same source, vocabulary and task holding only ``clips``."""
+        part = copy.copy(self)
+        part.clips, part._fingerprint = list(clips), None
+        return part
+
+    @property
     def ids(self) -> list[str]:
         return [c.id for c in self.clips]
 
@@ -175,6 +202,7 @@ class Dataset:
 
     def targets(self, clip: Clip) -> np.ndarray:
         """Clip-level hard target: float32 ``[C]``, one-hot for ASC, multi-hot for tagging and SED."""
+        self._check_labelled(clip)
         out = np.zeros(self.num_classes, dtype=np.float32)
         out[list(clip.labels)] = 1.0
         return out
@@ -187,8 +215,9 @@ class Dataset:
         shorter than a frame are not lost. ``num_frames`` defaults to ``ceil(duration * fps)`` when the clip's
         duration is known; events beyond it are cut.
         """
-        if not self.task.frame_level:
+        if self.task is None or not self.task.frame_level:
             raise DatasetError(f"{self.spec}: a {self.task} dataset has no strong labels to make frame targets from")
+        self._check_labelled(clip)
         if num_frames is None:
             if clip.duration is None:
                 raise DatasetError(f"{self.spec}: clip {clip.id} has no known duration; pass num_frames")
@@ -199,6 +228,10 @@ class Dataset:
             last = max(first + 1, int(np.floor(event.offset * frames_per_second + 0.5)))
             out[max(first, 0):min(last, num_frames), event.label] = 1.0
         return out
+
+    def _check_labelled(self, clip: Clip) -> None:
+        if not clip.labelled:
+            raise DatasetError(f"{self.spec}: clip {clip.id} has no labels (it can only be a transfer clip)")
 
     # --- audio -----------------------------------------------------------------------------------------------
 
@@ -280,7 +313,7 @@ class Dataset:
         """
         if self._fingerprint is None:
             rows = sorted(zip(self.ids, self.source_sizes(), strict=True))
-            payload = {"task": self.task.name, "classes": self.classes, "mids": self.mids, "clips": rows}
+            payload = {"task": self.task and self.task.name, "classes": self.classes, "mids": self.mids, "clips": rows}
             blob = json.dumps(payload, separators=(",", ":"), ensure_ascii=True).encode()
             self._fingerprint = hashlib.sha256(blob).hexdigest()
         return self._fingerprint

@@ -24,6 +24,8 @@ class Clip:
         source: Path of the audio file, or of the HDF5 file holding it (then ``row`` is set).
         row: Row in the HDF5 file's ``mp3`` dataset; ``None`` for plain files.
         labels: Weak labels: sorted class indices present in the clip (exactly one for scenes).
+        labelled: False for a clip whose labels are unknown (a transfer clip, see :meth:`Dataset.unlabelled`):
+            it has no hard target at all, which is not the same as a clip known to hold no class.
         events: Strong labels (SED): events with onsets/offsets in seconds.
         device: Recording device id (TAU22: ``a``, ``b``, ``c``, ``s1`` ... ``s6``), if known.
         city: Recording city, if known.
@@ -35,6 +37,7 @@ class Clip:
     source: str
     row: int | None = None
     labels: tuple[int, ...] = ()
+    labelled: bool = True
     events: tuple[Event, ...] = ()
     device: str | None = None
     city: str | None = None

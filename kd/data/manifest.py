@@ -4,8 +4,11 @@ Columns (header required; ``.tsv`` files are tab-separated, others sniffed betwe
 
 * ``path`` (or ``filename``/``file``): the audio file; relative paths are resolved against the manifest's folder.
 * ``label`` or ``labels``: class names; several per clip separated by ``,``, ``;`` or ``|`` (quote the field in
-  a CSV when it holds commas). Every clip with exactly one label makes a single-label (``asc``) dataset; any
-  clip with zero or several labels makes it multi-label (``tagging``).
+  a CSV when it holds commas). Every labelled clip with exactly one label makes a single-label (``asc``)
+  dataset; any with several makes it multi-label (``tagging``). A row with an empty label is an **unlabelled**
+  clip (a transfer clip that only teachers label, see ``kd distill``), never a clip without classes; a
+  manifest without a label column is unlabelled throughout (its classes come from ``classes=`` or from the
+  labelled dataset it is used with).
 * optional ``id`` (default: the path relative to the manifest, without extension), ``split`` (rows are selected
   with ``split=``; without a split column, or with ``split=None``, all rows are used), ``device``, ``city``,
   ``duration``.
@@ -48,8 +51,10 @@ def open_manifest(path: Path, split: str | None = None, classes: str | Path | No
         raise DatasetError(f"{spec}: no such file")
     rows = read_table(path)
     path_col = _column(rows, PATH_COLUMNS, path, "path")
-    label_col = _column(rows, LABEL_COLUMNS, path, "label")
-    label_lists = [[s.strip() for s in SEPARATORS.split(row[label_col]) if s.strip()] for row in rows]
+    label_col = next((c for c in LABEL_COLUMNS if c in rows[0]), None)
+    label_lists = [[s.strip() for s in SEPARATORS.split(row[label_col]) if s.strip()] if label_col else []
+                   for row in rows]
+    labelled = [labels for labels in label_lists if labels]
     if classes is not None:
         names, mids = read_class_list(Path(classes))
         lookup = {n: i for i, n in enumerate(names)} | ({m: i for i, m in enumerate(mids)} if mids else {})
@@ -60,13 +65,14 @@ def open_manifest(path: Path, split: str | None = None, classes: str | Path | No
     else:
         names, mids = sorted({label for labels in label_lists for label in labels}), None
         lookup = {n: i for i, n in enumerate(names)}
-    if not names:
-        raise DatasetError(f"{path}: column {label_col} holds no labels")
-    task = get_task(task) if task else (ASC if all(len(labels) == 1 for labels in label_lists) else TAGGING)
-    if task.frame_level:
-        raise DatasetError(f"{spec}: a manifest holds clip labels; task must be asc or tagging, not {task}")
-    if task.single_label and any(len(labels) != 1 for labels in label_lists):
-        raise DatasetError(f"{path}: task {task} needs exactly one label per row in column {label_col}")
+    if labelled:
+        task = get_task(task) if task else (ASC if all(len(labels) == 1 for labels in labelled) else TAGGING)
+        if task.frame_level:
+            raise DatasetError(f"{spec}: a manifest holds clip labels; task must be asc or tagging, not {task}")
+        if task.single_label and any(len(labels) != 1 for labels in labelled):
+            raise DatasetError(f"{path}: task {task} needs exactly one label per labelled row in column {label_col}")
+    elif task is not None:
+        raise DatasetError(f"{spec}: task {task} given, but no row has a label")
 
     split = canonical_split(split)
     has_split = "split" in rows[0]
@@ -84,6 +90,7 @@ def open_manifest(path: Path, split: str | None = None, classes: str | Path | No
             id=row.get("id") or str(Path(row[path_col]).with_suffix("")),
             source=str(audio),
             labels=tuple(sorted({lookup[label] for label in labels})),
+            labelled=bool(labels),
             device=row.get("device") or None,
             city=row.get("city") or None,
             duration=_number(row.get("duration"), path, n),
@@ -91,7 +98,7 @@ def open_manifest(path: Path, split: str | None = None, classes: str | Path | No
     if not clips:
         raise DatasetError(f"{path}: no rows with split {split!r}")
     seen.discard("")
-    return Dataset(clips=clips, classes=names, mids=mids, task=task, name=path.stem, split=split, spec=spec,
+    return Dataset(clips=clips, classes=names, mids=mids, task=task if labelled else None, name=path.stem, split=split, spec=spec,
                    seen_devices=sorted(seen) if seen else None)
 
 

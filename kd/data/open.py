@@ -10,6 +10,7 @@ format                 PATH                                        splits (defau
 ``audioset-strong``    folder: strong TSVs + audio files           train, eval
 ``tau22``              the TAU22 development folder                train (fold1_train), eval/evaluate, all
 ``manifest``           a CSV/TSV of path + label(s)                all rows, or the rows of its split column
+``folder``             any folder of audio files (no labels)       all files
 =====================  ==========================================  ============================================
 
 ``evaluate``, ``evaluation`` and ``val`` are accepted for ``eval`` everywhere; ``Dataset.split`` holds the
@@ -28,6 +29,7 @@ from typing import Any
 from .audioset import open_audioset_folder, open_audioset_hdf5
 from .base import Dataset
 from .errors import DatasetError
+from .folder import open_folder
 from .manifest import open_manifest
 from .strong import open_audioset_strong
 from .tau22 import open_tau22
@@ -40,6 +42,7 @@ FORMATS: dict[str, Callable[..., Dataset]] = {
     "audioset-strong": open_audioset_strong,
     "tau22": open_tau22,
     "manifest": open_manifest,
+    "folder": open_folder,
 }
 
 
