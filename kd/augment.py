@@ -19,12 +19,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import soundfile as sf
-import soxr
 import torch
 
-from kd_errors import KdError
+from kd.views import ImpulseResponses
 
 __all__ = [
     "DeviceImpulseResponses",
@@ -118,21 +115,8 @@ class DeviceImpulseResponses:
     """
 
     def __init__(self, folder: str | Path, sample_rate: int, p: float = 0.4, devices: Sequence[str] | None = ("a",)):
-        folder = Path(folder)
-        suffixes = {".wav", ".flac", ".ogg"}
-        files = sorted(f for f in folder.iterdir() if f.suffix.lower() in suffixes) if folder.is_dir() else []
-        if not files:
-            raise KdError(f"no impulse responses (wav/flac/ogg files) in {folder}")
-        self.responses: list[torch.Tensor] = []
-        for f in files:
-            data, sr = sf.read(f, dtype="float32", always_2d=True)
-            ir = data.mean(axis=1)
-            if sr != sample_rate:
-                ir = soxr.resample(ir, sr, sample_rate)
-            peak = np.abs(ir).max()
-            if not np.isfinite(peak) or peak == 0:
-                raise KdError(f"impulse response {f.name} is silent or not finite")
-            self.responses.append(torch.from_numpy(np.ascontiguousarray(ir / peak, dtype=np.float32)))
+        self.set = ImpulseResponses(folder)
+        self.responses = [torch.from_numpy(self.set.at(i, sample_rate)) for i in range(len(self.set))]
         self.p, self.devices, self.sample_rate = p, None if devices is None else set(devices), sample_rate
 
     def __len__(self) -> int:

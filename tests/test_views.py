@@ -1,0 +1,94 @@
+"""Teacher views: drawn reproducibly per clip, applied identically wherever they are replayed."""
+import numpy as np
+import pytest
+import soundfile as sf
+
+from kd.data import Event
+from kd.views import CLEAN, ImpulseResponses, ViewConfig, apply_view, draw_views, view_events
+from kd_errors import KdError
+
+SR = 16000
+
+
+@pytest.fixture(scope="module")
+def irs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("irs")
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        ir = np.zeros(400, np.float32)
+        ir[0], ir[1:] = 1.0, rng.normal(0, 0.05, 399) * np.exp(-np.arange(399) / (40 + 30 * i))
+        sf.write(folder / f"mic{i}.wav", ir, 8000)
+    return ImpulseResponses(folder)
+
+
+def _clip(seconds=1.0, seed=0):
+    t = np.arange(int(seconds * SR)) / SR
+    return (0.3 * np.sin(2 * np.pi * 440 * t) + 0.05 * np.random.default_rng(seed).normal(size=t.size)).astype(
+        np.float32)
+
+
+def test_views_are_drawn_per_clip_reproducibly_and_view_0_is_clean(irs):
+    config = ViewConfig.create(4, ["dir", "roll", "gain", "speed"], irs)
+    a = draw_views(config, "clip-1", "a")
+    assert a.shape == (4, 4) and np.array_equal(a[0], CLEAN)
+    assert np.array_equal(a, draw_views(config, "clip-1", "a"))
+    assert not np.array_equal(a, draw_views(config, "clip-2", "a"))
+    assert not np.array_equal(a, draw_views(ViewConfig.create(4, ["dir", "roll", "gain", "speed"], irs, seed=1),
+                                            "clip-1", "a"))
+    assert (a[1:, 0] >= 0).all() and (np.abs(a[1:, 1]) <= config.roll_seconds).all()
+    assert (np.abs(a[1:, 3] - 1) <= config.speed).all()
+    other_device = draw_views(config, "clip-1", "s4")
+    assert (other_device[:, 0] == -1).all()  # impulse responses only for the reference device's clips
+    assert np.array_equal(other_device[:, 1:], a[:, 1:])  # ... the other draws do not move
+
+
+def test_only_the_chosen_kinds_are_drawn():
+    views = draw_views(ViewConfig.create(3, ["gain"]), "x", "a")
+    assert (views[:, [0, 1, 3]] == CLEAN[[0, 1, 3]]).all() and (views[1:, 2] != 0).all()
+
+
+def test_a_view_is_the_same_samples_every_time_and_the_clean_view_the_clip(irs):
+    x = _clip()
+    assert np.array_equal(apply_view(x, CLEAN, SR, irs), x)
+    for params in ([1, 0.1, -3.0, 1.07], [-1, -0.2, 0, 1.0], [2, 0, 0, 0.93], [-1, 0, 4.0, 1.0]):
+        params = np.array(params, np.float32)
+        y = apply_view(x, params, SR, irs)
+        assert y.dtype == np.float32 and y.shape == x.shape and not np.array_equal(y, x)
+        assert np.array_equal(y, apply_view(x.copy(), params.copy(), SR, irs))
+
+
+def test_each_kind_does_what_it_says(irs):
+    x = _clip()
+    rolled = apply_view(x, np.array([-1, 0.25, 0, 1], np.float32), SR)
+    assert np.array_equal(rolled, np.roll(x, SR // 4))
+    louder = apply_view(x, np.array([-1, 0, 6.0, 1], np.float32), SR)
+    assert np.allclose(louder, x * 10 ** (6 / 20), rtol=1e-6)
+    faster = apply_view(x, np.array([-1, 0, 0, 1.25], np.float32), SR)  # 440 Hz played faster: 550 Hz
+    spectrum = np.abs(np.fft.rfft(faster[: int(0.7 * SR)]))
+    assert abs(np.argmax(spectrum) / 0.7 - 550) < 3
+    convolved = apply_view(x, np.array([0, 0, 0, 1], np.float32), SR, irs)
+    assert np.sqrt(np.mean(convolved**2)) == pytest.approx(np.sqrt(np.mean(x**2)), rel=1e-4)
+    with pytest.raises(KdError, match="impulse response"):
+        apply_view(x, np.array([0, 0, 0, 1], np.float32), SR)
+
+
+def test_events_follow_speed_and_roll():
+    events = [Event(1.0, 2.0, 0), Event(3.5, 4.0, 1)]
+    assert view_events(events, CLEAN, 4.0) == events
+    rolled = view_events(events, np.array([-1, 1.0, 0, 1.0]), 4.0)
+    assert rolled == [Event(2.0, 3.0, 0), Event(0.5, 1.0, 1)]
+    wrapped = view_events([Event(3.0, 4.0, 0)], np.array([-1, 0.5, 0, 1.0]), 4.0)
+    assert wrapped == [Event(3.5, 4.0, 0), Event(0.0, 0.5, 0)]
+    faster = view_events(events, np.array([-1, 0, 0, 2.0]), 4.0)
+    assert faster == [Event(0.5, 1.0, 0), Event(1.75, 2.0, 1)]
+
+
+def test_bad_view_options_are_one_line_errors(irs):
+    with pytest.raises(KdError, match="unknown augmentation"):
+        ViewConfig.create(2, ["pitch"])
+    with pytest.raises(KdError, match="needs a folder of impulse responses"):
+        ViewConfig.create(2, ["dir"])
+    with pytest.raises(KdError, match="need augmentations"):
+        ViewConfig.create(2, [])
+    config = ViewConfig.create(3, ["dir", "roll"], irs)
+    assert ViewConfig.from_dict(config.to_dict()) == config
