@@ -85,12 +85,13 @@ def open_predictor(path: str, device: str = "auto") -> Predictor:
 
 def evaluate_checkpoint(checkpoint: str, dataset: str, split: str = "eval", device: str = "auto",
                         batch_size: int = 32, decode_workers: int = 0) -> dict[str, float]:
-    """The task metrics of a saved or exported student on ``split`` of ``dataset`` (what ``kd distill`` reports)."""
+    """The task metrics of a saved or exported student on the labelled clips of ``split`` of ``dataset`` (what
+    ``kd distill`` reports per epoch)."""
     predictor = open_predictor(checkpoint, device)
     data = open_dataset(dataset, split=split)
     if data.classes != predictor.classes:
         raise KdError(f"{checkpoint} was trained on other classes than {dataset} has")
-    return evaluate_predictor(predictor, data, data.clips, batch_size, decode_workers=decode_workers)
+    return evaluate_predictor(predictor, data, data.labelled_clips, batch_size, decode_workers=decode_workers)
 
 
 def evaluate_predictor(predictor: Predictor, data: Dataset, clips: Sequence[Any], batch_size: int = 32,

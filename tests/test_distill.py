@@ -60,7 +60,7 @@ def test_asc_distillation_tracks_params_metrics_and_checkpoint(demo_asc, asc_sto
     assert any(a.path == "checkpoint" for a in client.list_artifacts(run.info.run_id))
     metrics = evaluate_checkpoint(result.checkpoint, demo_asc["spec"], device="cpu")
     assert metrics["accuracy"] == pytest.approx(result.best)
-    top = predict_files(result.checkpoint, [open_first_clip(demo_asc)], device="cpu")[0]["top"]
+    top = predict_files(result.checkpoint, [open_first_clip(demo_asc)], device="cpu")[0].top
     assert len(top) == 3 and top[0][1] >= top[1][1]
 
 
@@ -137,8 +137,8 @@ def test_sed_distillation_aligns_frame_targets(demo_sed, tmp_path, tracking_uri)
                                    store=str(store), teachers=TeacherChoice.parse("passt_tiny_frame"), epochs=1,
                                    batch_size=8, device="cpu", tracking_uri=tracking_uri))
     assert {"frame_mAP", "psds1", "psds2"} <= set(result.history[0])
-    events = predict_files(result.checkpoint, [open_first_clip(demo_sed)], threshold=0.0, device="cpu")[0]
-    assert events["events"] and all(on < off for on, off, _ in events["events"])
+    events = predict_files(result.checkpoint, [open_first_clip(demo_sed)], threshold=0.0, device="cpu")[0].events
+    assert events and all(on < off for on, off, _ in events)
     assert np.isfinite(result.history[0]["train_soft_loss"])
 
 
