@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from logit_store.codecs import Codec, get_codec
-from logit_store.schema import FRAME_BLOCK
+from logit_store.schema import codec_config
 
 __all__ = ["DecodedCache", "Reader"]
 
@@ -17,7 +17,7 @@ __all__ = ["DecodedCache", "Reader"]
 class Reader:
     """Decoded rows of one teacher level: a whole float32 array while it fits, else an LRU of decoded chunks.
 
-    ``data`` is the level's Zarr array (``clip`` or ``frame``), ``ranges`` its ``*_range`` array (``q8`` only),
+    ``data`` is the level's Zarr array (``clip`` or ``frame``), ``ranges`` its ``*_range`` array (``q8``, ``qb``),
     ``row_block`` the teacher's rows per clip-range block, ``budget`` the bytes of decoded rows it may keep.
     """
 
@@ -35,7 +35,7 @@ class Reader:
     @classmethod
     def of_teacher(cls, group, info: dict[str, Any], level: str, budget: int) -> Reader:
         """The reader of ``level`` of the teacher group ``group`` whose recorded settings are ``info``."""
-        return cls(group[level], group.get(f"{level}_range", None), get_codec(info["codec_config"]), level,
+        return cls(group[level], group.get(f"{level}_range", None), get_codec(codec_config(info, level)), level,
                    info["row_block"], budget)
 
     def decode_rows(self, start: int, stop: int) -> np.ndarray:
@@ -49,7 +49,7 @@ class Reader:
                 ranges = self.ranges[:, start:stop]
         if self.level == "clip":
             return self.codec.decode(stored, ranges, 0, self.row_block)
-        return self.codec.decode(stored, ranges, 1, FRAME_BLOCK)
+        return self.codec.decode(stored, ranges, 1, self.codec.frame_block)
 
     def gather(self, rows: np.ndarray) -> np.ndarray:
         """Decoded float32 logits of ``rows`` (any order, repeats allowed)."""

@@ -5,13 +5,15 @@ Layout of the Zarr v3 group (``N`` clips, ``C`` classes, ``T`` frames, ``K`` chu
     zarr.json                       attrs["logit_store"]: format, format_version, dataset, fingerprint,
                                     classes, mids, chunk_size, created_at, kd_version; attrs["user"]
     clip_ids                        string [N]
-    teachers/<name>/zarr.json       attrs["teacher"]: codec, codec_config, frames, frames_per_second, ...;
+    teachers/<name>/zarr.json       attrs["teacher"]: codec, codec_config, frames, frames_per_second,
+                                    frame_codec, frame_codec_config (absent: the frames use codec), ...;
                                     attrs["attrs"]: what the writer recorded (checkpoint sha256, frontend, ...);
                                     attrs["metrics"]: quality metrics written once at the end
     teachers/<name>/clip            [N, C] in the codec's dtype, chunks of chunk_size rows
     teachers/<name>/clip_range      q8 only: [2, ceil(N/b), C] float16 (lo, hi) per block of b <= 128 rows
-    teachers/<name>/frame           [N, T, C], chunks of a divisor of chunk_size rows (q8: frame deltas)
-    teachers/<name>/frame_range     q8 only: [2, N, ceil(T/64), C] float16 per block of 64 frames
+    teachers/<name>/frame           [N, T, C], chunks of a divisor of chunk_size rows (q8, qb: frame deltas)
+    teachers/<name>/frame_range     q8: [2, N, ceil(T/64), C] float16 (lo, hi) per block of 64 frames;
+                                    qb: [3, N, ceil(T/b), C] float16 (lo, hi, levels) per block of b frames
     teachers/<name>/done            string [K], one object per chunk: the JSON done record, written last
 
 Every chunk object of a teacher belongs to exactly one store chunk, so writers of different chunks never
@@ -67,6 +69,13 @@ def check_root_attrs(attrs: dict[str, Any], url: str) -> dict[str, Any]:
 def check_teacher_name(name: str) -> None:
     if not isinstance(name, str) or not TEACHER_NAME.match(name):
         raise StoreError(f"teacher name {name!r} must start with a letter or digit and use only [A-Za-z0-9_.-]")
+
+
+def codec_config(info: dict[str, Any], level: str) -> dict[str, Any]:
+    """The recorded codec config of ``level`` of a teacher: its frame codec's, else (older teachers) its codec's."""
+    if level == "frame" and "frame_codec_config" in info:
+        return info["frame_codec_config"]
+    return info["codec_config"]
 
 
 def check_level(level: str) -> None:

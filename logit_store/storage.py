@@ -61,17 +61,17 @@ def open_group(url: str, mode: str, storage_options: dict[str, Any] | None = Non
     return zarr.open_group(open_zarr_store(url, mode == "r", storage_options), mode=mode)
 
 
-def compressors():
+def compressors(level: int = 3):
     """zstd, then a crc32c checksum so that a damaged object fails to decode instead of reading garbage."""
     from zarr.codecs import Crc32cCodec, ZstdCodec
 
-    return [ZstdCodec(level=3), Crc32cCodec()]
+    return [ZstdCodec(level=level), Crc32cCodec()]
 
 
-def create_codec_array(group, name: str, shape, dtype, chunks) -> None:
-    """A codec-valued array of a teacher: zstd + crc32c, fill value 0, chunk keys ``c/i/j/...``."""
+def create_codec_array(group, name: str, shape, dtype, chunks, level: int = 3) -> None:
+    """A codec-valued array of a teacher: zstd (at ``level``) + crc32c, fill value 0, chunk keys ``c/i/j/...``."""
     group.create_array(name, shape=shape, dtype=dtype, chunks=chunks, fill_value=0, serializer="auto",
-                       compressors=compressors(), chunk_key_encoding={"name": "default", "separator": "/"})
+                       compressors=compressors(level), chunk_key_encoding={"name": "default", "separator": "/"})
 
 
 async def _collect(items) -> list[str]:

@@ -9,7 +9,7 @@ This module is the facade; each job lives in its own module:
 
 - :mod:`logit_store.schema`: the on-disk layout, format version and the checks run on open;
 - :mod:`logit_store.storage`: opening URLs as Zarr stores, listing keys and sizes through Zarr's Store API;
-- :mod:`logit_store.codecs`: the value codecs (``f32``, ``f16`` and the 8-bit ``q8``);
+- :mod:`logit_store.codecs`: the value codecs (``f32``, ``f16``, the 8-bit ``q8`` and, for frames, ``qb``);
 - :mod:`logit_store.writer`: a new teacher's arrays, and the checks and encoding of one chunk;
 - :mod:`logit_store.progress`: done records, read once per handle and kept current from its writes;
 - :mod:`logit_store.index`: the vectorised clip id -> row index;
@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from logit_store import ensemble, progress, schema, storage, writer
-from logit_store.codecs import get_codec
+from logit_store.codecs import default_frame_codec, get_codec
 from logit_store.errors import (
     DatasetMismatch,
     IncompatibleStore,
@@ -245,15 +245,22 @@ class LogitStore:
         return dict(self._teacher_cache[name])
 
     def add_teacher(self, name: str, *, codec: str = "q8", frames: int | None = None,
-                    frames_per_second: float | None = None, attrs: dict[str, Any] | None = None) -> None:
+                    frames_per_second: float | None = None, attrs: dict[str, Any] | None = None,
+                    frame_codec: str | dict[str, Any] | None = None) -> None:
         """Register a teacher (a new subgroup; other teachers are not touched).
 
-        Re-adding a teacher with identical settings is a no-op (a resumed job); different settings (another
-        checkpoint sha256, frontend, codec, frame count, ...) raise ``TeacherConflict`` naming the keys.
+        ``codec`` stores the clip logits; ``frame_codec`` (a name or a codec config) the frame logits of a
+        frame-wise teacher, by default ``qb`` when ``codec`` is ``q8`` and ``codec`` otherwise. Re-adding a
+        teacher with identical settings is a no-op (a resumed job; without ``frame_codec`` the stored one is
+        kept, also a teacher's whose frames use its ``codec``); different settings (another checkpoint sha256,
+        frontend, codec, frame count, ...) raise ``TeacherConflict`` naming the keys.
         """
         self._require_writable()
         schema.check_teacher_name(name)
         codec_obj = get_codec(codec)
+        if not codec_obj.clip_level:
+            raise StoreError(f"codec {codec_obj.name!r} stores frame logits only; pass it as frame_codec")
+        frame_codec_obj = get_codec(default_frame_codec(codec) if frame_codec is None else frame_codec)
         attrs = json.loads(json.dumps(attrs or {}))  # JSON-clean, and a copy
         num_classes = len(self.classes)
         if attrs.get("num_classes", num_classes) != num_classes:
@@ -261,6 +268,8 @@ class LogitStore:
                 f"teacher {name!r} predicts {attrs['num_classes']} classes, the store has {num_classes}")
         if (frames is None) != (frames_per_second is None) or (frames is not None and frames < 1):
             raise StoreError(f"teacher {name!r}: give both frames >= 1 and frames_per_second, or neither")
+        if frame_codec is not None and frames is None:
+            raise StoreError(f"teacher {name!r}: frame_codec is for frame-wise teachers; give frames too")
         fixed = {
             "name": name, "codec": codec_obj.name, "codec_config": codec_obj.config(), "num_classes": num_classes,
             "frames": None if frames is None else int(frames),
@@ -269,13 +278,21 @@ class LogitStore:
             "row_block": writer.row_block(self.chunk_size),
             "created_at": schema.now(), "kd_version": schema.kd_version(),
         }
+        if frames is not None:
+            fixed.update(frame_codec=frame_codec_obj.name, frame_codec_config=frame_codec_obj.config())
         teachers = self._root["teachers"]
         if name in teachers:
+            if frame_codec is None:  # a resumed job keeps the frame codec the teacher was added with
+                stored = dict(self._teacher_group(name).attrs)["teacher"]
+                for key in ("frame_codec", "frame_codec_config"):
+                    fixed.pop(key, None)
+                    if key in stored:
+                        fixed[key] = stored[key]
             self._check_same_teacher(name, fixed, attrs)
             return
         group = teachers.create_group(name)
-        writer.create_level_arrays(group, codec_obj, self.num_clips, num_classes, self.chunk_size,
-                                   fixed["row_block"], fixed["frames"])
+        writer.create_level_arrays(group, {"clip": codec_obj, "frame": frame_codec_obj}, self.num_clips,
+                                   num_classes, self.chunk_size, fixed["row_block"], fixed["frames"])
         progress.create_done_array(group, self.num_chunks)
         group.attrs.update({"teacher": fixed, "attrs": attrs, "metrics": {}})
         self._teacher_cache.pop(name, None)
@@ -344,7 +361,8 @@ class LogitStore:
         elif frame_logits is not None:
             raise InvalidLogits(f"teacher {teacher!r} was added without frames; it stores no frame logits")
         group = self._teacher_group(teacher)
-        writer.write_levels(group, get_codec(info["codec_config"]), info, rows, arrays, valid)
+        codecs = {level: get_codec(schema.codec_config(info, level)) for level in arrays}
+        writer.write_levels(group, codecs, info, rows, arrays, valid)
         invalid = np.nonzero(~valid)[0]
         for i in invalid:
             failures.setdefault(ids[i], "marked invalid by the writer")
@@ -477,7 +495,9 @@ class LogitStore:
             logits = rows_done * per_row
             total_logits, total_bytes = total_logits + logits, total_bytes + data_bytes
             teachers[name] = {
-                "codec": info["codec"], "shapes": {level: list(group[level].shape) for level in info["levels"]},
+                "codec": info["codec"],
+                "frame_codec": schema.codec_config(info, "frame")["name"] if info["frames"] else None,
+                "shapes": {level: list(group[level].shape) for level in info["levels"]},
                 "frames_per_second": info["frames_per_second"], "fraction_done": float(done.mean()),
                 "chunks_done": int(done.sum()), "failed_clips": len(self.failures(name)),
                 "bytes_on_disk": self.bytes_on_disk(name),

@@ -14,7 +14,7 @@ import numpy as np
 from logit_store import storage
 from logit_store.codecs import Codec
 from logit_store.errors import InvalidLogits, preview
-from logit_store.schema import FRAME_BLOCK, MAX_ROW_BLOCK
+from logit_store.schema import MAX_ROW_BLOCK
 
 __all__ = ["FRAME_CHUNK_BYTES", "check_logits", "create_level_arrays", "fill_invalid", "row_block", "write_levels"]
 
@@ -30,20 +30,25 @@ def row_block(chunk_size: int) -> int:
     return largest_divisor_at_most(chunk_size, MAX_ROW_BLOCK)
 
 
-def create_level_arrays(group, codec: Codec, num_clips: int, num_classes: int, chunk_size: int,
+def create_level_arrays(group, codecs: dict[str, Codec], num_clips: int, num_classes: int, chunk_size: int,
                         block: int, frames: int | None) -> None:
-    """The logit arrays of a new teacher (``clip``, and ``frame`` when ``frames``), with ``q8`` ranges."""
+    """The logit arrays of a new teacher (``clip``, and ``frame`` when ``frames``), with their codecs' ranges.
+
+    ``codecs`` maps each level to its codec; ``block`` is the rows per ``clip_range`` block.
+    """
     n, c, chunk = num_clips, num_classes, chunk_size
-    storage.create_codec_array(group, "clip", (n, c), codec.dtype, (chunk, c))
+    codec = codecs["clip"]
+    storage.create_codec_array(group, "clip", (n, c), codec.dtype, (chunk, c), codec.zstd_level)
     if codec.uses_ranges:
-        storage.create_codec_array(group, "clip_range", (2, -(-n // block), c), np.float16, (2, chunk // block, c))
+        storage.create_codec_array(group, "clip_range", (codec.range_fields, -(-n // block), c), np.float16,
+                                   (codec.range_fields, chunk // block, c))
     if frames:
-        t = frames
+        t, codec = frames, codecs["frame"]
         rows = largest_divisor_at_most(chunk, max(1, FRAME_CHUNK_BYTES // (t * c * codec.dtype.itemsize)))
-        storage.create_codec_array(group, "frame", (n, t, c), codec.dtype, (rows, t, c))
+        storage.create_codec_array(group, "frame", (n, t, c), codec.dtype, (rows, t, c), codec.zstd_level)
         if codec.uses_ranges:
-            g = -(-t // FRAME_BLOCK)
-            storage.create_codec_array(group, "frame_range", (2, n, g, c), np.float16, (2, rows, g, c))
+            g, k = -(-t // codec.frame_block), codec.range_fields
+            storage.create_codec_array(group, "frame_range", (k, n, g, c), np.float16, (k, rows, g, c))
 
 
 def check_logits(x, shape: tuple[int, ...], what: str, ids: Sequence[str], valid: np.ndarray) -> np.ndarray:
@@ -67,12 +72,13 @@ def fill_invalid(x: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return x
 
 
-def write_levels(group, codec: Codec, info: dict[str, Any], rows: slice, arrays: dict[str, np.ndarray],
+def write_levels(group, codecs: dict[str, Codec], info: dict[str, Any], rows: slice, arrays: dict[str, np.ndarray],
                  valid: np.ndarray) -> None:
-    """Encode and store the checked logits ``arrays`` (``{"clip": ..., "frame": ...}``) of the rows ``rows``."""
+    """Encode (``codecs[level]``) and store the checked logits ``arrays`` (``{"clip": ..., "frame": ...}``)
+    of the rows ``rows``."""
     for level, x in arrays.items():
-        x = fill_invalid(x, valid)
-        axis, block = (0, info["row_block"]) if level == "clip" else (1, FRAME_BLOCK)
+        x, codec = fill_invalid(x, valid), codecs[level]
+        axis, block = (0, info["row_block"]) if level == "clip" else (1, codec.frame_block)
         stored, ranges = codec.encode(x, axis, block)
         group[level][rows] = stored
         if ranges is not None:
