@@ -2,14 +2,17 @@
 
 Data: realistic synthetic teacher logits. Clip level is AudioSet-like (200 000 x 527): a per-class prior
 between -13 and -6, a per-clip offset, noise, and on average ~2.5 positive classes per clip (Zipf-like class
-frequencies) around +2.5. Frame level (2 000 x 250 x 447) is temporally smooth: per-clip class levels plus
-a slow AR(1) drift and a few events with soft onsets and offsets.
+frequencies) around +2.5. Frame level (2 000 x 250 x 447, AudioSet-Strong's 447 classes at 25 frames/s) is
+temporally smooth: per-clip class levels plus a slow AR(1) drift (correlation time ~20 frames, but white
+innovations of 0.25 logits every frame) and 1-4 events per clip with soft onsets and offsets.
 
-For each codec (f32, f16, q8) the script writes a store chunk by chunk (write MB/s of float32 input), reads
-it back in shuffled batches (rows/s), and measures the error of the decoded targets students train on: max
-|Δ sigmoid| and the mean KL divergence of softmax at T=1 and T=2 (per clip, or per frame). Baselines measured
-in the same run: a float32 NumPy memmap and h5py with gzip (level 4, chunks of 64 clips, or one clip for
-frames; sorted fancy index).
+For each clip codec (f32, f16, q8) the script writes a store chunk by chunk (write MB/s of float32 input),
+reads it back in shuffled batches (rows/s), and measures the error of the decoded targets students train on:
+max |Δ sigmoid| and the mean KL divergence of softmax at T=1 and T=2 (per clip). Each frame codec (f32, f16,
+q8, qb) does the same with a frame-wise teacher (chunks of 64 clips, batches of 32 ids; errors per frame;
+bytes of the frame arrays and their ranges only), plus the rate of the first read, which decodes the whole
+level. Baselines measured in the same run: a float32 NumPy memmap and h5py with gzip (level 4, chunks of 64
+clips, or one clip for frames; sorted fancy index).
 
 What is compared (clip level, the training access pattern): batches are consecutive slices of a shuffled
 epoch. The memmap gets each batch as row indices (``mm[rows]``: the fastest possible baseline, with no id
@@ -19,10 +22,13 @@ array. Building the id list of a batch is the caller's work and happens outside 
 store reads are timed in alternating rounds on disjoint batches of the same epoch, after a warm-up, so that
 load from other processes hits both alike; each rows/s figure is the median over the rounds. The memmap file
 is read once in full before (in the page cache, as the store's decoded rows are in RAM).
+Frame reads are timed the same way against the frame memmap.
 The last line is one JSON object: the default codec's (q8) ``bytes_per_logit``, ``max_abs_dsigmoid``,
 ``kl_t1``, ``kl_t2``, ``read_vs_memmap`` (ids as a list of str), ``read_vs_memmap_id_array``,
-``read_vs_h5py`` at the top level, the same and more per codec under
-``codecs``, and the baselines under ``baselines``.
+``read_vs_h5py`` and the default frame codec's (qb) ``frame_bytes_per_logit``, ``frame_max_abs_dsigmoid``,
+``frame_kl_t1``, ``frame_kl_t2``, ``frame_read_vs_memmap``, ``frame_write_mb_s`` and ``frame_decode_mb_s``
+at the top level, the same and more per codec under ``codecs`` and ``frame_codecs``, and the baselines
+under ``baselines``.
 
     python benchmarks/store_bench.py            # full sizes (several minutes, ~6 GB of RAM)
     python benchmarks/store_bench.py --quick    # 20 000 x 527 clips, 150 x 250 x 447 frames (< 1 minute)
@@ -44,9 +50,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from logit_store import LogitStore
 
 CODECS = ("f32", "f16", "q8")
-DEFAULT_CODEC = "q8"
+FRAME_CODECS = ("f32", "f16", "q8", "qb")
+DEFAULT_CODEC, DEFAULT_FRAME_CODEC = "q8", "qb"
 COMPARES = ("read_vs_memmap: store.read(ids as a list of str) vs memmap[row indices], median rows/s of "
-            "alternating rounds on disjoint shuffled-epoch batches; _id_array: ids as a NumPy str array")
+            "alternating rounds on disjoint shuffled-epoch batches; _id_array: ids as a NumPy str array; "
+            "frame_read_vs_memmap: the same at frame level (batches of frame_batch ids)")
 
 
 def audioset_like(n: int, c: int, seed: int = 0) -> np.ndarray:
@@ -146,8 +154,8 @@ def paired_read_rates(reads: dict, index_batches: list[np.ndarray], rounds: int)
     return {name: float(np.median(v)) for name, v in rates.items()}
 
 
-def bench_store(root: Path, codec: str, clip: np.ndarray, frame: np.ndarray, clip_batches, frame_batches,
-                memmap: np.ndarray, rounds: int):
+def bench_store(root: Path, codec: str, clip: np.ndarray, clip_batches, memmap: np.ndarray, rounds: int):
+    """Clip level: write ``clip`` with ``codec``, read shuffled batches by id against the memmap, target error."""
     url = str(root / f"{codec}.zarr")
     n, c = clip.shape
     ids = [f"Y{i:07d}" for i in range(n)]
@@ -158,16 +166,6 @@ def bench_store(root: Path, codec: str, clip: np.ndarray, frame: np.ndarray, cli
     for k in range(store.num_chunks):
         store.write_chunk("clip_teacher", k, clip[store.chunk_rows(k)])
     clip_write_s = time.perf_counter() - start
-    fids = ids[: len(frame)]
-    fstore_url = str(root / f"{codec}-frames.zarr")
-    fstore = LogitStore.create(fstore_url, fids, [f"class{i}" for i in range(frame.shape[2])], dataset="synthetic",
-                               dataset_fingerprint="synthetic", chunk_size=64, overwrite=True)
-    fstore.add_teacher("frame_teacher", codec=codec, frames=frame.shape[1], frames_per_second=25.0)
-    start = time.perf_counter()
-    for k in range(fstore.num_chunks):
-        rows = fstore.chunk_rows(k)
-        fstore.write_chunk("frame_teacher", k, frame[rows].mean(axis=1), frame[rows])
-    frame_write_s = time.perf_counter() - start
 
     reader = LogitStore.open(url)
     start = time.perf_counter()
@@ -181,30 +179,64 @@ def bench_store(root: Path, codec: str, clip: np.ndarray, frame: np.ndarray, cli
         "store_id_list": lambda i: reader.read(id_lists[i], ["clip_teacher"]),
         "store_id_array": lambda i: reader.read(id_arrays[i], ["clip_teacher"]),
     }, clip_batches, rounds)
-    freader = LogitStore.open(fstore_url)
-    fid_arr = np.array(fids, dtype=object)
-    frame_rps = rows_per_s(lambda r: freader.read(fid_arr[r].tolist(), ["frame_teacher"], level="frame"),
-                           frame_batches)
     decoded = reader.read(ids, ["clip_teacher"])
-    decoded_frames = freader.read(fids, ["frame_teacher"], level="frame")
     info = reader.info()["teachers"]["clip_teacher"]
-    finfo = freader.info()["teachers"]["frame_teacher"]
+    shutil.rmtree(url)
     return {
         "bytes_per_logit": info["bytes_per_logit"],
-        "frame_bytes_per_logit": _level_bytes(fstore_url, "frame_teacher", "frame") / frame.size,
         "write_mb_s": clip.nbytes / 1e6 / clip_write_s,
-        "frame_write_mb_s": (frame.nbytes + frame.nbytes / frame.shape[1]) / 1e6 / frame_write_s,
         "read_rows_s": rates["store_id_list"],
         "read_rows_s_id_array": rates["store_id_array"],
         "paired_memmap_read_rows_s": rates["memmap_rows"],
         "read_vs_memmap": rates["store_id_list"] / rates["memmap_rows"],
         "read_vs_memmap_id_array": rates["store_id_array"] / rates["memmap_rows"],
-        "frame_read_rows_s": frame_rps,
         "cold_open_first_read_s": cold_open_s,
         **target_error(clip, decoded),
-        "frame": target_error(frame, decoded_frames),
-        "store_bytes_on_disk": info["bytes_on_disk"] + finfo["bytes_on_disk"],
+        "store_bytes_on_disk": info["bytes_on_disk"],
     }
+
+
+def bench_frame_store(root: Path, codec: str, frame: np.ndarray, frame_batches, memmap: np.ndarray,
+                      rounds: int) -> dict:
+    """Frame level: a frame-wise teacher whose frames use ``codec`` (its clip logits: the frame means, q8 for
+    qb); bytes of the frame arrays only, shuffled batch reads by id against the memmap, target error."""
+    url = str(root / f"{codec}-frames.zarr")
+    n, t, c = frame.shape
+    ids = [f"Y{i:07d}" for i in range(n)]
+    store = LogitStore.create(url, ids, [f"class{i}" for i in range(c)], dataset="synthetic",
+                              dataset_fingerprint="synthetic", chunk_size=64, overwrite=True)
+    clip_codec = "q8" if codec == "qb" else codec
+    store.add_teacher("frame_teacher", codec=clip_codec, frame_codec=codec, frames=t, frames_per_second=25.0)
+    start = time.perf_counter()
+    for k in range(store.num_chunks):
+        rows = store.chunk_rows(k)
+        store.write_chunk("frame_teacher", k, frame[rows].mean(axis=1), frame[rows])
+    write_s = time.perf_counter() - start
+
+    reader = LogitStore.open(url)
+    id_objects = np.array(ids, dtype=object)
+    id_lists = [id_objects[b].tolist() for b in frame_batches]
+    start = time.perf_counter()
+    reader.read(id_lists[0], ["frame_teacher"], level="frame")  # decodes the whole level (it fits the cache)
+    first_read_s = time.perf_counter() - start
+    rates = paired_read_rates({
+        "memmap_rows": lambda i: np.asarray(memmap[frame_batches[i]]),
+        "store_id_list": lambda i: reader.read(id_lists[i], ["frame_teacher"], level="frame"),
+    }, frame_batches, rounds)
+    decoded = reader.read(ids, ["frame_teacher"], level="frame")
+    finfo = reader.info()["teachers"]["frame_teacher"]
+    out = {
+        "codec": finfo["frame_codec"],
+        "frame_bytes_per_logit": _level_bytes(url, "frame_teacher", "frame") / frame.size,
+        "frame_write_mb_s": (frame.nbytes + frame.nbytes / t) / 1e6 / write_s,
+        "frame_decode_mb_s": frame.nbytes / 1e6 / first_read_s,
+        "frame_read_rows_s": rates["store_id_list"],
+        "paired_memmap_frame_read_rows_s": rates["memmap_rows"],
+        "frame_read_vs_memmap": rates["store_id_list"] / rates["memmap_rows"],
+        **{f"frame_{k}": v for k, v in target_error(frame, decoded).items()},
+    }
+    shutil.rmtree(url)
+    return out
 
 
 def _level_bytes(url: str, teacher: str, level: str) -> int:
@@ -262,35 +294,43 @@ def main() -> None:
     args = parser.parse_args()
     n, nf = (20000, 150) if args.quick else (200000, 2000)
     clip_batches = batches(n, args.batch, 421 if args.quick else 4201, seed=2)
-    frame_batches = batches(nf, args.frame_batch, 10 if args.quick else 40, seed=3)
+    frame_batches = batches(nf, args.frame_batch, 41 if args.quick else 161, seed=3)
     t0 = time.perf_counter()
     clip, frame = audioset_like(n, 527), smooth_frames(nf, 250, 447)
     print(f"data: clip {clip.shape}, frame {frame.shape} in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
     root = Path(tempfile.mkdtemp(prefix="store_bench-", dir=args.workdir))
     try:
         few = clip_batches[:201]  # h5py+gzip is slow; its rate settles within a few hundred batches
-        baselines = {"memmap": bench_memmap(root, clip, frame, few, frame_batches),
-                     "h5py_gzip": bench_h5py(root, clip, frame, few, frame_batches)}
+        baselines = {"memmap": bench_memmap(root, clip, frame, few, frame_batches[:11]),
+                     "h5py_gzip": bench_h5py(root, clip, frame, few, frame_batches[:11])}
         print(f"baselines: {json.dumps(baselines)}", file=sys.stderr)
-        codecs = {}
+        codecs, frame_codecs = {}, {}
         for codec in CODECS:
             memmap = np.load(root / "clip.f32", mmap_mode="r")
             float(memmap.sum(dtype=np.float64))  # page it in: the store's rows are decoded in RAM too
-            r = bench_store(root, codec, clip, frame, clip_batches, frame_batches, memmap, rounds=7)
+            r = bench_store(root, codec, clip, clip_batches, memmap, rounds=7)
             r["read_vs_h5py"] = r["read_rows_s"] / baselines["h5py_gzip"]["clip_read_rows_s"]
-            r["frame_read_vs_memmap"] = r["frame_read_rows_s"] / baselines["memmap"]["frame_read_rows_s"]
-            r["frame_read_vs_h5py"] = r["frame_read_rows_s"] / baselines["h5py_gzip"]["frame_read_rows_s"]
             codecs[codec] = r
             print(f"{codec}: {json.dumps(r)}", file=sys.stderr)
-            shutil.rmtree(root / f"{codec}.zarr")
-            shutil.rmtree(root / f"{codec}-frames.zarr")
+        for codec in FRAME_CODECS:
+            memmap = np.load(root / "frame.f32", mmap_mode="r")
+            float(memmap.sum(dtype=np.float64))
+            r = bench_frame_store(root, codec, frame, frame_batches, memmap, rounds=5)
+            r["frame_read_vs_h5py"] = r["frame_read_rows_s"] / baselines["h5py_gzip"]["frame_read_rows_s"]
+            frame_codecs[codec] = r
+            print(f"frames {codec}: {json.dumps(r)}", file=sys.stderr)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     top = {k: codecs[DEFAULT_CODEC][k] for k in ("bytes_per_logit", "max_abs_dsigmoid", "kl_t1", "kl_t2",
                                                  "read_vs_memmap", "read_vs_memmap_id_array", "read_vs_h5py",
                                                  "write_mb_s", "read_rows_s")}
-    print(json.dumps({"default_codec": DEFAULT_CODEC, **top, "read_compares": COMPARES, "clips": n, "frame_clips": nf, "batch": args.batch,
-                      "frame_batch": args.frame_batch, "codecs": codecs, "baselines": baselines}))
+    frame_top = {k: frame_codecs[DEFAULT_FRAME_CODEC][k] for k in (
+        "frame_bytes_per_logit", "frame_max_abs_dsigmoid", "frame_kl_t1", "frame_kl_t2", "frame_read_vs_memmap",
+        "frame_write_mb_s", "frame_decode_mb_s")}
+    print(json.dumps({"default_codec": DEFAULT_CODEC, **top, "default_frame_codec": DEFAULT_FRAME_CODEC, **frame_top,
+                      "read_compares": COMPARES, "clips": n, "frame_clips": nf, "batch": args.batch,
+                      "frame_batch": args.frame_batch, "codecs": codecs, "frame_codecs": frame_codecs,
+                      "baselines": baselines}))
 
 
 if __name__ == "__main__":

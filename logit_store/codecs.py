@@ -38,7 +38,7 @@ KL at each of ``temperatures`` ``<= max_kl``.
   that spans -10 to +1 within a block, at a tight budget) it keeps 255, ``q8``'s resolution: within +-19
   the sigmoid error is then within ``q8``'s 0.004, and a block whose classes all have 255 levels may
   exceed the KL budget.
-- Each class and block stores ``(lo, hi, levels)`` as float16 (blocks of 250 frames: 0.016 bytes/logit);
+- Each class and block stores ``(lo, hi, levels)`` as float16 (blocks of 250 frames: 0.018 bytes/logit);
   the frame codes go through zstd level 1, which codes these noise-like differences close to their order-0
   entropy (levels 3-15 spend 10% more: their short matches cost more than the literals they replace).
 
