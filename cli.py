@@ -245,6 +245,9 @@ def _print_teach_summary(summary) -> None:
     table.add_row("failed clips", f"{len(summary.failures)}" + (f" ({kinds})" if kinds else ""))
     if summary.devices:
         table.add_row("devices", ", ".join(summary.devices))
+    if summary.decode_clips_per_s_per_thread:
+        table.add_row("decoding", f"{summary.decode_clips_per_s_per_thread:.1f} clips/s per thread, "
+                                  f"{summary.decode_threads} threads per worker")
     table.add_row("store size", f"{info.get('bytes_on_disk', 0) / 1e6:.2f} MB")
     if info.get("bytes_per_logit") is not None:
         table.add_row("bytes per logit", f"{info['bytes_per_logit']:.3f}")

@@ -7,13 +7,13 @@ and storage, writers never share a chunk and need no lock, a killed job loses at
 a rerun of the same command skips finished chunks.
 
 **Inside a worker** a chunk passes three stages, and a worker holds :data:`CHUNKS_PER_WORKER` chunks at once,
-so that one chunk decodes while another is on the device and a third is written:
+so that one chunk decodes (or is written) while the other is on the device:
 
 * decode: a pool of ``decode_workers`` threads per worker decodes, resamples and checks the clips (soundfile
   and soxr release the GIL, so the threads decode in parallel); the chunk's batches are handed to the device
   as soon as their clips are ready;
 * device: the teachers run batch by batch under the worker's device lock (one chunk on the device at a time),
-  with autocast (``precision``); on CUDA each batch is staged in pinned memory and copied without blocking, and
+  with autocast (``precision``); each batch is staged in pinned memory on CUDA and copied without blocking, and
   the next batch is launched before the previous one's logits are copied back;
 * write: q8 encoding and the chunk's objects, outside the device lock.
 
@@ -53,7 +53,7 @@ import threading
 import time
 import warnings
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -176,7 +176,8 @@ class ChunkResult:
     seconds: float
     device: str = ""
     precision: str = ""
-    device_seconds: float = 0.0
+    decode_seconds: float = 0.0  # wall seconds of the decode threads on this chunk's clips, summed
+    decode_threads: int = 0
 
 
 @dataclass
@@ -193,6 +194,8 @@ class TeachSummary:
     fed_as: str = ""
     failure_kinds: dict[str, int] = field(default_factory=dict)
     devices: list[str] = field(default_factory=list)
+    decode_threads: int = 0  # per worker
+    decode_clips_per_s_per_thread: float | None = None  # wall clock, under the run's load
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     run_id: str | None = None
 
@@ -275,22 +278,44 @@ class _Context:
                 s.key: build_teacher(s, len(self.data.classes)).to(self.device).eval() for s in cfg.teachers}
         self.sample_rate = max(t.sample_rate for t in self.teachers.values())
         self.clip_by_id = {c.id: c for c in self.data.clips}
-        self.decode_pool = ThreadPoolExecutor(job.decode_workers or torch.get_num_threads(),
-                                              thread_name_prefix="kd-decode")
+        self.decode_threads = job.decode_workers or torch.get_num_threads()
+        self.decode_pool = ThreadPoolExecutor(self.decode_threads, thread_name_prefix="kd-decode")
         self.device_lock = threading.Lock()  # one chunk on the device at a time
         self.write_lock = threading.Lock()  # one store handle per process; its writes one at a time
         self.successes: Counter[str] = Counter()  # per stage ("decode" or a teacher): clips it has handled
+        self._staging = threading.local()
 
-    def decode(self, clip_id: str) -> np.ndarray | BaseException:
-        """The clip at the teachers' rate and the job's length, or the data error that makes it unusable."""
-        job = self.job
+    def decode(self, clip_id: str) -> tuple[np.ndarray | BaseException, float]:
+        """The clip at the teachers' rate and the job's length, or the data error that makes it unusable; and
+        the wall seconds it took (what a decode thread delivers under the machine's actual load)."""
+        job, start = self.job, time.perf_counter()
         try:
-            return self.data.load_audio(self.clip_by_id[clip_id], self.sample_rate, job.seconds,
-                                        pad=not job.variable, min_seconds=job.min_seconds)
+            audio = self.data.load_audio(self.clip_by_id[clip_id], self.sample_rate, job.seconds,
+                                         pad=not job.variable, min_seconds=job.min_seconds)
         except Exception as e:  # noqa: BLE001 -- sorted into data problems and bugs by _is_data_error
             if not _is_data_error(e):
                 raise
-            return e
+            return e, time.perf_counter() - start
+        return audio, time.perf_counter() - start
+
+    def stage(self, audio: Sequence[np.ndarray]) -> torch.Tensor:
+        """A zero-padded ``[B, N]`` host batch: pinned on CUDA (torch's pinned-memory cache reuses a block only
+        once its copy to the device is done), else a buffer reused by the calling thread (a CPU forward is done
+        with it before the thread stages again; a fresh 20 MB buffer per batch costs more in page faults than
+        the copy). Rows are written through NumPy, several times faster than torch's row copies."""
+        b, n = len(audio), max(len(a) for a in audio)
+        if self.device.type == "cuda":
+            host = torch.empty((b, n), dtype=torch.float32, pin_memory=True)
+        else:
+            flat = getattr(self._staging, "flat", None)
+            if flat is None or flat.numel() < b * n:
+                flat = self._staging.flat = torch.empty(b * n, dtype=torch.float32)
+            host = flat[: b * n].view(b, n)
+        rows = host.numpy()
+        for i, a in enumerate(audio):
+            rows[i, : len(a)] = a
+            rows[i, len(a):] = 0
+        return host
 
     def close(self) -> None:
         self.decode_pool.shutdown(wait=False, cancel_futures=True)
@@ -347,6 +372,7 @@ class _ChunkState:
     clip: dict[str, np.ndarray] = field(default_factory=dict)
     frame: dict[str, np.ndarray] = field(default_factory=dict)
     done: dict[str, np.ndarray] = field(default_factory=dict)
+    decode_seconds: float = 0.0  # summed over the chunk's clips, in the decode threads
 
     def __post_init__(self) -> None:
         n = len(self.ids)
@@ -379,7 +405,8 @@ def _batches(ctx: _Context, state: _ChunkState, decoded: list[Future], batch_siz
     the whole chunk and are batched by length.
     """
     def take(row: int) -> np.ndarray | None:
-        result = decoded[row].result()
+        result, seconds = decoded[row].result()
+        state.decode_seconds += seconds
         if isinstance(result, np.ndarray):
             ctx.successes["decode"] += 1
             return result
@@ -406,15 +433,6 @@ def _batches(ctx: _Context, state: _ChunkState, decoded: list[Future], batch_siz
         yield [ready[i] for i in group]
 
 
-def _stage(audio: Sequence[np.ndarray], device: torch.device) -> torch.Tensor:
-    """A zero-padded ``[B, N]`` batch on ``device``: pinned and copied without blocking on CUDA."""
-    host = torch.zeros((len(audio), max(len(a) for a in audio)), dtype=torch.float32,
-                       pin_memory=device.type == "cuda")
-    for i, a in enumerate(audio):
-        host[i, : len(a)] = torch.from_numpy(a)
-    return host.to(device, non_blocking=True)
-
-
 def _autocast(ctx: _Context):
     if ctx.precision == "fp32":
         return contextlib.nullcontext()
@@ -422,8 +440,9 @@ def _autocast(ctx: _Context):
 
 
 def _launch(ctx: _Context, names: Sequence[str], audio: Sequence[np.ndarray]) -> dict[str, Any]:
-    """Each teacher's outputs for a batch (still on the device), or the data error it raised on the batch."""
-    wave = _stage(audio, ctx.device)
+    """Each teacher's outputs for a batch (on CUDA, launched and still being computed), or the data error it
+    raised on the batch. The caller holds the device lock."""
+    wave = ctx.stage(audio).to(ctx.device, non_blocking=True)
     by_rate: dict[int, torch.Tensor] = {}
     out: dict[str, Any] = {}
     with torch.inference_mode():
@@ -442,7 +461,7 @@ def _launch(ctx: _Context, names: Sequence[str], audio: Sequence[np.ndarray]) ->
 
 
 def _collect(ctx: _Context, state: _ChunkState, rows: Sequence[int], outputs: dict[str, Any]) -> None:
-    """Copy a launched batch's logits into the chunk's rows; non-finite rows are failures of that teacher."""
+    """Copy a batch's logits into the chunk's rows (waiting for the device); non-finite rows are failures."""
     for name, output in outputs.items():
         clip = output.clip.float().cpu().numpy()
         frame = output.frame.float().cpu().numpy() if name in state.frame else None
@@ -462,8 +481,10 @@ def _collect(ctx: _Context, state: _ChunkState, rows: Sequence[int], outputs: di
         ctx.successes[name] += int(finite.sum())
 
 
-def _run_device(ctx: _Context, state: _ChunkState, batches: Iterable[list[tuple[int, np.ndarray]]]) -> None:
-    """Run the teachers batch by batch; batch ``k + 1`` is launched before batch ``k`` is copied back."""
+def _run_device(ctx: _Context, state: _ChunkState, batches: Iterator[list[tuple[int, np.ndarray]]]) -> None:
+    """Run the teachers batch by batch; batch ``k + 1`` is launched before batch ``k``'s logits are copied back
+    (on CUDA the host stages the next batch while the device computes). A teacher that raises on a batch is
+    retried on it clip by clip, so only the clips it fails on alone are lost (to that teacher)."""
     previous: tuple[list[int], dict[str, Any]] | None = None
     for batch in batches:
         rows = [row for row, _ in batch]
@@ -472,7 +493,7 @@ def _run_device(ctx: _Context, state: _ChunkState, batches: Iterable[list[tuple[
         if previous is not None:
             _collect(ctx, state, *previous)
         previous = (rows, {n: o for n, o in outputs.items() if n not in raised})
-        for name in raised:  # retry this teacher clip by clip: only the clips that fail alone are lost
+        for name in raised:
             for row, audio in batch:
                 alone = _launch(ctx, [name], [audio])[name]
                 if isinstance(alone, BaseException):
@@ -495,13 +516,10 @@ def teach_chunk(cfg: TeachConfig, job: _Job, chunk: int) -> ChunkResult:
     state = _ChunkState(ids, names, {n: store.teacher_info(n) for n in names})
     decoded = [ctx.decode_pool.submit(ctx.decode, clip_id) for clip_id in ids]
     batches = _batches(ctx, state, decoded, cfg.batch_size)
-    first = next(batches, None)  # the device lock is taken once there is something to run
-    device_seconds = 0.0
+    first = next(batches, None)  # the device is taken once this chunk has a batch to run, and kept for the chunk
     if first is not None:
         with ctx.device_lock:
-            t0 = time.perf_counter()
             _run_device(ctx, state, itertools.chain([first], batches))
-            device_seconds = time.perf_counter() - t0
     for stage, error in state.errors.items():
         if ctx.successes[stage] == 0:  # never worked on any clip in this worker: broken, not bad data
             raise error
@@ -515,7 +533,7 @@ def teach_chunk(cfg: TeachConfig, job: _Job, chunk: int) -> ChunkResult:
             written[name] = int(state.done[name].sum())
             failures.update(state.teacher_failures[name])
     return ChunkResult(chunk, len(ids), written, failures, time.perf_counter() - start, str(ctx.device),
-                       ctx.precision, device_seconds)
+                       ctx.precision, state.decode_seconds, ctx.decode_threads)
 
 
 # --- the client side ----------------------------------------------------------------------------------------------
@@ -586,6 +604,7 @@ def run_teach(
     ``on_status`` receives one-line notes as the job goes: the clip length chosen and the dashboard's address.
     """
     start = time.perf_counter()
+    _check_dashboard(cfg)  # before anything is created
     data, store, models, lengths = prepare_store(cfg, on_warning)
     variable = lengths.variable and all(m.frames_per_second is None for m in models.values())
     fed_as = _fed_as(lengths, variable)
@@ -609,7 +628,11 @@ def run_teach(
             wall_seconds=time.perf_counter() - start, store_info=store.info(), clip_lengths=lengths.as_dict(),
             fed_as=fed_as, failure_kinds={k: kinds[k] for k in FAILURE_KINDS if kinds[k]},
             devices=sorted({f"{r.device} {r.precision}" for r in results if r.device}),
+            decode_threads=max((r.decode_threads for r in results), default=0),
         )
+        decode_seconds = sum(r.decode_seconds for r in results)
+        if decode_seconds > 0:
+            summary.decode_clips_per_s_per_thread = sum(r.clips for r in results if r.decode_seconds) / decode_seconds
         store.set_attrs({"clip_lengths": {**lengths.as_dict(), "fed_as": fed_as,
                                           "too_short": kinds["too short"], "silent": kinds["silent"]}})
         if summary.devices:
@@ -625,14 +648,18 @@ def run_teach(
     return summary
 
 
+def _check_dashboard(cfg: TeachConfig) -> None:
+    if cfg.dashboard and importlib.util.find_spec("bokeh") is None:
+        raise KdError("--dashboard needs bokeh: pip install 'bokeh>=3.1'")
+
+
 def local_cluster(cfg: TeachConfig, *, preload: Sequence[str] = ()) -> tuple[SpecCluster, str]:
     """The local cluster of ``kd teach`` (see :func:`plan_workers`) and the device string its workers use.
 
     Everything listens on 127.0.0.1; the dashboard (``cfg.dashboard``) on port 8787 if free. ``preload``:
     modules every worker imports first (the benchmark's simulated accelerator registers itself this way).
     """
-    if cfg.dashboard and importlib.util.find_spec("bokeh") is None:
-        raise KdError("--dashboard needs bokeh: pip install 'bokeh>=3.1'")
+    _check_dashboard(cfg)
     cores = os.cpu_count() or 1
     plans = plan_workers(cfg.device, cfg.workers, visible_gpus() if cfg.device != "cpu" else [], cores)
     scheduler = {"cls": Scheduler, "options": {

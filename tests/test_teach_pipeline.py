@@ -264,3 +264,18 @@ def test_bf16_runs_on_the_cpu_close_to_fp32(demo_asc, tmp_path, scheduler, track
     a = LogitStore.open(str(tmp_path / "fp32.zarr")).read(ids, teachers=["passt_tiny"])
     b = LogitStore.open(str(tmp_path / "bf16.zarr")).read(ids, teachers=["passt_tiny"])
     assert 0 < np.abs(a - b).max() < 0.05 * np.abs(a).max()
+
+
+def test_dashboard_without_bokeh_is_a_one_line_error_before_anything_is_written(demo_asc, tmp_path):
+    import importlib.util
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if importlib.util.find_spec("bokeh") is not None:
+        pytest.skip("bokeh is installed: the dashboard would start")
+    cli = [sys.executable, str(Path(__file__).resolve().parents[1] / "cli.py")]
+    result = subprocess.run(cli + ["teach", "--dataset", demo_asc["spec"], "--teacher", "passt_tiny", "--store",
+                                   str(tmp_path / "s.zarr"), "--dashboard"], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 2 and "needs bokeh" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "s.zarr").exists()
