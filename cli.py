@@ -8,10 +8,12 @@ red line and exit code 2; anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from kd_errors import KdError
@@ -299,45 +301,135 @@ def distill_cmd(teachers, transfer, **options) -> None:
 
 
 @main.command("eval")
-@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
+@click.argument("model", type=click.Path(exists=True, dir_okay=False), metavar="CKPT|MODEL.onnx")
 @click.option("--dataset", required=True, metavar="FORMAT:PATH")
 @click.option("--split", default="eval", show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
-def eval_cmd(checkpoint, dataset, split, device, as_json) -> None:
-    """Evaluate a student checkpoint written by `kd distill` on a dataset split."""
+def eval_cmd(model, dataset, split, device, as_json) -> None:
+    """Evaluate a student on a dataset split: a checkpoint of `kd distill` (PyTorch) or a file of `kd export`
+    (ONNX Runtime), with the same metrics."""
     from kd.inference import evaluate_checkpoint
 
-    metrics = evaluate_checkpoint(checkpoint, dataset, split=split, device=device)
+    metrics = evaluate_checkpoint(model, dataset, split=split, device=device)
     if as_json:
         print_json(metrics)
         return
-    table = Table("metric", "value", title=f"{checkpoint} on {dataset} ({split})")
+    table = Table("metric", "value", title=f"{model} on {dataset} ({split})")
     for name, value in metrics.items():
         table.add_row(name, f"{value:.4f}")
     out.print(table)
 
 
 @main.command("predict")
-@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
-@click.argument("audio", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.argument("model", type=click.Path(exists=True, dir_okay=False), metavar="CKPT|MODEL.onnx")
+@click.argument("inputs", nargs=-1, required=True, metavar="AUDIO...")
 @click.option("--top", type=int, default=3, show_default=True, help="Classes shown per clip.")
 @click.option("--threshold", type=float, default=0.5, show_default=True, help="Event threshold (SED students).")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True,
+              help="csv and json print to stdout for scripts.")
+@click.option("--batch-size", type=int, default=16, show_default=True, help="Files of equal length run together.")
+@click.option("--workers", type=int, default=4, show_default=True, help="Threads decoding audio.")
 @click.option("--device", default="auto", show_default=True)
-def predict_cmd(checkpoint, audio, top, threshold, device) -> None:
-    """Print a student's top classes (clip students) or detected events (frame-wise students) for audio files."""
-    from kd.inference import predict_files
+def predict_cmd(model, inputs, top, threshold, fmt, batch_size, workers, device) -> None:
+    """Top classes (clip students) or detected events (frame-wise students) for audio, one row per file.
 
-    for result in predict_files(checkpoint, audio, top=top, threshold=threshold, device=device):
-        if "events" in result:
-            table = Table("onset", "offset", "event", title=result["file"])
-            for onset, offset, name in result["events"]:
-                table.add_row(f"{onset:.2f} s", f"{offset:.2f} s", name)
+    AUDIO: audio files, folders (searched recursively), glob patterns ('clips/**/*.wav') or list files (.txt/.lst,
+    one path per line). MODEL: a `kd distill` checkpoint or a `kd export` .onnx file. Exit code 1 when some files
+    could not be decoded (their rows say why).
+    """
+    from kd.inference import format_predictions, predict_files
+
+    predictions = predict_files(model, inputs, top=top, threshold=threshold, device=device, batch_size=batch_size,
+                                workers=workers)
+    if fmt != "table":
+        click.echo(format_predictions(predictions, fmt), nl=False)
+    else:
+        _print_predictions(predictions)
+    failed = sum(p.error is not None for p in predictions)
+    if failed:
+        console.print(f"[bold yellow]{failed} of {len(predictions)} files could not be decoded[/]", highlight=False)
+        sys.exit(1)
+
+
+def _print_predictions(predictions) -> None:
+    """One table, a row per file; paths relative to the files' common folder (named in the title), never wrapped."""
+    paths = [p.path for p in predictions]
+    root = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths])
+    shown = [os.path.relpath(os.path.abspath(p), root) for p in paths]
+    sed = any(p.events is not None for p in predictions)
+    table = Table(title=f"{len(predictions)} files in {escape(root)}", title_justify="left")
+    table.add_column("file", no_wrap=True, min_width=max(len(s) for s in shown))
+    table.add_column("events (onset-offset)" if sed else "top classes (probability)")
+    for path, p in zip(shown, predictions):
+        if p.error:
+            cell = f"[red]{escape(p.error)}[/]"
+        elif sed:
+            cell = escape("\n".join(f"{on:.2f}-{off:.2f} s {name}" for on, off, name in p.events) or "-")
         else:
-            table = Table("class", "probability", title=result["file"])
-            for name, p in result["top"]:
-                table.add_row(name, f"{p:.3f}")
-        out.print(table)
+            cell = escape("   ".join(f"{name}\u00a0{prob:.3f}" for name, prob in p.top))  # no break inside an entry
+        table.add_row(escape(path), cell)
+    out.print(table)
+
+
+@main.command("export")
+@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), metavar="FILE.onnx",
+              help="The file to write.")
+@click.option("--frontend/--no-frontend", default=True, show_default=True,
+              help="Include the log-mel frontend (the file takes waveforms) or not (it takes spectrograms).")
+@click.option("--seconds", type=float, default=None,
+              help="Clip length the file is exported, checked and calibrated for (default: the checkpoint's).")
+@click.option("--quantize", type=click.Choice(["int8"]), default=None,
+              help="Static int8 quantisation of the network (the frontend stays float32); needs --calibration.")
+@click.option("--calibration", default=None, metavar="FORMAT:PATH",
+              help="Dataset with the checkpoint's classes: its train split calibrates int8 and probes the float32 "
+                   "parity check, its eval split measures what int8 costs.")
+@click.option("--calibration-clips", type=int, default=256, show_default=True, help="Training clips calibrated on.")
+@click.option("--check-clips", type=int, default=2000, show_default=True, help="At most this many eval clips.")
+@click.option("--max-drop", type=float, default=0.01, show_default=True,
+              help="Largest acceptable int8 drop of the task's metric (0.01: one point of accuracy).")
+@click.option("--strict", is_flag=True, help="Refuse to write an int8 file that drops more than --max-drop.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def export_cmd(checkpoint, out_path, frontend, seconds, quantize, calibration, calibration_clips, check_clips, max_drop,
+               strict, as_json) -> None:
+    """Export a student checkpoint as one ONNX file (float32 or int8), checked against PyTorch before it is written.
+
+    The file carries its class names, sample rate, clip length, frame rate (SED) and the checkpoint's sha256 as ONNX
+    metadata; `kd eval` and `kd predict` run it with ONNX Runtime, `kd complexity` reports its parameter memory.
+    """
+    try:  # onnx, onnxruntime and onnxscript come with the optional [export] extra
+        from kd.export import ExportConfig, export_student
+    except ModuleNotFoundError as e:
+        raise KdError(f"kd export needs the export extra: pip install 'kd-audio[export]' (no {e.name})") from None
+
+    cfg = ExportConfig(checkpoint=checkpoint, out=out_path, frontend=frontend, seconds=seconds, quantize=quantize,
+                       calibration=calibration, calibration_clips=calibration_clips, check_clips=check_clips,
+                       max_drop=max_drop, strict=strict)
+    with console.status("exporting") as status:
+        result = export_student(cfg, on_step=lambda message: status.update(message))
+    if as_json:
+        print_json(result.to_dict())
+        return
+    meta, cost = result.metadata, result.complexity
+    table = Table(show_header=False, title=f"kd export: {escape(result.path)}", title_justify="left")
+    table.add_column(no_wrap=True)
+    table.add_column(overflow="fold")
+    table.add_row("student", f"{meta['student']} ({meta['task']}, {meta['num_classes']} classes)")
+    table.add_row("input", escape(meta["input_shape"].split(": ", 1)[1]))
+    table.add_row("file size", f"{result.bytes:,} bytes")
+    table.add_row("float32 parity",
+                  f"max |logit difference| {result.parity:.2e} vs PyTorch ({escape(result.parity_inputs)})")
+    if result.quantization is not None:
+        q = result.quantization
+        verdict = "[green]ok[/]" if q.drop <= max_drop else f"[bold red]more than {max_drop}[/]"
+        table.add_row("quantisation", q.recipe)
+        table.add_row(f"{q.metric}, {q.check_clips} eval clips",
+                      f"float32 {q.float32:.4f}, int8 {q.int8:.4f}: drop {q.drop:+.4f} ({verdict})")
+    table.add_row("parameter memory", f"{cost.param_bytes:,} bytes ({cost.param_bytes / 1024:,.1f} KiB)")
+    table.add_row("DCASE'23 limits", _dcase_verdict(cost.dcase23))
+    table.add_row("checkpoint sha256", meta["checkpoint_sha256"])
+    out.print(table)
 
 
 @main.group("store")
@@ -438,26 +530,60 @@ def list_students_cmd(pattern) -> None:
 
 
 @main.command("complexity")
-@click.argument("student")
-@click.option("--seconds", type=float, default=None, help="Audio length of one inference (default: the model's usual).")
+@click.argument("target", metavar="STUDENT|MODEL.onnx")
+@click.option("--seconds", type=float, default=None,
+              help="Audio length of one inference (default: the model's usual, or the length the file was exported for).")
 @click.option("--classes", "num_classes", type=int, default=None, help="Number of classes (default: the model's).")
 @click.option("--bits", "precision_bits", type=int, default=32, show_default=True,
-              help="Parameter precision for the memory figure (8 for a quantised model).")
+              help="Parameter precision of a registered student for its memory figure (8 for a quantised model).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (params and macs as plain counts).")
-def complexity_cmd(student, seconds, num_classes, precision_bits, as_json) -> None:
-    """Parameters and multiply-accumulates of one inference of STUDENT (frontend excluded, as the papers count)."""
-    from kd.complexity import complexity
+def complexity_cmd(target, seconds, num_classes, precision_bits, as_json) -> None:
+    """Parameters, parameter memory and multiply-accumulates of one inference (frontend excluded, as the papers
+    count), with the DCASE'23 Task 1 limits checked: of a registered STUDENT, or of a file written by `kd export`."""
+    from kd.complexity import complexity, exported_complexity
 
-    cost = complexity(student, seconds=seconds, num_classes=num_classes, precision_bits=precision_bits)
+    if target.lower().endswith(".onnx"):
+        _print_exported_complexity(exported_complexity(target, seconds=seconds), as_json)
+        return
+    cost = complexity(target, seconds=seconds, num_classes=num_classes, precision_bits=precision_bits)
     if as_json:
         click.echo(json.dumps(cost.to_dict(), sort_keys=True))
         return
-    table = Table("", "", show_header=False, title=f"{student}, {cost.seconds:g} s of audio")
+    table = Table("", "", show_header=False, title=f"{target}, {cost.seconds:g} s of audio")
     table.add_row("parameters", f"{cost.params:,}")
     table.add_row("multiply-accumulates", f"{cost.macs:,} ({cost.macs / 1e6:,.2f} M)")
-    table.add_row(f"parameter memory ({precision_bits}-bit)", f"{cost.param_bytes / 1024:,.1f} KiB")
+    for dtype, nbytes in cost.param_bytes_by_dtype.items():
+        table.add_row(f"parameter memory as {dtype}", f"{nbytes:,} bytes ({nbytes / 1024:,.1f} KiB)")
+    if precision_bits not in (32, 16, 8):
+        table.add_row(f"parameter memory ({precision_bits}-bit)", f"{cost.param_bytes / 1024:,.1f} KiB")
     for kind, macs in cost.macs_by_kind.items():
         table.add_row(f"  MACs in {kind}", f"{macs:,}")
+    table.add_row(f"DCASE'23 limits ({precision_bits}-bit)", _dcase_verdict(cost.dcase23))
+    out.print(table)
+
+
+def _dcase_verdict(check: dict) -> str:
+    memory = "within" if check["param_bytes_ok"] else "OVER"
+    macs = "within" if check["macs_per_second_ok"] else "OVER"
+    return (f"parameters {check['param_bytes']:,} of {check['param_bytes_limit']:,} bytes ({memory}); "
+            f"{check['macs_per_second'] / 1e6:,.2f} of {check['macs_per_second_limit'] / 1e6:g} MMACs/s ({macs})")
+
+
+def _print_exported_complexity(cost, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(cost.to_dict(), sort_keys=True))
+        return
+    table = Table("", "", show_header=False, title=f"{cost.path}: {cost.student}, {cost.seconds:g} s of audio")
+    table.add_row("quantisation", cost.quantization)
+    table.add_row("parameters (BatchNorm folded)", f"{cost.params:,}")
+    for dtype, nbytes in cost.stored_bytes.items():
+        table.add_row(f"  stored as {dtype}", f"{nbytes:,} bytes")
+    table.add_row("parameter memory (challenge rule)", f"{cost.param_bytes:,} bytes ({cost.param_bytes / 1024:,.1f} KiB)")
+    table.add_row("quantisation scales and zero points", f"{cost.quantization_bytes:,} bytes")
+    table.add_row("frontend constants (window, mel banks)", f"{cost.frontend_bytes:,} bytes")
+    table.add_row("file size", f"{cost.file_bytes:,} bytes")
+    table.add_row("multiply-accumulates", f"{cost.macs:,} ({cost.macs / 1e6:,.2f} M)")
+    table.add_row("DCASE'23 limits", _dcase_verdict(cost.dcase23))
     out.print(table)
 
 

@@ -22,23 +22,53 @@ pooling, residual additions, element-wise gating and the attention softmax.
 
 ``complexity(name_or_model, seconds)`` returns a JSON-ready :class:`Complexity` (``params`` and ``macs`` plain ints);
 ``kd complexity STUDENT --seconds S --json`` prints ``Complexity.to_dict()``.
+
+**Parameter memory** is reported by data type (float32, float16, int8) and checked against the DCASE'23 Task 1
+limits (:data:`DCASE23_LIMITS`: 128 KB of parameters, 1 KB = 1024 bytes, and 30 M MACs per second of audio).
+For a file written by ``kd export`` (:func:`exported_complexity`) the parameters are what the network part of the
+file stores: every constant tensor outside the frontend subgraph, except int64 shape constants and the scales and
+zero points of quantisation (reported apart, as are the frontend's window and mel banks). They are counted two
+ways: as stored, by data type; and by the challenge's rule, every parameter at the precision of its layer
+(the rule of the challenge's complexity script and of the submissions it ranked): an int8 layer's bias counts as
+int8 although ONNX keeps it as an int32 accumulator constant, a layer kept in float32 counts 4 bytes a parameter.
 """
 from __future__ import annotations
 
 import math
+import os
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from kd_errors import KdError
 from students import create_student, student_cfg
 
-__all__ = ["Complexity", "complexity", "count_macs", "published_check"]
+__all__ = ["DCASE23_LIMITS", "Complexity", "ExportedComplexity", "complexity", "count_macs", "dcase23_check",
+           "exported_complexity", "memory_by_dtype", "published_check"]
 
 _RNN = (nn.GRU, nn.LSTM, nn.RNN)
+DCASE23_LIMITS = {"param_bytes": 128 * 1024, "macs_per_second": 30_000_000}
+DTYPE_BYTES = {"float32": 4, "float16": 2, "int8": 1}
+
+
+def memory_by_dtype(params: int) -> dict[str, int]:
+    """Bytes ``params`` parameters take as float32, float16 and int8."""
+    return {dtype: params * size for dtype, size in DTYPE_BYTES.items()}
+
+
+def dcase23_check(param_bytes: int, macs: int, seconds: float) -> dict[str, Any]:
+    """The DCASE'23 Task 1 limits: parameter memory and MACs per second of audio, each with its limit and verdict."""
+    per_second = macs / seconds
+    return {"param_bytes": int(param_bytes), "param_bytes_limit": DCASE23_LIMITS["param_bytes"],
+            "param_bytes_ok": param_bytes <= DCASE23_LIMITS["param_bytes"],
+            "macs_per_second": per_second, "macs_per_second_limit": DCASE23_LIMITS["macs_per_second"],
+            "macs_per_second_ok": per_second <= DCASE23_LIMITS["macs_per_second"],
+            "ok": param_bytes <= DCASE23_LIMITS["param_bytes"] and per_second <= DCASE23_LIMITS["macs_per_second"]}
 
 
 @dataclass(frozen=True)
@@ -54,6 +84,8 @@ class Complexity:
     param_bytes: int
     macs_by_kind: dict[str, int] = field(default_factory=dict)
     published: dict[str, Any] | None = None
+    param_bytes_by_dtype: dict[str, int] = field(default_factory=dict)
+    dcase23: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON types only (``params``/``macs`` ints), for ``--json`` output and tracking."""
@@ -87,10 +119,90 @@ def complexity(
     frontend_params = {id(p) for p in model.frontend.parameters()}
     params = sum(p.numel() for p in model.parameters() if id(p) not in frontend_params)
     by_kind = count_macs(model, shape)
+    macs, param_bytes = int(sum(by_kind.values())), math.ceil(params * precision_bits / 8)
     return Complexity(
-        name=name, seconds=seconds, input_shape=shape, params=int(params), macs=int(sum(by_kind.values())),
-        precision_bits=precision_bits, param_bytes=int(math.ceil(params * precision_bits / 8)),
-        macs_by_kind=dict(by_kind), published=cfg.get("published"),
+        name=name, seconds=seconds, input_shape=shape, params=int(params), macs=macs,
+        precision_bits=precision_bits, param_bytes=param_bytes, macs_by_kind=dict(by_kind),
+        published=cfg.get("published"), param_bytes_by_dtype=memory_by_dtype(int(params)),
+        dcase23=dcase23_check(param_bytes, macs, seconds),
+    )
+
+
+@dataclass(frozen=True)
+class ExportedComplexity:
+    """Parameter memory and MACs of a file written by ``kd export`` (see the module docstring for what counts).
+
+    Attributes:
+        params: parameter values in the network part of the file (BatchNorm folded into the convolutions).
+        stored_bytes: those parameters' bytes as stored, by data type.
+        param_bytes: their bytes by the challenge's rule (each parameter at its layer's precision).
+        quantization_bytes: scales and zero points of int8 quantisation.
+        frontend_bytes: constants of the frontend subgraph (window, mel banks), not parameters.
+        macs: one inference of ``seconds`` of audio, counted on the source architecture (:func:`complexity`).
+    """
+
+    path: str
+    student: str
+    seconds: float
+    quantization: str
+    params: int
+    stored_bytes: dict[str, int]
+    param_bytes: int
+    quantization_bytes: int
+    frontend_bytes: int
+    file_bytes: int
+    macs: int
+    dcase23: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def exported_complexity(path: str | os.PathLike, seconds: float | None = None) -> ExportedComplexity:
+    """Parameter memory by data type, MACs and the DCASE'23 verdict of a ``kd export`` file.
+
+    Args:
+        seconds: audio length of one inference (default: the clip length the file was exported for).
+    """
+    import onnx  # the optional [export] extra; only ONNX files need it
+
+    if not Path(path).is_file():
+        raise KdError(f"ONNX model not found: {path}")
+    try:
+        model = onnx.load(str(path))
+    except (onnx.onnx_cpp2py_export.checker.ValidationError, onnx.message.DecodeError, ValueError) as e:
+        raise KdError(f"{path} is not a readable ONNX model: {type(e).__name__}") from None
+    meta = {p.key: p.value for p in model.metadata_props}
+    if "student" not in meta or "num_classes" not in meta:
+        raise KdError(f"{path} is not a model written by kd export (no kd metadata)")
+    seconds = float(seconds if seconds is not None else meta["clip_seconds"])
+    tensors = {t.name: t for t in model.graph.initializer}
+    tensors.update({n.output[0]: a.t for n in model.graph.node if n.op_type == "Constant" for a in n.attribute
+                    if a.name == "value"})
+    uses: dict[str, set[tuple[str, int]]] = defaultdict(set)
+    for node in model.graph.node:
+        for index, name in enumerate(node.input):
+            uses[name].add((node.op_type, index))
+    stored: dict[str, int] = defaultdict(int)
+    params = param_bytes = quant_bytes = frontend_bytes = 0
+    for name, tensor in tensors.items():
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type))
+        numel = math.prod(tensor.dims)
+        if name.startswith("frontend/"):
+            frontend_bytes += numel * dtype.itemsize
+        elif any(op in ("QuantizeLinear", "DequantizeLinear") and i > 0 for op, i in uses[name]):
+            quant_bytes += numel * dtype.itemsize
+        elif dtype != np.int64:
+            params += numel
+            stored[dtype.name] += numel * dtype.itemsize
+            quantized_bias = dtype == np.int32 and ("DequantizeLinear", 0) in uses[name]
+            param_bytes += numel * (1 if quantized_bias else dtype.itemsize)
+    macs = complexity(meta["student"], seconds=seconds, num_classes=int(meta["num_classes"])).macs
+    return ExportedComplexity(
+        path=str(path), student=meta["student"], seconds=seconds, quantization=meta.get("quantization", "none"),
+        params=params, stored_bytes=dict(stored), param_bytes=param_bytes, quantization_bytes=quant_bytes,
+        frontend_bytes=frontend_bytes, file_bytes=Path(path).stat().st_size, macs=macs,
+        dcase23=dcase23_check(param_bytes, macs, seconds),
     )
 
 

@@ -15,6 +15,7 @@ import csv
 import glob
 import io
 import json
+import os
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -28,7 +29,6 @@ import torch
 from kd.checkpoints import load_student
 from kd.data import AudioError, Dataset, load_audio, open_dataset
 from kd.loaders import ClipDataset, make_loader
-from kd.onnx_runtime import OnnxStudent, is_onnx
 from kd.tasks import Task, get_task
 from kd.train import select_device
 from kd_errors import KdError
@@ -36,7 +36,7 @@ from students import Student
 
 __all__ = [
     "AUDIO_SUFFIXES", "LIST_SUFFIXES", "Prediction", "Predictor", "TorchPredictor", "collect_audio", "detect_events",
-    "evaluate_checkpoint", "evaluate_predictor", "format_predictions", "open_predictor", "predict_files",
+    "evaluate_checkpoint", "evaluate_predictor", "format_predictions", "is_onnx", "open_predictor", "predict_files",
 ]
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".opus")
@@ -75,9 +75,18 @@ class TorchPredictor:
             return self.task.logits(self.model(batch)).float().cpu().numpy()
 
 
+def is_onnx(path: str | os.PathLike) -> bool:
+    """Whether ``path`` names an ONNX file (by its suffix, as ``kd export`` writes them)."""
+    return Path(path).suffix.lower() == ".onnx"
+
+
 def open_predictor(path: str, device: str = "auto") -> Predictor:
     """The student in ``path``: an ``.onnx`` file from ``kd export`` (ONNX Runtime) or a ``kd distill`` checkpoint."""
     if is_onnx(path):
+        try:  # onnxruntime comes with the optional [export] extra, so it is imported only for .onnx files
+            from kd.onnx_runtime import OnnxStudent
+        except ModuleNotFoundError as e:
+            raise KdError(f"running {path} needs ONNX Runtime: pip install 'kd-audio[export]' (no {e.name})") from None
         return OnnxStudent(path, device=device)
     model, meta = load_student(path)
     return TorchPredictor(model, meta, select_device(device))
@@ -103,7 +112,7 @@ def evaluate_predictor(predictor: Predictor, data: Dataset, clips: Sequence[Any]
     fps = predictor.frames_per_second if data.task.frame_level else None
     num_frames = None
     if fps is not None:
-        num_frames = predictor.logits(np.zeros((1, int(round(seconds * predictor.sample_rate))), np.float32)).shape[1]
+        num_frames = predictor.logits(np.zeros((1, round(seconds * predictor.sample_rate)), np.float32)).shape[1]
     dataset = ClipDataset(data, clips, sample_rate=predictor.sample_rate, seconds=seconds, frames_per_second=fps,
                           num_frames=num_frames)
     outputs, indices = [], []
@@ -183,7 +192,7 @@ def predict_files(model: str, inputs: Sequence[str], top: int = 3, threshold: fl
         raise KdError("--top, --batch-size and --workers must be at least 1")
     files = collect_audio(inputs)
     predictor = open_predictor(model, device)
-    clip_samples = int(round(predictor.seconds * predictor.sample_rate))
+    clip_samples = round(predictor.seconds * predictor.sample_rate)
     results: list[Prediction | None] = [None] * len(files)
     batch: list[tuple[int, np.ndarray]] = []
 

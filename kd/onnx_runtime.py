@@ -24,7 +24,8 @@ from kd.tasks import Task, get_task
 from kd_errors import KdError
 from layers import MelSTFT
 
-__all__ = ["FORMAT_VERSION", "METADATA_KEYS", "ExportedModelInfo", "OnnxStudent", "is_onnx", "onnx_providers"]
+__all__ = ["FORMAT_VERSION", "METADATA_KEYS", "ExportedModelInfo", "OnnxStudent", "frontend_from_settings",
+           "onnx_providers"]
 
 FORMAT_VERSION = "1"
 METADATA_KEYS = (
@@ -32,11 +33,6 @@ METADATA_KEYS = (
     "input", "input_shape", "output_shape", "min_samples", "frontend", "activation", "quantization",
     "checkpoint", "checkpoint_sha256", "dataset", "kd_version",
 )
-
-
-def is_onnx(path: str | os.PathLike) -> bool:
-    """Whether ``path`` names an ONNX file (by its suffix, as ``kd export`` writes them)."""
-    return Path(path).suffix.lower() == ".onnx"
 
 
 def onnx_providers(device: str = "auto") -> list[str]:

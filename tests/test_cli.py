@@ -16,8 +16,8 @@ def _run(*args):
 def test_help_lists_every_command_group():
     result = _run("--help")
     assert result.exit_code == 0
-    for command in ("demo-data", "teach", "train-teacher", "distill", "eval", "predict", "store", "teachers",
-                    "quickstart"):
+    for command in ("demo-data", "teach", "train-teacher", "distill", "eval", "predict", "export", "complexity", "store",
+                    "teachers", "quickstart"):
         assert command in result.output
 
 

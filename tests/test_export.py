@@ -1,0 +1,325 @@
+"""kd export: every student family as ONNX (float32 parity with PyTorch, with and without the frontend), metadata,
+int8 quantisation, refusal of checkpoints it cannot export, and kd eval / predict / complexity on the exported file."""
+import csv
+import io
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from click.testing import CliRunner
+
+from cli import main
+from kd.complexity import exported_complexity
+from kd.data import open_dataset
+from kd.export import ExportConfig, ExportDynamicConv, export_student, exportable
+from kd.inference import evaluate_checkpoint, format_predictions, predict_files
+from kd.onnx_runtime import OnnxStudent
+from kd_errors import KdError
+from layers import CheckpointError, sha256_file
+from students import create_student
+from students.dymn import DynamicConv
+
+PARITY = 1e-4  # max |logit difference| ONNX Runtime vs PyTorch, float32
+
+
+def make_checkpoint(path, name, demo, seed=0):
+    """A kd distill-style checkpoint of ``name`` for ``demo``'s classes and clip length, with BatchNorm statistics
+    and affine terms drawn away from their identity initialisation (which would hide a wrong folding)."""
+    data = open_dataset(demo["spec"], split="train")
+    torch.manual_seed(seed)
+    model = create_student(name, len(data.classes)).eval()
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.normal_(0, 0.2)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.normal_(0, 0.2)
+    meta = {"kind": "student", "name": name, "classes": data.classes, "task": data.task.name,
+            "seconds": data.clip_seconds(), "dataset": demo["spec"]}
+    torch.save({"model": model.state_dict(), "meta": meta}, path)
+    return str(path)
+
+
+def eval_audio(demo, model, seconds, count=6):
+    data = open_dataset(demo["spec"], split="eval")
+    return np.stack([data.load_audio(c, model.sample_rate, seconds) for c in data.clips[:count]])
+
+
+def _run(*args):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def _reference(checkpoint, audio):
+    from kd.checkpoints import load_student
+
+    model, meta = load_student(checkpoint)
+    with torch.inference_mode():
+        return model(torch.from_numpy(audio)).numpy(), model, meta
+
+
+@pytest.fixture(scope="module")
+def tiny_asc(demo_asc, tmp_path_factory):
+    """cp_mobile_tiny exported with its frontend (float32)."""
+    folder = tmp_path_factory.mktemp("tiny")
+    checkpoint = make_checkpoint(folder / "tiny.pt", "cp_mobile_tiny", demo_asc)
+    result = export_student(ExportConfig(checkpoint, str(folder / "tiny.onnx"), calibration=demo_asc["spec"]))
+    return checkpoint, result
+
+
+# --- export-only formulations ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("kernel", "stride", "groups"), [(1, 1, 1), (3, (2, 1), 24), (5, 2, 24), (3, 1, 4)])
+def test_export_dynamic_conv_computes_the_same_function(kernel, stride, groups):
+    torch.manual_seed(0)
+    conv = DynamicConv(24, 48 if groups == 4 else 24 if groups > 1 else 40, context_dim=16, kernel_size=kernel,
+                       stride=stride, groups=groups).eval()
+    conv.temperature = 0.7
+    x, context = torch.randn(3, 24, 17, 23), torch.randn(3, 16, 1, 1)
+    with torch.no_grad():
+        expected, got = conv(x, context), ExportDynamicConv(conv)(x, context)
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_exportable_replaces_every_dynamic_conv_and_keeps_the_original():
+    model = create_student("dymn04", 5).eval()
+    copy = exportable(model)
+    assert not any(isinstance(m, DynamicConv) for m in copy.modules())
+    assert sum(isinstance(m, DynamicConv) for m in model.modules()) == 44  # the model itself is untouched
+    spec = model.frontend(torch.randn(2, 32000))
+    with torch.no_grad():
+        torch.testing.assert_close(copy.forward_spectrogram(spec), model.forward_spectrogram(spec), atol=1e-4, rtol=1e-4)
+
+
+# --- float32 parity, metadata, refusal ------------------------------------------------------------------------------
+
+
+def test_exported_frontend_and_network_match_pytorch(demo_asc, tiny_asc, tmp_path):
+    checkpoint, result = tiny_asc
+    audio = eval_audio(demo_asc, create_student("cp_mobile_tiny", 10), 1.0)
+    expected, model, _ = _reference(checkpoint, audio)
+    runtime = OnnxStudent(result.path, device="cpu")
+    assert np.abs(runtime.logits(audio) - expected).max() <= PARITY
+    assert result.parity <= PARITY and "train clips" in result.parity_inputs
+    # the frontend alone: ONNX's STFT operator against torch.stft
+    from onnxruntime import InferenceSession
+
+    merged = onnx.load(result.path)
+    frontend = onnx.utils.Extractor(merged).extract_model(["waveform"], ["spectrogram"])
+    spec = InferenceSession(frontend.SerializeToString()).run(None, {"waveform": audio})[0]
+    with torch.inference_mode():
+        torch.testing.assert_close(torch.from_numpy(spec), model.frontend(torch.from_numpy(audio)), atol=1e-4, rtol=0)
+    # without the frontend the file takes spectrograms; kd computes them from the settings in its metadata
+    bare = export_student(ExportConfig(checkpoint, str(tmp_path / "bare.onnx"), frontend=False))
+    runtime = OnnxStudent(bare.path, device="cpu")
+    assert runtime.info.input == "spectrogram" and runtime.session.get_inputs()[0].name == "spectrogram"
+    assert np.abs(runtime.logits(audio) - expected).max() <= PARITY
+    assert bare.complexity.frontend_bytes == 0 < result.complexity.frontend_bytes
+
+
+def test_batch_and_length_are_dynamic(demo_asc, tiny_asc):
+    checkpoint, result = tiny_asc
+    runtime = OnnxStudent(result.path, device="cpu")
+    assert runtime.session.get_inputs()[0].shape == ["batch", "samples"]
+    audio = np.concatenate([eval_audio(demo_asc, create_student("cp_mobile_tiny", 10), 1.0)] * 2, axis=1)[:5, :45000]
+    expected, _, _ = _reference(checkpoint, audio)
+    assert np.abs(runtime.logits(audio) - expected).max() <= PARITY
+    assert runtime.logits(audio[:1]).shape == (1, 10)
+
+
+def test_metadata_round_trips(demo_asc, tiny_asc):
+    checkpoint, result = tiny_asc
+    props = {p.key: p.value for p in onnx.load(result.path).metadata_props}
+    data = open_dataset(demo_asc["spec"], split="train")
+    assert json.loads(props["classes"]) == data.classes
+    assert props["sample_rate"] == "32000" and float(props["clip_seconds"]) == data.clip_seconds()
+    assert props["frames_per_second"] == "none" and props["task"] == "asc" and props["input"] == "waveform"
+    assert props["checkpoint_sha256"] == sha256_file(checkpoint) and props["student"] == "cp_mobile_tiny"
+    assert props["quantization"] == "none" and int(props["min_samples"]) > 0
+    info = OnnxStudent(result.path, device="cpu").info
+    assert info.classes == data.classes and info.sample_rate == 32000 and info.frames_per_second is None
+    assert info.frontend["n_mels"] == 256 and info.frontend["hop_length"] == 500
+    assert result.metadata == props
+
+
+def test_broken_foreign_and_unexportable_inputs_are_refused_in_one_line(demo_tagging, tiny_asc, tmp_path):
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(b"not a checkpoint")
+    foreign = tmp_path / "foreign.pt"
+    torch.save(create_student("cp_mobile_tiny", 10).state_dict(), foreign)  # a release-style bare state dict
+    teacher = tmp_path / "teacher.pt"
+    torch.save({"model": {}, "meta": {"kind": "teacher", "name": "passt_tiny"}}, teacher)
+    out = tmp_path / "out.onnx"
+    for path in (broken, foreign, teacher):
+        with pytest.raises(CheckpointError):
+            export_student(ExportConfig(str(path), str(out)))
+        result = _run("export", str(path), "--out", str(out))
+        assert result.exit_code == 2 and result.stderr.startswith("error:") and "Traceback" not in result.stderr
+        assert len(result.stderr.strip().splitlines()) <= 2  # rich may wrap one long line once
+    checkpoint, _ = tiny_asc
+    with pytest.raises(KdError, match="needs --calibration"):
+        ExportConfig(checkpoint, str(out), quantize="int8")
+    with pytest.raises(KdError, match=r"\.onnx"):
+        ExportConfig(checkpoint, str(tmp_path / "model.pt"))
+    assert not out.exists()
+    with pytest.raises(KdError, match="other classes"):
+        export_student(ExportConfig(checkpoint, str(out), calibration=demo_tagging["spec"]))
+    assert not out.exists()
+    foreign_onnx = onnx.load(tiny_asc[1].path)
+    del foreign_onnx.metadata_props[:]
+    onnx.save(foreign_onnx, str(out))
+    with pytest.raises(KdError, match="not a model written by kd export"):
+        OnnxStudent(str(out), device="cpu")
+    for command in (("eval", str(out), "--dataset", demo_tagging["spec"]), ("predict", str(out), str(broken)),
+                    ("complexity", str(out))):
+        result = _run(*command)
+        assert result.exit_code == 2 and "not a model written by kd export" in result.stderr
+
+
+# --- kd eval / predict / complexity on exported files -------------------------------------------------------------
+
+
+def test_eval_of_the_onnx_file_matches_the_checkpoint(demo_asc, tiny_asc):
+    checkpoint, result = tiny_asc
+    from_checkpoint = evaluate_checkpoint(checkpoint, demo_asc["spec"], device="cpu")
+    from_onnx = evaluate_checkpoint(result.path, demo_asc["spec"], device="cpu")
+    assert from_onnx == pytest.approx(from_checkpoint, abs=1e-6)
+    cli = _run("eval", result.path, "--dataset", demo_asc["spec"], "--json")
+    assert cli.exit_code == 0 and json.loads(cli.output)["accuracy"] == pytest.approx(from_checkpoint["accuracy"])
+
+
+def test_predict_takes_folders_globs_and_lists_and_reports_bad_files(demo_asc, tiny_asc, tmp_path):
+    checkpoint, result = tiny_asc
+    audio = sorted((Path(demo_asc["path"]) / "audio").glob("*.wav"))
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    for path in audio[:3]:
+        shutil.copy(path, folder / path.name)
+    (folder / "broken.wav").write_bytes(b"RIFF garbage")
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"# a comment\n{audio[5]}\n\nclips/{audio[0].name}\n")
+    inputs = [str(folder), str(Path(demo_asc["path"]) / "audio" / "*-s4.wav"), str(listing)]
+    expected_paths = sorted(str(p) for p in folder.iterdir()) + \
+        sorted(str(p) for p in (Path(demo_asc["path"]) / "audio").glob("*-s4.wav")) + \
+        [str(audio[5]), str(tmp_path / "clips" / audio[0].name)]
+    from_onnx = predict_files(result.path, inputs, device="cpu", batch_size=2, workers=3)
+    from_checkpoint = predict_files(checkpoint, inputs, device="cpu")
+    assert [p.path for p in from_onnx] == expected_paths
+    broken = [p for p in from_onnx if p.error]
+    assert [p.path for p in broken] == [str(folder / "broken.wav")] and broken[0].top is None
+    for a, b in zip(from_onnx, from_checkpoint):
+        assert a.error == b.error
+        if a.top:
+            assert [c for c, _ in a.top] == [c for c, _ in b.top]
+            assert np.allclose([p for _, p in a.top], [p for _, p in b.top], atol=1e-5)
+            assert len(a.top) == 3 and a.top[0][1] >= a.top[1][1] >= a.top[2][1]
+    rows = list(csv.reader(io.StringIO(format_predictions(from_onnx, "csv"))))
+    assert rows[0] == ["path", "class_1", "probability_1", "class_2", "probability_2", "class_3", "probability_3",
+                       "error"]
+    assert len(rows) == len(from_onnx) + 1 and rows[1 + expected_paths.index(str(folder / "broken.wav"))][-1]
+    assert json.loads(format_predictions(from_onnx, "json"))[0]["top"][0]["class"] == from_onnx[0].top[0][0]
+    with pytest.raises(KdError, match="no such file"):
+        predict_files(result.path, [str(tmp_path / "missing.wav")])
+    with pytest.raises(KdError, match="matches no file"):
+        predict_files(result.path, [str(tmp_path / "*.flac")])
+
+
+def test_predict_command_prints_one_table_or_csv(demo_asc, tiny_asc):
+    _, result = tiny_asc
+    folder = Path(demo_asc["path"]) / "audio"
+    table = _run("predict", result.path, str(folder / "*-s5.wav"))
+    assert table.exit_code == 0
+    names = sorted(p.name for p in folder.glob("*-s5.wav"))
+    assert all(name in table.output for name in names)  # each file on one row, its name never wrapped
+    assert table.output.count("files in") == 1
+    as_csv = _run("predict", result.path, str(folder / "*-s5.wav"), "--format", "csv")
+    assert as_csv.exit_code == 0 and len(as_csv.output.strip().splitlines()) == len(names) + 1
+
+
+def test_complexity_of_an_exported_file(tiny_asc):
+    _, result = tiny_asc
+    cost = exported_complexity(result.path)
+    reference = create_student("cp_mobile_tiny", 10)
+    batchnorm = sum(m.weight.numel() + m.bias.numel() for m in reference.modules()
+                    if isinstance(m, torch.nn.BatchNorm2d))
+    params = sum(p.numel() for p in reference.parameters())
+    # BatchNorm is folded: each norm leaves one bias per channel instead of a weight and a bias
+    assert params - batchnorm <= cost.params <= params
+    assert cost.stored_bytes == {"float32": 4 * cost.params} and cost.param_bytes == 4 * cost.params
+    assert cost.dcase23["param_bytes_ok"] and cost.dcase23["macs_per_second_ok"]
+    figures = json.loads(_run("complexity", result.path, "--json").output)
+    assert figures["params"] == cost.params and figures["dcase23"]["ok"] is True
+    named = json.loads(_run("complexity", "cp_mobile", "--json").output)
+    assert named["param_bytes_by_dtype"] == {"float32": 4 * named["params"], "float16": 2 * named["params"],
+                                             "int8": named["params"]}
+    assert named["dcase23"]["param_bytes_ok"] is False  # 32-bit parameters are over the limit
+
+
+def test_int8_export_quantises_the_network_and_checks_it(demo_asc, tiny_asc, tmp_path):
+    checkpoint, float_result = tiny_asc
+    result = export_student(ExportConfig(checkpoint, str(tmp_path / "int8.onnx"), quantize="int8",
+                                         calibration=demo_asc["spec"], calibration_clips=24))
+    report = result.quantization
+    assert report is not None and report.metric == "accuracy" and report.calibration_clips == 24
+    assert report.check_clips == len(open_dataset(demo_asc["spec"], split="eval").labelled_clips)
+    assert report.drop == pytest.approx(report.float32 - report.int8)
+    ops = {n.op_type for n in onnx.load(result.path).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "STFT"} <= ops
+    assert result.metadata["quantization"].startswith("int8")
+    cost = result.complexity
+    assert cost.stored_bytes["int8"] > 0.9 * cost.params and cost.quantization_bytes > 0
+    assert cost.param_bytes < float_result.complexity.param_bytes / 3
+    assert evaluate_checkpoint(result.path, demo_asc["spec"], device="cpu")["accuracy"] == pytest.approx(report.int8)
+
+
+def test_export_command_reports_the_checks(demo_asc, tiny_asc, tmp_path):
+    checkpoint, _ = tiny_asc
+    out = tmp_path / "cli.onnx"
+    result = _run("export", checkpoint, "--out", str(out), "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["parity"] <= PARITY and report["metadata"]["student"] == "cp_mobile_tiny" and out.is_file()
+    table = _run("export", checkpoint, "--out", str(out))
+    assert table.exit_code == 0 and "float32 parity" in table.output and "DCASE'23" in table.output
+
+
+# --- every family ---------------------------------------------------------------------------------------------------
+
+FAMILIES = [
+    ("cp_mobile", "demo_asc"),
+    ("cp_resnet_dcase", "demo_asc"),
+    ("mn01", "demo_tagging"),
+    ("dymn04", "demo_tagging"),
+    ("fmn_tiny", "demo_sed"),  # BiGRU
+    ("fmn04_tf", "demo_sed"),  # RoFormer blocks
+    ("fmn04_tcn", "demo_sed"),  # temporal conv net
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("frontend", [True, False], ids=["waveform", "spectrogram"])
+@pytest.mark.parametrize(("name", "demo_fixture"), FAMILIES)
+def test_every_family_exports_and_matches_pytorch(name, demo_fixture, frontend, request, tmp_path):
+    demo = request.getfixturevalue(demo_fixture)
+    checkpoint = make_checkpoint(tmp_path / f"{name}.pt", name, demo)
+    result = export_student(ExportConfig(checkpoint, str(tmp_path / f"{name}.onnx"), frontend=frontend,
+                                         calibration=demo["spec"]))
+    model = create_student(name, 10)
+    seconds = open_dataset(demo["spec"]).clip_seconds()
+    audio = eval_audio(demo, model, seconds, count=4)
+    expected, model, _ = _reference(checkpoint, audio)
+    runtime = OnnxStudent(result.path, device="cpu")
+    got = runtime.logits(audio)
+    assert got.shape == expected.shape
+    assert np.abs(got - expected).max() <= PARITY
+    assert result.parity <= PARITY
+    if model.frames_per_second:
+        assert runtime.frames_per_second == model.frames_per_second == 25.0
+        events = predict_files(result.path, [open_dataset(demo["spec"], split="eval").clips[0].source],
+                               threshold=0.0, device="cpu")[0].events
+        assert events and all(0 <= on < off <= seconds for on, off, _ in events)
