@@ -1,9 +1,10 @@
 """Offline soft-target store for knowledge distillation: teacher logits in a Zarr v3 group at any URL.
 
 Teachers run once and write their clip (and frame) logits chunk by chunk, from many processes, resumably;
-students read shuffled batches by clip id, from any ensemble of the stored teachers. numpy, zarr and numcodecs
-only (no torch; remote URLs go through Zarr's ``FsspecStore``), so DataLoader workers and dask workers can
-import it cheaply.
+students read shuffled batches by clip id, from any ensemble of the stored teachers. A store may hold the
+logits of several views (augmented versions) of every clip, with each view's parameters. numpy, zarr and
+numcodecs only (no torch; remote URLs go through Zarr's ``FsspecStore``), so DataLoader workers and dask
+workers can import it cheaply.
 """
 from logit_store.codecs import CODECS, Codec, get_codec
 from logit_store.errors import (
@@ -16,6 +17,8 @@ from logit_store.errors import (
     TeacherConflict,
     UnknownTeacher,
     UnwrittenRows,
+    UnwrittenViews,
+    ViewMismatch,
     VocabularyMismatch,
 )
 from logit_store.schema import FORMAT_VERSION
@@ -37,6 +40,8 @@ __all__ = [
     "TeacherConflict",
     "UnknownTeacher",
     "UnwrittenRows",
+    "UnwrittenViews",
+    "ViewMismatch",
     "VocabularyMismatch",
     "get_codec",
 ]

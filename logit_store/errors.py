@@ -19,6 +19,8 @@ __all__ = [
     "TeacherConflict",
     "UnknownTeacher",
     "UnwrittenRows",
+    "UnwrittenViews",
+    "ViewMismatch",
     "VocabularyMismatch",
 ]
 
@@ -78,4 +80,15 @@ class DatasetMismatch(StoreError):
 
 
 class InvalidLogits(StoreError):
-    """Logits handed to ``write_chunk`` with a wrong shape, NaN/inf, or rows outside the chunk."""
+    """Logits (or view parameters) handed to ``write_chunk`` with a wrong shape, NaN/inf, or rows outside the chunk."""
+
+
+class ViewMismatch(StoreError):
+    """A view configuration, or the view parameters of a chunk, that differ from the ones the store holds."""
+
+
+class UnwrittenViews(StoreError):
+    def __init__(self, ids: Sequence[str]) -> None:
+        super().__init__(f"no view parameters for {len(ids)} requested clip(s): {preview(list(ids))}; "
+                         "no teacher has written their chunks yet")
+        self.ids = list(ids)

@@ -19,10 +19,12 @@ class Reader:
 
     ``data`` is the level's Zarr array (``clip`` or ``frame``), ``ranges`` its ``*_range`` array (``q8``, ``qb``),
     ``row_block`` the teacher's rows per clip-range block, ``budget`` the bytes of decoded rows it may keep.
+    ``views > 1``: the arrays have a view axis after the row axis, and :meth:`gather` can pick one view per row.
     """
 
-    def __init__(self, data, ranges, codec: Codec, level: str, row_block: int, budget: int) -> None:
+    def __init__(self, data, ranges, codec: Codec, level: str, row_block: int, budget: int, views: int = 1) -> None:
         self.data, self.ranges, self.codec, self.level, self.row_block = data, ranges, codec, level, row_block
+        self.views = views
         self.rows_per_chunk = data.chunks[0]
         self.num_rows = data.shape[0]
         row_bytes = int(np.prod(data.shape[1:])) * 4
@@ -36,33 +38,42 @@ class Reader:
     def of_teacher(cls, group, info: dict[str, Any], level: str, budget: int) -> Reader:
         """The reader of ``level`` of the teacher group ``group`` whose recorded settings are ``info``."""
         return cls(group[level], group.get(f"{level}_range", None), get_codec(codec_config(info, level)), level,
-                   info["row_block"], budget)
+                   info["row_block"], budget, int(info.get("views", 1)))
 
     def decode_rows(self, start: int, stop: int) -> np.ndarray:
         """Decode stored rows ``[start, stop)``; raises zarr/codec errors on corrupt objects."""
         stored = self.data[start:stop]
-        ranges = None
-        if self.codec.uses_ranges:
-            if self.level == "clip":
-                ranges = self.ranges[:, start // self.row_block : -(-stop // self.row_block)]
-            else:
-                ranges = self.ranges[:, start:stop]
         if self.level == "clip":
+            ranges = self.ranges[:, start // self.row_block : -(-stop // self.row_block)] \
+                if self.codec.uses_ranges else None
             return self.codec.decode(stored, ranges, 0, self.row_block)
-        return self.codec.decode(stored, ranges, 1, self.codec.frame_block)
+        ranges = self.ranges[:, start:stop] if self.codec.uses_ranges else None
+        if self.views == 1:
+            return self.codec.decode(stored, ranges, 1, self.codec.frame_block)
+        flat = stored.reshape(-1, *stored.shape[2:])  # every view a row of its own: [n * V, T, C]
+        if ranges is not None:
+            ranges = ranges.reshape(len(ranges), -1, *ranges.shape[3:])
+        return self.codec.decode(flat, ranges, 1, self.codec.frame_block).reshape(stored.shape)
 
-    def gather(self, rows: np.ndarray) -> np.ndarray:
-        """Decoded float32 logits of ``rows`` (any order, repeats allowed)."""
+    def gather(self, rows: np.ndarray, views: np.ndarray | None = None) -> np.ndarray:
+        """Decoded float32 logits of ``rows`` (any order, repeats allowed).
+
+        ``views`` (one index per row, with a view axis only): that view of each row, without the view axis.
+        """
         if self.resident:
             if self.full is None:
                 self.full = self._decode_all()
-            return self.full.take(rows, axis=0)
-        out = np.empty((len(rows), *self.data.shape[1:]), np.float32)
+            if views is None:
+                return self.full.take(rows, axis=0)
+            flat = self.full.reshape(-1, *self.full.shape[2:])  # a view: row r, view v is flat row r * V + v
+            return flat.take(rows * self.views + views, axis=0)
+        out = np.empty((len(rows), *self.data.shape[1 if views is None else 2:]), np.float32)
         chunk_of = rows // self.rows_per_chunk
         for chunk in np.unique(chunk_of):
             block = self._chunk(int(chunk))
             where = np.nonzero(chunk_of == chunk)[0]
-            out[where] = block[rows[where] - chunk * self.rows_per_chunk]
+            local = rows[where] - chunk * self.rows_per_chunk
+            out[where] = block[local] if views is None else block[local, views[where]]
         return out
 
     def _decode_all(self) -> np.ndarray:

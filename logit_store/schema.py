@@ -1,23 +1,38 @@
 """On-disk format of a logit store: version, names, attribute keys and the checks run on open.
 
-Layout of the Zarr v3 group (``N`` clips, ``C`` classes, ``T`` frames, ``K`` chunks of ``chunk_size`` rows)::
+Layout of the Zarr v3 group (``N`` clips, ``C`` classes, ``T`` frames, ``V`` views per clip, ``P`` view
+parameters, ``M`` store chunks of ``chunk_size`` clips)::
 
     zarr.json                       attrs["logit_store"]: format, format_version, dataset, fingerprint,
-                                    classes, mids, chunk_size, created_at, kd_version; attrs["user"]
+                                    classes, mids, chunk_size, created_at, kd_version, and for a store with
+                                    views: views (the configuration they were drawn from, "count" = V) and
+                                    view_param_names (P names); attrs["user"]
     clip_ids                        string [N]
+    view_params                     stores with views only: [N, V, P] float32, chunks of chunk_size clips
+                                    (NaN until written; written with a chunk's logits by any of its teachers)
     teachers/<name>/zarr.json       attrs["teacher"]: codec, codec_config, frames, frames_per_second,
-                                    frame_codec, frame_codec_config (absent: the frames use codec), ...;
+                                    frame_codec, frame_codec_config (absent: the frames use codec),
+                                    views (V, absent when V = 1), ...;
                                     attrs["attrs"]: what the writer recorded (checkpoint sha256, frontend, ...);
                                     attrs["metrics"]: quality metrics written once at the end
-    teachers/<name>/clip            [N, C] in the codec's dtype, chunks of chunk_size rows
-    teachers/<name>/clip_range      q8 only: [2, ceil(N/b), C] float16 (lo, hi) per block of b <= 128 rows
-    teachers/<name>/frame           [N, T, C], chunks of a divisor of chunk_size rows (q8, qb: frame deltas)
+    teachers/<name>/clip            [N, C] (V > 1: [N, V, C]) in the codec's dtype, chunks of chunk_size clips
+    teachers/<name>/clip_range      q8 only: [2, ceil(N/b), C] (V > 1: [2, ceil(N/b), V, C]) float16 (lo, hi)
+                                    per block of b <= 128 clips (and per view)
+    teachers/<name>/frame           [N, T, C] (V > 1: [N, V, T, C]), chunks of a divisor of chunk_size clips
+                                    (q8, qb: frame deltas)
     teachers/<name>/frame_range     q8: [2, N, ceil(T/64), C] float16 (lo, hi) per block of 64 frames;
-                                    qb: [3, N, ceil(T/b), C] float16 (lo, hi, levels) per block of b frames
-    teachers/<name>/done            string [K], one object per chunk: the JSON done record, written last
+                                    qb: [3, N, ceil(T/b), C] float16 (lo, hi, levels) per block of b frames;
+                                    V > 1: a view axis after N ([k, N, V, ceil(T/b), C])
+    teachers/<name>/done            string [M], one object per chunk: the JSON done record, written last
 
-Every chunk object of a teacher belongs to exactly one store chunk, so writers of different chunks never
-touch the same object and need no lock; a chunk counts as written only once its done record exists.
+Every chunk object of a teacher (and of ``view_params``) belongs to exactly one store chunk, so writers of
+different chunks never touch the same object and need no lock; a chunk counts as written only once its done
+record exists. With ``V`` views every view of a clip is coded like a row of a single-view store (ranges per
+view), so the bytes per view-logit are those of a single view.
+
+Format version 1 is the single-view layout; stores with more than one view per clip are version 2, so that
+code which only knows version 1 refuses them instead of misreading their view axis. Stores with one view (or
+none) are still written as version 1.
 """
 from __future__ import annotations
 
@@ -28,7 +43,9 @@ from typing import Any
 from logit_store.errors import IncompatibleStore, StoreError
 
 FORMAT = "kd-logit-store"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest version written: stores with a view axis
+SINGLE_VIEW_FORMAT_VERSION = 1  # stores without a view axis, readable by every kd
+READABLE_VERSIONS = (SINGLE_VIEW_FORMAT_VERSION, FORMAT_VERSION)
 ROOT_KEY = "logit_store"
 LEVELS = ("clip", "frame")
 TEACHER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -59,11 +76,17 @@ def check_root_attrs(attrs: dict[str, Any], url: str) -> dict[str, Any]:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise IncompatibleStore(f"{url} is a Zarr group but not a kd logit store (no '{ROOT_KEY}' attributes)")
     version = meta.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         raise IncompatibleStore(
-            f"{url} is a logit store of format version {version}; this kd reads version {FORMAT_VERSION} only"
+            f"{url} is a logit store of format version {version}; this kd reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))}"
         )
     return meta
+
+
+def format_version(num_views: int) -> int:
+    """The format version of a store with ``num_views`` views per clip (see the module doc)."""
+    return FORMAT_VERSION if num_views > 1 else SINGLE_VIEW_FORMAT_VERSION
 
 
 def check_teacher_name(name: str) -> None:

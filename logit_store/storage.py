@@ -68,10 +68,13 @@ def compressors(level: int = 3):
     return [ZstdCodec(level=level), Crc32cCodec()]
 
 
-def create_codec_array(group, name: str, shape, dtype, chunks, level: int = 3) -> None:
-    """A codec-valued array of a teacher: zstd (at ``level``) + crc32c, fill value 0, chunk keys ``c/i/j/...``."""
-    group.create_array(name, shape=shape, dtype=dtype, chunks=chunks, fill_value=0, serializer="auto",
-                       compressors=compressors(level), chunk_key_encoding={"name": "default", "separator": "/"})
+def create_codec_array(group, name: str, shape, dtype, chunks, level: int = 3, *, fill_value: float = 0,
+                       overwrite: bool = False):
+    """A codec-valued array: zstd (at ``level``) + crc32c, ``fill_value`` where nothing is written, chunk keys
+    ``c/i/j/...``; ``overwrite`` replaces an array of that name (one left by an interrupted creation)."""
+    return group.create_array(name, shape=shape, dtype=dtype, chunks=chunks, fill_value=fill_value,
+                              serializer="auto", compressors=compressors(level), overwrite=overwrite,
+                              chunk_key_encoding={"name": "default", "separator": "/"})
 
 
 async def _collect(items) -> list[str]:

@@ -11,6 +11,7 @@ This module is the facade; each job lives in its own module:
 - :mod:`logit_store.storage`: opening URLs as Zarr stores, listing keys and sizes through Zarr's Store API;
 - :mod:`logit_store.codecs`: the value codecs (``f32``, ``f16``, the 8-bit ``q8`` and, for frames, ``qb``);
 - :mod:`logit_store.writer`: a new teacher's arrays, and the checks and encoding of one chunk;
+- :mod:`logit_store.views`: the store's view configuration and each clip's view parameters;
 - :mod:`logit_store.progress`: done records, read once per handle and kept current from its writes;
 - :mod:`logit_store.index`: the vectorised clip id -> row index;
 - :mod:`logit_store.reader`: decoded rows (whole arrays or an LRU of chunks) within a byte budget;
@@ -27,7 +28,8 @@ from typing import Any
 import numpy as np
 
 from logit_store import ensemble, progress, schema, storage, writer
-from logit_store.codecs import default_frame_codec, get_codec
+from logit_store import views as views_module
+from logit_store.codecs import F32Codec, default_frame_codec, get_codec
 from logit_store.errors import (
     DatasetMismatch,
     IncompatibleStore,
@@ -37,6 +39,8 @@ from logit_store.errors import (
     TeacherConflict,
     UnknownTeacher,
     UnwrittenRows,
+    UnwrittenViews,
+    ViewMismatch,
     VocabularyMismatch,
     preview,
 )
@@ -47,10 +51,14 @@ from logit_store.verify import Problem, verify
 __all__ = ["DEFAULT_CACHE_BYTES", "LogitStore", "Problem"]
 
 DEFAULT_CACHE_BYTES = 2 * 1024**3
+VIEWS_CACHE_KEY = ":views"  # the decoded-cache entry of the view parameters (no teacher name starts with ':')
 
 
 class LogitStore:
     """Teacher logits (clip ``[N, C]`` and frame ``[N, T, C]``) for a fixed list of clip ids.
+
+    A store with views (:meth:`set_views`) holds the logits of ``V`` views of every clip (clip ``[N, V, C]``,
+    frame ``[N, V, T, C]`` when ``V > 1``) and each view's parameters (:meth:`view_params`).
 
     A handle is cheap to pickle: it carries only the URL and options, and every process (DataLoader worker,
     dask worker) opens the Zarr group lazily on first use, after fork or unpickling.
@@ -116,8 +124,12 @@ class LogitStore:
     @classmethod
     def create(cls, url: str, clip_ids: Sequence[str], classes: Sequence[str], *, mids: Sequence[str] | None = None,
                dataset: str, dataset_fingerprint: str, chunk_size: int = 1024, overwrite: bool = False,
-               storage_options: dict[str, Any] | None = None) -> LogitStore:
-        """Create an empty store for ``clip_ids`` (unique) and the class vocabulary ``classes``."""
+               storage_options: dict[str, Any] | None = None, views: dict[str, Any] | None = None,
+               view_param_names: Sequence[str] | None = None) -> LogitStore:
+        """Create an empty store for ``clip_ids`` (unique) and the class vocabulary ``classes``.
+
+        ``views`` (with ``view_param_names``) records the views of the clips, as :meth:`set_views` does.
+        """
         import zarr
 
         clip_ids, classes = [str(i) for i in clip_ids], [str(c) for c in classes]
@@ -129,6 +141,10 @@ class LogitStore:
             raise VocabularyMismatch(f"{len(mids)} MIDs for {len(classes)} classes")
         if chunk_size < 1:
             raise StoreError(f"chunk_size must be >= 1, got {chunk_size}")
+        if views is not None:
+            views, view_param_names = views_module.check_config(views, view_param_names)
+        elif view_param_names is not None:
+            raise StoreError("view_param_names names the parameters of views: give views too")
         store = storage.open_zarr_store(url, False, storage_options)
         if not overwrite:
             try:
@@ -143,12 +159,15 @@ class LogitStore:
         ids = root.create_array("clip_ids", shape=(len(clip_ids),), dtype=str, chunks=(min(len(clip_ids), 65536),))
         ids[:] = np.array(clip_ids, dtype=object)
         root.create_group("teachers")
-        root.attrs.update({schema.ROOT_KEY: {
-            "format": schema.FORMAT, "format_version": schema.FORMAT_VERSION, "dataset": dataset,
+        meta = {
+            "format": schema.FORMAT, "format_version": schema.format_version(1), "dataset": dataset,
             "dataset_fingerprint": dataset_fingerprint, "num_clips": len(clip_ids), "num_classes": len(classes),
             "classes": classes, "mids": None if mids is None else [str(m) for m in mids],
             "chunk_size": int(chunk_size), "created_at": schema.now(), "kd_version": schema.kd_version(),
-        }, "user": {}})
+        }
+        if views is not None:
+            meta = _with_views(root, meta, views, view_param_names)
+        root.attrs.update({schema.ROOT_KEY: meta, "user": {}})
         return cls(url, mode="r+", storage_options=storage_options)
 
     @classmethod
@@ -223,6 +242,95 @@ class LogitStore:
                 f"the store was built from dataset {self.meta['dataset']!r} with fingerprint {stored}, not {fingerprint}"
             )
 
+    # --- views ----------------------------------------------------------------------------------------------
+    @property
+    def views(self) -> dict[str, Any] | None:
+        """The configuration the views of the clips were drawn from (``None``: the store has no views)."""
+        config = self.meta.get("views")
+        return None if config is None else json.loads(json.dumps(config))
+
+    @property
+    def num_views(self) -> int:
+        """Views per clip: ``V`` of the view configuration, 1 for a store without views."""
+        config = self.meta.get("views")
+        return 1 if config is None else int(config["count"])
+
+    @property
+    def view_param_names(self) -> list[str] | None:
+        """Names of the ``P`` numbers stored per view (the last axis of :meth:`view_params`)."""
+        names = self.meta.get("view_param_names")
+        return None if names is None else list(names)
+
+    def set_views(self, config: dict[str, Any], view_param_names: Sequence[str]) -> None:
+        """Record the views of the store's clips: ``config`` (a JSON dict whose ``count`` is the views per clip,
+        the rest the caller's: kinds, ranges, seed, impulse responses and their fingerprint) and the names of
+        the parameters stored per view.
+
+        Views belong to the clips, so all teachers share them. The same configuration again is a no-op (a
+        resumed job); another one, or views for a store that holds teachers written without them, raises
+        ``ViewMismatch``. Call it before any writer starts (as :meth:`create` with ``views`` does).
+        """
+        self._require_writable()
+        config, names = views_module.check_config(config, view_param_names)
+        if self.meta.get("views") is not None:
+            self.check_views(config, names)
+            return
+        if self.teachers:
+            raise ViewMismatch(f"{self.url} holds teachers written without views ({', '.join(self.teachers)}); "
+                               "write a new store for teachers run on views")
+        meta = _with_views(self._root, dict(self.meta), config, names)
+        self._root.attrs.update({schema.ROOT_KEY: meta})
+        self._meta = meta
+
+    def check_views(self, config: dict[str, Any] | None, view_param_names: Sequence[str] | None = None) -> None:
+        """``ViewMismatch`` unless the store's views are ``config`` (``None``: the store has no views)."""
+        if config is not None:
+            config, view_param_names = views_module.check_config(config, view_param_names)
+        views_module.check_same(self.meta.get("views"), self.meta.get("view_param_names"), config,
+                                view_param_names, self.url)
+
+    def view_params(self, ids: Sequence[str], views: np.ndarray | int | None = None) -> np.ndarray:
+        """The parameters of the views of ``ids``: ``[len(ids), V, P]`` float32, or with ``views`` (one view
+        index per id, or one for all) ``[len(ids), P]``.
+
+        ``UnwrittenViews`` for clips whose chunk no teacher has written yet (after reading what other
+        processes wrote since); ``StoreError`` for a store without views.
+        """
+        if self.meta.get("views") is None:
+            raise StoreError(f"{self.url} has no views: its teachers were run on the clips as they are")
+        if not isinstance(ids, (list, tuple, np.ndarray)):
+            ids = list(ids)
+        rows = self.rows_of(ids)
+        picks = self._view_picks(views, len(rows), keep_axis=True)
+        for _ in range(2):
+            reader = self._decoded.reader(VIEWS_CACHE_KEY, views_module.ARRAY, lambda budget: Reader(
+                self._root[views_module.ARRAY], None, F32Codec(), "clip", 1, budget, self.num_views))
+            got = reader.gather(rows, picks)
+            missing = np.isnan(got.reshape(len(rows), -1)).any(axis=1)
+            if not missing.any():
+                return got
+            self._decoded.drop(VIEWS_CACHE_KEY)  # decoded before other processes wrote these chunks?
+        raise UnwrittenViews([ids[i] for i in np.nonzero(missing)[0]])
+
+    def _view_picks(self, views: np.ndarray | int | None, n: int, keep_axis: bool = False) -> np.ndarray | None:
+        """``views`` as int64 view indices of ``n`` rows, checked against ``V`` (``StoreError``); ``None`` when
+        every row is to keep its view axis, or (single-view layouts, unless ``keep_axis``) has none to pick from.
+        """
+        if views is None:
+            return None
+        v = np.asarray(views)
+        if v.ndim == 0:
+            v = np.full(n, v)
+        if v.shape != (n,) or v.dtype.kind not in "iu":
+            raise StoreError(f"views must be one integer view index per id ({n}), got {v.dtype} of shape {v.shape}")
+        count = self.num_views
+        if n and (int(v.min()) < 0 or int(v.max()) >= count):
+            raise StoreError(f"view indices must lie in [0, {count}): the store has {count} view(s) per clip, "
+                             f"got {int(v.min())}..{int(v.max())}")
+        if count == 1 and not keep_axis:
+            return None
+        return v.astype(np.int64, copy=False)
+
     # --- teachers -------------------------------------------------------------------------------------------
     @property
     def teachers(self) -> list[str]:
@@ -278,6 +386,8 @@ class LogitStore:
             "row_block": writer.row_block(self.chunk_size),
             "created_at": schema.now(), "kd_version": schema.kd_version(),
         }
+        if self.num_views > 1:  # recorded only with a view axis: single-view teachers keep their exact settings
+            fixed["views"] = self.num_views
         if frames is not None:
             fixed.update(frame_codec=frame_codec_obj.name, frame_codec_config=frame_codec_obj.config())
         teachers = self._root["teachers"]
@@ -292,7 +402,8 @@ class LogitStore:
             return
         group = teachers.create_group(name)
         writer.create_level_arrays(group, {"clip": codec_obj, "frame": frame_codec_obj}, self.num_clips,
-                                   num_classes, self.chunk_size, fixed["row_block"], fixed["frames"])
+                                   num_classes, self.chunk_size, fixed["row_block"], fixed["frames"],
+                                   fixed.get("views", 1))
         progress.create_done_array(group, self.num_chunks)
         group.attrs.update({"teacher": fixed, "attrs": attrs, "metrics": {}})
         self._teacher_cache.pop(name, None)
@@ -333,12 +444,17 @@ class LogitStore:
     # --- writing --------------------------------------------------------------------------------------------
     def write_chunk(self, teacher: str, chunk_index: int, clip_logits: np.ndarray,
                     frame_logits: np.ndarray | None = None, *, valid: np.ndarray | None = None,
-                    failures: dict[str, str] | None = None) -> None:
+                    failures: dict[str, str] | None = None, view_params: np.ndarray | None = None) -> None:
         """Write the logits of all clips of chunk ``chunk_index`` of ``teacher``, then mark the chunk done.
 
-        Rows with ``valid=False`` (clips that could not be decoded) are not stored: reading them raises
-        ``UnwrittenRows``; ``failures`` maps such clip ids to the reason. The done record is written last,
-        so a crash mid-write leaves the chunk not done, and chunks of different indices share no object.
+        ``clip_logits`` is ``[n, C]`` and ``frame_logits`` ``[n, T, C]`` for the ``n`` clips of the chunk; in a
+        store with ``V > 1`` views ``[n, V, C]`` and ``[n, V, T, C]``. Rows with ``valid=False`` (clips that
+        could not be decoded; a clip is valid or not with all its views) are not stored: reading them raises
+        ``UnwrittenRows``; ``failures`` maps such clip ids to the reason. In a store with views,
+        ``view_params`` (``[n, V, P]``) are the parameters of the views the logits were computed on: needed by
+        the first teacher to write the chunk, checked against the stored ones by the others (``ViewMismatch``
+        when they differ; nothing is written then). The done record is written last, so a crash mid-write
+        leaves the chunk not done, and chunks of different indices share no object.
         """
         self._require_writable()
         info = self.teacher_info(teacher)
@@ -353,13 +469,22 @@ class LogitStore:
         strangers = [k for k in failures if k not in chunk_set]
         if strangers:
             raise InvalidLogits(f"failures name {len(strangers)} clip(s) outside chunk {chunk_index}: {preview(strangers)}")
-        arrays = {"clip": writer.check_logits(clip_logits, (n, c), "clip_logits", ids, valid)}
+        lead = (n,) if info.get("views", 1) == 1 else (n, info["views"])
+        arrays = {"clip": writer.check_logits(clip_logits, (*lead, c), "clip_logits", ids, valid)}
         if info["frames"]:
             if frame_logits is None:
                 raise InvalidLogits(f"teacher {teacher!r} is frame-wise: write_chunk needs frame_logits")
-            arrays["frame"] = writer.check_logits(frame_logits, (n, info["frames"], c), "frame_logits", ids, valid)
+            arrays["frame"] = writer.check_logits(frame_logits, (*lead, info["frames"], c), "frame_logits", ids,
+                                                  valid)
         elif frame_logits is not None:
             raise InvalidLogits(f"teacher {teacher!r} was added without frames; it stores no frame logits")
+        if self.meta.get("views") is not None:
+            params = None if view_params is None else views_module.check_params(
+                view_params, (n, self.num_views, len(self.meta["view_param_names"])))
+            if views_module.write_params(self._root[views_module.ARRAY], rows, params, chunk_index, ids):
+                self._decoded.drop(VIEWS_CACHE_KEY)
+        elif view_params is not None:
+            raise InvalidLogits(f"{self.url} has no views; write_chunk takes no view_params")
         group = self._teacher_group(teacher)
         codecs = {level: get_codec(schema.codec_config(info, level)) for level in arrays}
         writer.write_levels(group, codecs, info, rows, arrays, valid)
@@ -440,14 +565,20 @@ class LogitStore:
             raise UnwrittenRows(teacher, bad, self.failures(teacher))
 
     def read(self, ids: Sequence[str], teachers: Sequence[str] | None = None, weights: Sequence[float] | None = None,
-             space: str = "logit", level: str = "clip", activation: str = "sigmoid") -> np.ndarray:
+             space: str = "logit", level: str = "clip", activation: str = "sigmoid",
+             views: np.ndarray | int | None = None) -> np.ndarray:
         """Logits ``[len(ids), C]`` (``level="clip"``) or ``[len(ids), T, C]`` (``"frame"``) as float32.
+
+        In a store with ``V > 1`` views, every view: ``[len(ids), V, C]`` (``[len(ids), V, T, C]``); with
+        ``views`` (an integer array, one view index per id, or one index for all ids) the chosen view of each
+        id: ``[len(ids), C]`` (``[len(ids), T, C]``). A single-view store takes ``views`` of 0.
 
         With several ``teachers`` (default: all) the result is an ensemble view computed now: the weighted
         mean (``weights`` default equal, normalised to sum 1) of the logits (``space="logit"``) or of the
         probabilities (``space="prob"``), mapped back to logits. In probability space ``activation`` says
         which: ``"sigmoid"`` (multi-label; returns ``logit(sum_i w_i sigmoid(z_i))``) or ``"softmax"``
         (single-label; returns ``log(sum_i w_i softmax(z_i))``, logits whose softmax is the mixture).
+        Ensembles combine the teachers view by view.
         """
         schema.check_level(level)
         ensemble.check_view(space, activation)
@@ -461,10 +592,11 @@ class LogitStore:
         if not isinstance(ids, (list, tuple, np.ndarray)):
             ids = list(ids)
         rows = self.rows_of(ids)
+        picks = self._view_picks(views, len(rows))
         parts = []
         for name in names:
             self._checked_rows(name, ids, rows)
-            parts.append(self._reader(name, level).gather(rows))
+            parts.append(self._reader(name, level).gather(rows, picks))
         shapes = {p.shape for p in parts}
         if len(shapes) > 1:
             raise StoreError(f"teachers {', '.join(names)} have different {level} shapes {sorted(shapes)}")
@@ -482,7 +614,10 @@ class LogitStore:
         return sum(storage.size_of(group[name]) for name in (level, f"{level}_range") if name in group)
 
     def info(self) -> dict[str, Any]:
-        """A JSON-able summary: clips, classes, chunking, and per teacher shapes, codec, size and progress."""
+        """A JSON-able summary: clips, classes, chunking, views, and per teacher shapes, codec, size and progress.
+
+        ``bytes_per_logit`` counts every view's logits: bytes / (rows done x V x logits per view and row).
+        """
         teachers = {}
         total_logits = total_bytes = 0
         for name in self.teachers:
@@ -509,6 +644,7 @@ class LogitStore:
             "url": self.url, "format_version": meta["format_version"], "dataset": meta["dataset"],
             "dataset_fingerprint": meta["dataset_fingerprint"], "clips": self.num_clips,
             "classes": len(self.classes), "chunk_size": self.chunk_size, "num_chunks": self.num_chunks,
+            "num_views": self.num_views, "views": views_module.summary(meta.get("views"), meta.get("view_param_names")),
             "teachers": teachers, "bytes_on_disk": self.bytes_on_disk(),
             "bytes_per_logit": total_bytes / total_logits if total_logits else None,
             "fraction_done": min((t["fraction_done"] for t in teachers.values()), default=0.0),
@@ -520,6 +656,13 @@ class LogitStore:
         Reads storage afresh (see :mod:`logit_store.verify`): chunks finished by any process are checked.
         """
         return verify(self)
+
+
+def _with_views(root, meta: dict[str, Any], config: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    """``meta`` recording the checked view ``config``, once the ``view_params`` array is created in ``root``."""
+    count = int(config["count"])
+    views_module.create_array(root, int(meta["num_clips"]), count, len(names), int(meta["chunk_size"]))
+    return {**meta, "views": config, "view_param_names": names, "format_version": schema.format_version(count)}
 
 
 def _check_unique(what: str, values: Sequence[str]) -> None:

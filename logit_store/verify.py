@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from logit_store import storage
+from logit_store import storage, views
 from logit_store.errors import preview
 from logit_store.progress import DoneRecords
 from logit_store.reader import Reader
@@ -26,7 +26,7 @@ __all__ = ["Problem", "verify"]
 class Problem:
     """One finding of :meth:`LogitStore.verify`."""
 
-    kind: str  # missing-chunk, corrupt-chunk, non-finite, shape, classes, incomplete, record, clip-ids
+    kind: str  # missing-chunk, corrupt-chunk, non-finite, shape, classes, incomplete, record, clip-ids, views
     message: str
     teacher: str | None = None
     chunk: int | None = None
@@ -39,9 +39,14 @@ class Problem:
 def verify(store: LogitStore) -> list[Problem]:
     """Check every chunk: missing or undecodable objects of done chunks, NaN/inf, shapes, class counts."""
     problems = verify_root(store)
-    teachers = storage.open_group(store.url, "r", store.storage_options)["teachers"]
+    root = storage.open_group(store.url, "r", store.storage_options)
+    done: set[int] = set()
     for name in store.teachers:
-        problems += verify_teacher(store, teachers[name], name)
+        found, chunks = verify_teacher(store, root["teachers"][name], name)
+        problems += found
+        done |= chunks
+    if store.views is not None:
+        problems += verify_view_params(store, root, done)
     return problems
 
 
@@ -61,20 +66,49 @@ def verify_root(store: LogitStore) -> list[Problem]:
     return problems
 
 
-def verify_teacher(store: LogitStore, group, name: str) -> list[Problem]:
-    """Findings for teacher ``name`` whose Zarr group is ``group``."""
+def verify_view_params(store: LogitStore, root, done: set[int]) -> list[Problem]:
+    """Findings on the view parameters: their array, and their presence in every chunk any teacher has done."""
+    shape = (store.num_clips, store.num_views, len(store.view_param_names or []))
+    if views.ARRAY not in root or tuple(root[views.ARRAY].shape) != shape:
+        got = tuple(root[views.ARRAY].shape) if views.ARRAY in root else None
+        return [Problem("views", f"view parameters have shape {got}, expected {shape}")]
+    array = root[views.ARRAY]
+    stored = storage.stored_chunk_keys(array)
+    problems = []
+    for k in sorted(done):
+        rows = store.chunk_rows(k)
+        if missing_objects(array, views.ARRAY, rows, 1, stored):
+            problems.append(Problem("views", "view parameters missing although a teacher marked the chunk done",
+                                    chunk=k))
+            continue
+        try:
+            values = array[rows]
+        except storage.DECODE_ERRORS as e:
+            problems.append(Problem("views", f"view parameters cannot be decoded: {type(e).__name__}: {e}", chunk=k))
+            continue
+        if not np.isfinite(values).all():
+            problems.append(Problem("views", "view parameters hold NaN/inf", chunk=k))
+    return problems
+
+
+def verify_teacher(store: LogitStore, group, name: str) -> tuple[list[Problem], set[int]]:
+    """Findings for teacher ``name`` whose Zarr group is ``group``, and the chunks its done records mark done."""
     info = store.teacher_info(name)
     n, c = store.num_clips, len(store.classes)
     problems = []
     if info["num_classes"] != c:
         problems.append(Problem("classes", f"{info['num_classes']} classes, the store has {c}", name))
-    expected = {"clip": (n, c), "frame": (n, info["frames"], c)}
+    v = () if store.num_views == 1 else (store.num_views,)
+    if info.get("views", 1) != store.num_views:
+        problems.append(Problem("views", f"{info.get('views', 1)} views per clip, the store has {store.num_views}",
+                                name))
+    expected = {"clip": (n, *v, c), "frame": (n, *v, info["frames"], c)}
     for level in info["levels"]:
         if level not in group or tuple(group[level].shape) != expected[level]:
             got = tuple(group[level].shape) if level in group else None
             problems.append(Problem("shape", f"{level} logits have shape {got}, expected {expected[level]}", name))
     if problems:
-        return problems
+        return problems, set()
     done = DoneRecords(group["done"], store.num_chunks)
     records = done.current()
     problems += [Problem("record", "done record cannot be parsed (the chunk will be rewritten)", name, k)
@@ -87,7 +121,7 @@ def verify_teacher(store: LogitStore, group, name: str) -> list[Problem]:
     missing = store.num_chunks - len(records)
     if missing:
         problems.append(Problem("incomplete", f"{missing} of {store.num_chunks} chunks are not done", name))
-    return problems
+    return problems, set(records)
 
 
 def row_axis(array_name: str) -> int:

@@ -3,6 +3,11 @@
 Every object a chunk writes belongs to that chunk alone (clip rows, their ``clip_range`` blocks, frame rows
 and their ``frame_range`` rows), so writers of different chunks need no lock. The done record that marks a
 chunk written is :mod:`logit_store.progress`'s business and comes after everything here.
+
+A teacher of a store with ``V > 1`` views per clip has a view axis after the clip axis (``[N, V, C]``,
+``[N, V, T, C]``) and codes every view of a clip as a row of its own: clip ranges per block of clips *and*
+view (the codec's blocks run along the clip axis, the view axis rides along), frame logits coded as
+``[n * V, T, C]``. A store chunk still holds ``chunk_size`` clips, all their views.
 """
 from __future__ import annotations
 
@@ -31,24 +36,26 @@ def row_block(chunk_size: int) -> int:
 
 
 def create_level_arrays(group, codecs: dict[str, Codec], num_clips: int, num_classes: int, chunk_size: int,
-                        block: int, frames: int | None) -> None:
+                        block: int, frames: int | None, views: int = 1) -> None:
     """The logit arrays of a new teacher (``clip``, and ``frame`` when ``frames``), with their codecs' ranges.
 
-    ``codecs`` maps each level to its codec; ``block`` is the rows per ``clip_range`` block.
+    ``codecs`` maps each level to its codec; ``block`` is the clips per ``clip_range`` block; ``views > 1``
+    adds a view axis after the clip axis of every array (none for a single view: the original layout).
     """
     n, c, chunk = num_clips, num_classes, chunk_size
+    v = () if views == 1 else (views,)
     codec = codecs["clip"]
-    storage.create_codec_array(group, "clip", (n, c), codec.dtype, (chunk, c), codec.zstd_level)
+    storage.create_codec_array(group, "clip", (n, *v, c), codec.dtype, (chunk, *v, c), codec.zstd_level)
     if codec.uses_ranges:
-        storage.create_codec_array(group, "clip_range", (codec.range_fields, -(-n // block), c), np.float16,
-                                   (codec.range_fields, chunk // block, c))
+        storage.create_codec_array(group, "clip_range", (codec.range_fields, -(-n // block), *v, c), np.float16,
+                                   (codec.range_fields, chunk // block, *v, c))
     if frames:
         t, codec = frames, codecs["frame"]
-        rows = largest_divisor_at_most(chunk, max(1, FRAME_CHUNK_BYTES // (t * c * codec.dtype.itemsize)))
-        storage.create_codec_array(group, "frame", (n, t, c), codec.dtype, (rows, t, c), codec.zstd_level)
+        rows = largest_divisor_at_most(chunk, max(1, FRAME_CHUNK_BYTES // (views * t * c * codec.dtype.itemsize)))
+        storage.create_codec_array(group, "frame", (n, *v, t, c), codec.dtype, (rows, *v, t, c), codec.zstd_level)
         if codec.uses_ranges:
             g, k = -(-t // codec.frame_block), codec.range_fields
-            storage.create_codec_array(group, "frame_range", (k, n, g, c), np.float16, (k, rows, g, c))
+            storage.create_codec_array(group, "frame_range", (k, n, *v, g, c), np.float16, (k, rows, *v, g, c))
 
 
 def check_logits(x, shape: tuple[int, ...], what: str, ids: Sequence[str], valid: np.ndarray) -> np.ndarray:
@@ -78,11 +85,14 @@ def write_levels(group, codecs: dict[str, Codec], info: dict[str, Any], rows: sl
     of the rows ``rows``."""
     for level, x in arrays.items():
         x, codec = fill_invalid(x, valid), codecs[level]
-        axis, block = (0, info["row_block"]) if level == "clip" else (1, codec.frame_block)
-        stored, ranges = codec.encode(x, axis, block)
-        group[level][rows] = stored
-        if ranges is not None:
-            if level == "clip":
+        if level == "clip":
+            block = info["row_block"]
+            stored, ranges = codec.encode(x, 0, block)
+            group[level][rows] = stored
+            if ranges is not None:
                 group["clip_range"][:, rows.start // block : -(-rows.stop // block)] = ranges
-            else:
-                group["frame_range"][:, rows] = ranges
+            continue
+        stored, ranges = codec.encode(x.reshape(-1, *x.shape[-2:]), 1, codec.frame_block)  # [n (* V), T, C]
+        group[level][rows] = stored.reshape(x.shape)
+        if ranges is not None:
+            group["frame_range"][:, rows] = ranges.reshape(len(ranges), *x.shape[:-2], *ranges.shape[2:])
