@@ -5,6 +5,12 @@ Each training batch joins the clips' audio with their stored logits (one store r
 task's defaults (:mod:`kd.tasks`). Without teachers (``--teachers none``) the same job trains on labels
 alone: the baseline to compare against.
 
+Stores taught on views (``kd teach --views K``): each time a clip is drawn, the student trains on one of its
+stored views, by default ``consistent``ly (the view's augmentation replayed on the waveform, the view's
+logits as the target: the teachers' exact input, see :mod:`kd.views`); ``clean`` and ``random`` are the
+baselines (see :class:`kd.loaders.ClipDataset`). A distillation whose options contradict the stored views
+(another impulse-response set, online roll or gain on top of replayed views) is refused.
+
 Transfer sets (Hinton et al.'s term): clips without labels that the teachers have labelled in the store
 (``kd teach --transfer``), mixed into every training batch (``--transfer FORMAT:PATH``, ``--transfer-ratio``)
 with the soft loss only. The unlabelled clips of the training split itself (manifest rows with an empty label)
@@ -12,6 +18,7 @@ join them. Their labels, if a transfer set has any (an AudioSet split), are igno
 """
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -29,14 +36,15 @@ from kd.job import (
     open_splits,
     run_job,
 )
-from kd.loaders import TeacherTargets
+from kd.loaders import VIEW_CHOICES, TeacherTargets
 from kd.losses import DistillLoss
 from kd.tasks import Task
+from kd.views import ImpulseResponses, ViewConfig
 from kd_errors import KdError
 from logit_store import LogitStore
 from students import Student, create_student
 
-__all__ = ["DistillConfig", "TeacherChoice", "distill", "prepare_distillation"]
+__all__ = ["DistillConfig", "TeacherChoice", "distill", "patience_hint", "prepare_distillation"]
 
 
 @dataclass(frozen=True)
@@ -79,6 +87,8 @@ class DistillConfig(TrainingOptions):
         missing: training clips without stored logits are an ``error`` or are ``drop``ped.
         transfer: ``FORMAT:PATH`` of datasets whose clips the store holds logits for, used without labels.
         transfer_ratio: transfer clips per labelled clip in each batch.
+        views: which stored view a clip trains on (``consistent``, ``clean``, ``random``); default
+            ``consistent`` for stores with views, ``clean`` otherwise.
     """
 
     student: str
@@ -91,6 +101,7 @@ class DistillConfig(TrainingOptions):
     missing: str = "error"
     transfer: tuple[str, ...] = ()
     transfer_ratio: float = 1.0
+    views: str | None = None
 
     def __post_init__(self) -> None:
         if self.teachers.names and not self.store:
@@ -103,6 +114,10 @@ class DistillConfig(TrainingOptions):
             raise KdError("--transfer clips have no labels: they need stored --teachers to learn from")
         if self.transfer_ratio <= 0:
             raise KdError(f"--transfer-ratio must be positive, got {self.transfer_ratio}")
+        if self.views is not None and self.views not in VIEW_CHOICES:
+            raise KdError(f"--views must be one of {', '.join(VIEW_CHOICES)}, got {self.views}")
+        if self.views not in (None, "clean") and not self.teachers.names:
+            raise KdError(f"--views {self.views} picks stored views: it needs --teachers")
 
     def with_task_defaults(self, task: Task) -> DistillConfig:
         return replace(self, kd_lambda=task.kd_lambda if self.kd_lambda is None else self.kd_lambda,
@@ -118,6 +133,7 @@ class StoreJoin:
     targets: TeacherTargets
     clip_seconds: float | None
     provenance: dict[str, Any]
+    impulse_responses: ImpulseResponses | None = None
 
 
 def transfer_sets(cfg: DistillConfig, data: Dataset) -> list[Dataset]:
@@ -159,15 +175,43 @@ def join_store(cfg: DistillConfig, data: Dataset, transfer: list[Dataset]) -> St
         raise KdError(f"no labelled {data.split} clip of {cfg.dataset} has logits in {cfg.store}")
     kept_transfer = [(t, [c for c in t.clips if c.id in usable]) for t in transfer]
     kept_transfer = [(t, clips) for t, clips in kept_transfer if clips]
+    mode, irs = choose_views(cfg, store)
     targets = TeacherTargets(
         store_url=cfg.store, teachers=cfg.teachers.names, weights=cfg.teachers.weights, space=cfg.space,
-        activation=task.activation, level=task.level, frames_per_second=fps,
+        activation=task.activation, level=task.level, frames_per_second=fps, views=mode,
+        num_views=store.num_views,
     )
     provenance = {"store_fingerprint": store.info().get("dataset_fingerprint"), "dropped_clips": len(missing),
                   "teacher_checkpoints": {t: i.get("checkpoint_sha256") for t, i in infos.items()},
                   "transfer_clips": sum(len(clips) for _, clips in kept_transfer),
-                  "transfer_sets": {t.spec: t.fingerprint() for t, _ in kept_transfer}}
-    return StoreJoin(keep, kept_transfer, targets, infos[cfg.teachers.names[0]].get("clip_seconds"), provenance)
+                  "transfer_sets": {t.spec: t.fingerprint() for t, _ in kept_transfer},
+                  "views": {"mode": mode, "count": store.num_views, **(store.views or {})}}
+    return StoreJoin(keep, kept_transfer, targets, infos[cfg.teachers.names[0]].get("clip_seconds"), provenance,
+                     irs)
+
+
+def choose_views(cfg: DistillConfig, store: LogitStore) -> tuple[str, ImpulseResponses | None]:
+    """How the run uses the store's views, and the impulse responses to replay them with; refuses options that
+    contradict the stored views."""
+    stored = store.views
+    mode = cfg.views or ("consistent" if stored else "clean")
+    if stored is None:
+        if mode != "clean":
+            raise KdError(f"--views {mode}: {cfg.store} holds one view per clip (teach with --views K first)")
+        return mode, None
+    views = ViewConfig.from_dict(stored)
+    irs = ImpulseResponses(cfg.dir_folder) if cfg.dir_folder else None
+    if irs is not None and "dir" in views.kinds and irs.fingerprint != views.ir_fingerprint:
+        raise KdError(f"--dir {cfg.dir_folder} is not the impulse-response set the store's views were drawn from "
+                      f"({len(views.impulse_responses)} files, sha256 {views.ir_fingerprint[:12]}...); pass that "
+                      "folder, or distil with --views clean")
+    if mode == "consistent":
+        if "dir" in views.kinds and irs is None:
+            raise KdError("the store's views convolve impulse responses: pass the folder they came from with --dir")
+        if cfg.roll_seconds or cfg.gain_db:
+            raise KdError("--views consistent replays the stored views exactly; --roll/--gain would change the "
+                          "input the teachers heard (drop them, or distil with --views clean)")
+    return mode, irs
 
 
 def build_student(cfg: DistillConfig, num_classes: int) -> Student:
@@ -182,6 +226,8 @@ def prepare_distillation(cfg: DistillConfig) -> TrainingJob:
     cfg = cfg.with_task_defaults(task)
     join = join_store(cfg, train_data, transfer_sets(cfg, train_data)) if cfg.teachers.names else None
     student = build_student(cfg, train_data.num_classes)
+    replayed = join is not None and join.targets.views == "consistent" and join.targets.num_views > 1
+    options = replace(cfg, dir_folder=None) if replayed else cfg  # the stored views bring their impulse responses
     seconds = cfg.seconds or (join and join.clip_seconds) or train_data.clip_seconds()
     loss = DistillLoss(task, kd_lambda=cfg.kd_lambda if join else 1.0, temperature=cfg.temperature)
     params = {"student": cfg.student, "teachers": str(cfg.teachers), "store": cfg.store, "space": cfg.space,
@@ -189,11 +235,12 @@ def prepare_distillation(cfg: DistillConfig) -> TrainingJob:
               "transfer": ",".join(cfg.transfer) or "none", "transfer_ratio": cfg.transfer_ratio,
               **(join.provenance if join else {})}
     return build_job(
-        cfg, model=student, train_data=train_data, eval_data=eval_data, seconds=seconds, loss=loss,
+        options, model=student, train_data=train_data, eval_data=eval_data, seconds=seconds, loss=loss,
         meta={"kind": "student", "name": cfg.student, "teachers": str(cfg.teachers)},
         experiment=f"distill/{train_data.name}-{task}", run_name=f"{cfg.student} from {cfg.teachers}",
         params=params, train_clips=join.clips if join else None, teacher=join.targets if join else None,
         transfer=join.transfer if join else (), transfer_ratio=cfg.transfer_ratio,
+        impulse_responses=join.impulse_responses if join else None,
         tags={"store": cfg.store or "none", "teachers": str(cfg.teachers)},
         cost=complexity(student, seconds=seconds),
     )
@@ -203,3 +250,22 @@ def distill(cfg: DistillConfig, on_epoch: EpochCallback | None = None,
             on_batch: BatchCallback | None = None) -> TrainingResult:
     """Distil (or, without teachers, train) a student; evaluate each epoch; track the run in MLflow."""
     return run_job(prepare_distillation(cfg), on_epoch, on_batch)
+
+
+SOFT_LOSS_PATIENCE = 0.5
+
+
+def patience_hint(history: Sequence[Mapping[str, float]]) -> str | None:
+    """A hint when a distillation run ended before its soft targets could pay off; None otherwise.
+
+    Distilled students overtake label-only ones only with a patient schedule (BENCHMARKS.md, ``kd_gain``: within
+    10 epochs the soft targets slowed the student down, by 30 it was ahead on every seed). What shows a run cut
+    short is its soft loss: the student has not caught up with its teachers while the last epoch's soft loss is
+    still above ``SOFT_LOSS_PATIENCE`` times the first epoch's. Label-only runs have no soft loss and no hint.
+    """
+    soft = [record["train_soft_loss"] for record in history if "train_soft_loss" in record]
+    if len(soft) < 2 or soft[-1] <= SOFT_LOSS_PATIENCE * soft[0]:
+        return None
+    return (f"the soft loss ended at {soft[-1]:.3g}, {soft[-1] / soft[0]:.0%} of the first epoch's {soft[0]:.3g}: "
+            f"the student had not caught up with its teachers after {len(history)} epochs; distilled students "
+            "usually overtake label-only ones only with a longer schedule (try about 3x the --epochs)")

@@ -27,6 +27,7 @@ from kd.losses import DistillLoss
 from kd.tasks import Task
 from kd.tracking import tracked_run
 from kd.train import OptimConfig, StepFn, Trainer, init_distributed, select_device
+from kd.views import ImpulseResponses
 
 __all__ = ["TrainingJob", "TrainingOptions", "TrainingResult", "build_job", "open_splits", "run_job"]
 
@@ -135,6 +136,7 @@ def build_job(
     teacher: TeacherTargets | None = None,
     transfer: Sequence[tuple[Dataset, Sequence[Any]]] = (),
     transfer_ratio: float = 1.0,
+    impulse_responses: ImpulseResponses | None = None,
     tags: Mapping[str, str] | None = None,
     cost: Complexity | None = None,
 ) -> TrainingJob:
@@ -149,14 +151,15 @@ def build_job(
         teacher: stored logits to attach to each training batch.
         transfer: ``(dataset, clips)`` without labels, mixed into every batch at ``transfer_ratio`` transfer
             clips per labelled clip (soft loss only).
+        impulse_responses: the set the stored views convolve in, for replaying them (``teacher.views``).
     """
     device = select_device(options.device)
     dist = init_distributed(device)
     task = train_data.task
     clips = list(train_data.labelled_clips if train_clips is None else train_clips)
-    train_set = make_dataset(train_data, clips, model, seconds, teacher=teacher)
-    transfer_sets = [make_dataset(data, part, model, seconds, teacher=teacher, labels_from=train_data)
-                     for data, part in transfer]
+    train_set = make_dataset(train_data, clips, model, seconds, teacher=teacher, impulse_responses=impulse_responses)
+    transfer_sets = [make_dataset(data, part, model, seconds, teacher=teacher, labels_from=train_data,
+                                  impulse_responses=impulse_responses) for data, part in transfer]
     train_loader = make_loader(train_set, options.batch_size, train=True, decode_workers=options.decode_workers,
                                dist_rank=dist.rank, dist_world=dist.world_size, seed=options.seed,
                                transfer=transfer_sets, transfer_ratio=transfer_ratio)

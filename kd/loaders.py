@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Weig
 from kd.align import align_frames
 from kd.data import AudioError
 from kd.forward import model_frames
+from kd.views import ImpulseResponses, apply_view, view_events
 from kd_errors import KdError
 from logit_store import LogitStore
 
@@ -45,6 +46,11 @@ class TeacherTargets:
     activation: str = "sigmoid"
     level: str = "clip"
     frames_per_second: float | None = None  # of the stored frame logits, for alignment
+    views: str = "clean"  # which stored view each clip trains on: clean, consistent or random (see ViewChoice)
+    num_views: int = 1
+
+
+VIEW_CHOICES = ("consistent", "clean", "random")
 
 
 class ClipDataset(torch.utils.data.Dataset):
@@ -71,12 +77,13 @@ class ClipDataset(torch.utils.data.Dataset):
         num_frames: int | None = None,
         teacher: TeacherTargets | None = None,
         num_classes: int | None = None,
+        impulse_responses: ImpulseResponses | None = None,
     ) -> None:
         self.data, self.clips = data, list(clips)
         self.num_classes = data.num_classes if num_classes is None else num_classes
         self.sample_rate, self.seconds = sample_rate, seconds
         self.frames_per_second, self.num_frames = frames_per_second, num_frames
-        self.teacher = teacher
+        self.teacher, self.impulse_responses = teacher, impulse_responses
         self.ids = np.array([c.id for c in self.clips])  # a NumPy id array takes the store's vectorised lookup
         self._store = None
 
@@ -95,31 +102,48 @@ class ClipDataset(torch.utils.data.Dataset):
         return len(self.clips)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        return self._with_teacher([self._item(index)])[0]
+        views = self._views([index])
+        return self._with_teacher([self._item(index, *views[0])])[0]
 
     def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
         items = []
-        for i in indices:
+        for i, (view, params) in zip(indices, self._views(indices)):
             try:
-                items.append(self._item(i))
+                items.append(self._item(i, view, params))
             except AudioError as e:
                 warnings.warn(f"skipping clip {self.clips[i].id}: {e}", stacklevel=2)
         return self._with_teacher(items)
 
-    def _item(self, index: int) -> dict[str, Any]:
+    def _views(self, indices: Sequence[int]) -> list[tuple[int, np.ndarray | None]]:
+        """The stored view each clip trains on, and the parameters to replay (``consistent`` only)."""
+        t = self.teacher
+        if t is None or t.views == "clean" or t.num_views == 1:
+            return [(0, None)] * len(indices)
+        picks = torch.randint(t.num_views, (len(indices),)).numpy()  # seeded per epoch: a resume draws alike
+        if t.views == "random":
+            return [(int(k), None) for k in picks]
+        params = self.store.view_params(self.ids[list(indices)], views=picks)
+        return [(int(k), p) for k, p in zip(picks, params)]
+
+    def _item(self, index: int, view: int = 0, params: np.ndarray | None = None) -> dict[str, Any]:
         clip = self.clips[index]
         audio = self.data.load_audio(clip, self.sample_rate, self.seconds)
+        if params is not None:
+            audio = apply_view(audio, params, self.sample_rate, self.impulse_responses)
+            clip = replace(clip, events=tuple(view_events(clip.events, params, self.seconds)))
         return {
             "audio": torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)),
             "target": torch.from_numpy(self._target(clip)),
             "labelled": clip.labelled,
             "index": index,
+            "view": view,
             "device": clip.device or "",
         }
 
     def _with_teacher(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if self.teacher is not None and items:
-            logits = self.teacher_logits(self.ids[[item["index"] for item in items]])
+            views = np.array([item["view"] for item in items])
+            logits = self.teacher_logits(self.ids[[item["index"] for item in items]], views)
             for item, row in zip(items, logits):
                 item["teacher"] = row
         return items
@@ -132,12 +156,14 @@ class ClipDataset(torch.utils.data.Dataset):
             return np.asarray(self.data.frame_targets(clip, self.frames_per_second, self.num_frames), np.float32)
         return np.asarray(self.data.targets(clip), dtype=np.float32)
 
-    def teacher_logits(self, ids: np.ndarray) -> torch.Tensor:
-        """The stored (ensemble) logits of ``ids`` in one store read, frame logits aligned to the model's frames."""
+    def teacher_logits(self, ids: np.ndarray, views: np.ndarray | None = None) -> torch.Tensor:
+        """The stored (ensemble) logits of ``ids`` (of each one's view) in one store read, frame logits aligned
+        to the model's frames."""
         t = self.teacher
         logits = torch.from_numpy(
             self.store.read(ids, teachers=list(t.teachers), weights=None if t.weights is None else list(t.weights),
-                            space=t.space, activation=t.activation, level=t.level)
+                            space=t.space, activation=t.activation, level=t.level,
+                            views=np.zeros(len(ids), np.int64) if views is None else views)
         )
         if t.level == "frame":
             logits = align_frames(logits, t.frames_per_second, self.frames_per_second, self.num_frames)
@@ -183,7 +209,8 @@ class DistributedWeightedSampler(torch.utils.data.Sampler[int]):
 
 
 def make_dataset(data: Any, clips: Sequence[Any], model: torch.nn.Module, seconds: float,
-                 teacher: TeacherTargets | None = None, labels_from: Any = None) -> ClipDataset:
+                 teacher: TeacherTargets | None = None, labels_from: Any = None,
+                 impulse_responses: ImpulseResponses | None = None) -> ClipDataset:
     """The clips at ``model``'s sample rate, ``seconds`` long, with frame targets on its frame grid for SED.
 
     ``labels_from``: the labelled dataset whose task and classes the (unlabelled) ``data`` is trained for.
@@ -194,7 +221,7 @@ def make_dataset(data: Any, clips: Sequence[Any], model: torch.nn.Module, second
         data, clips, sample_rate=model.sample_rate, seconds=seconds,
         frames_per_second=model.frames_per_second if frame_level else None,
         num_frames=model_frames(model, seconds) if frame_level else None,
-        teacher=teacher, num_classes=labels_from.num_classes,
+        teacher=teacher, num_classes=labels_from.num_classes, impulse_responses=impulse_responses,
     )
 
 
