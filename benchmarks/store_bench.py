@@ -23,11 +23,18 @@ store reads are timed in alternating rounds on disjoint batches of the same epoc
 load from other processes hits both alike; each rows/s figure is the median over the rounds. The memmap file
 is read once in full before (in the page cache, as the store's decoded rows are in RAM).
 Frame reads are timed the same way against the frame memmap.
+
+Views (a store of K = 4 views per clip, ``[n, 4, 527]`` q8: view 0 the clip-level data, views 1-3 the same
+logits moved by noise of 0.5 as an augmentation would; 20 000 clips, 50 000 at full size): the training read
+(``store.read(ids, views=v)``, one random view per id, ids as a list of str) timed in alternating rounds
+against ``store.read(ids)`` of a single-view q8 store of view 0 (same clips, same batches), and the bytes per
+view-logit of both. The same rounds time the bare gathers on float32 arrays (``[n * 4, C].take(rows * 4 + v)``
+against ``[n, C].take(rows)``): the part of the difference that comes from holding 4x the decoded rows.
 The last line is one JSON object: the default codec's (q8) ``bytes_per_logit``, ``max_abs_dsigmoid``,
 ``kl_t1``, ``kl_t2``, ``read_vs_memmap`` (ids as a list of str), ``read_vs_memmap_id_array``,
 ``read_vs_h5py`` and the default frame codec's (qb) ``frame_bytes_per_logit``, ``frame_max_abs_dsigmoid``,
 ``frame_kl_t1``, ``frame_kl_t2``, ``frame_read_vs_memmap``, ``frame_write_mb_s`` and ``frame_decode_mb_s``
-at the top level, the same and more per codec under ``codecs`` and ``frame_codecs``, and the baselines
+and the K = 4 store's ``views_read_vs_single`` and ``views_bytes_per_logit_vs_single`` at the top level, the same and more per codec under ``codecs`` and ``frame_codecs``, and the baselines
 under ``baselines``.
 
     python benchmarks/store_bench.py            # full sizes (several minutes, ~6 GB of RAM)
@@ -54,7 +61,10 @@ FRAME_CODECS = ("f32", "f16", "q8", "qb")
 DEFAULT_CODEC, DEFAULT_FRAME_CODEC = "q8", "qb"
 COMPARES = ("read_vs_memmap: store.read(ids as a list of str) vs memmap[row indices], median rows/s of "
             "alternating rounds on disjoint shuffled-epoch batches; _id_array: ids as a NumPy str array; "
-            "frame_read_vs_memmap: the same at frame level (batches of frame_batch ids)")
+            "frame_read_vs_memmap: the same at frame level (batches of frame_batch ids); views_read_vs_single: "
+            "store.read(ids, views=one random view per id) of a K=4 store vs store.read(ids) of a single-view "
+            "store of the same clips, median rows/s of alternating rounds")
+VIEWS = 4
 
 
 def audioset_like(n: int, c: int, seed: int = 0) -> np.ndarray:
@@ -239,6 +249,64 @@ def bench_frame_store(root: Path, codec: str, frame: np.ndarray, frame_batches, 
     return out
 
 
+def bench_views(root: Path, clip: np.ndarray, view_batches: list[np.ndarray], rounds: int) -> dict:
+    """A q8 store of ``VIEWS`` views per clip against a single-view q8 store of view 0: the per-id view read
+    of training against the plain read (paired), and bytes per view-logit."""
+    n, c = clip.shape
+    rng = np.random.default_rng(4)
+    views = np.repeat(clip[:, None, :], VIEWS, axis=1)
+    for v in range(1, VIEWS):  # an augmented view moves the logits a little
+        views[:, v] += rng.normal(0, 0.5, (n, c)).astype(np.float32)
+    params = rng.uniform(-1, 1, (n, VIEWS, 4)).astype(np.float32)
+    ids = [f"Y{i:07d}" for i in range(n)]
+    classes = [f"class{i}" for i in range(c)]
+    urls = {"single": str(root / "single-view.zarr"), "views": str(root / "views.zarr")}
+    single = LogitStore.create(urls["single"], ids, classes, dataset="synthetic", dataset_fingerprint="synthetic",
+                               chunk_size=1024, overwrite=True)
+    multi = LogitStore.create(urls["views"], ids, classes, dataset="synthetic", dataset_fingerprint="synthetic",
+                              chunk_size=1024, overwrite=True, views={"count": VIEWS, "kinds": ["synthetic"]},
+                              view_param_names=["a", "b", "c", "d"])
+    single.add_teacher("t", codec="q8")
+    multi.add_teacher("t", codec="q8")
+    start = time.perf_counter()
+    for k in range(multi.num_chunks):
+        rows = multi.chunk_rows(k)
+        multi.write_chunk("t", k, views[rows], view_params=params[rows])
+    write_s = time.perf_counter() - start
+    for k in range(single.num_chunks):
+        single.write_chunk("t", k, clip[single.chunk_rows(k)])
+    readers = {name: LogitStore.open(url) for name, url in urls.items()}
+    id_objects = np.array(ids, dtype=object)
+    id_lists = [id_objects[b].tolist() for b in view_batches]
+    picks = [rng.integers(0, VIEWS, len(b)) for b in view_batches]
+    flat = views.reshape(n * VIEWS, c)
+    rates = paired_read_rates({
+        "single": lambda i: readers["single"].read(id_lists[i], ["t"]),
+        "views": lambda i: readers["views"].read(id_lists[i], ["t"], views=picks[i]),
+        # the same gathers on bare float32 arrays: what holding 4x the rows costs by itself
+        "numpy_single": lambda i: clip.take(view_batches[i], axis=0),
+        "numpy_views": lambda i: flat.take(view_batches[i] * VIEWS + picks[i], axis=0),
+    }, view_batches, rounds)
+    all_views_rows_s = rows_per_s(lambda b: readers["views"].read(id_objects[b].tolist(), ["t"]), view_batches[:101])
+    checked = min(n, 5000)  # the target error of a sample of clips (the clip-level codecs report the q8 error)
+    picked = readers["views"].read(ids[:checked], ["t"], views=np.arange(checked) % VIEWS)
+    bpl = {name: r.info()["teachers"]["t"]["bytes_per_logit"] for name, r in readers.items()}
+    for url in urls.values():
+        shutil.rmtree(url)
+    return {
+        "views": VIEWS, "clips": n,
+        "views_read_rows_s": rates["views"], "paired_single_view_read_rows_s": rates["single"],
+        "views_read_vs_single": rates["views"] / rates["single"],
+        "numpy_take_views_vs_single": rates["numpy_views"] / rates["numpy_single"],
+        "all_views_read_rows_s": all_views_rows_s,
+        "views_bytes_per_logit": bpl["views"], "single_view_bytes_per_logit": bpl["single"],
+        "views_bytes_per_logit_vs_single": bpl["views"] / bpl["single"],
+        "views_write_mb_s": views.nbytes / 1e6 / write_s,
+        **{f"views_{k}": v for k, v in target_error(views[np.arange(checked), np.arange(checked) % VIEWS],
+                                                    picked).items()},
+    }
+
+
 def _level_bytes(url: str, teacher: str, level: str) -> int:
     root = Path(url) / "teachers" / teacher
     return sum(f.stat().st_size for name in (level, f"{level}_range") for f in (root / name).rglob("*") if f.is_file())
@@ -293,7 +361,9 @@ def main() -> None:
     parser.add_argument("--workdir", default=None, help="where to write the stores (default: a temp folder)")
     args = parser.parse_args()
     n, nf = (20000, 150) if args.quick else (200000, 2000)
+    nv = 20000 if args.quick else 50000
     clip_batches = batches(n, args.batch, 421 if args.quick else 4201, seed=2)
+    view_batches = batches(nv, args.batch, 4001, seed=4)  # cheap batches: long rounds against the machine's noise
     frame_batches = batches(nf, args.frame_batch, 41 if args.quick else 161, seed=3)
     t0 = time.perf_counter()
     clip, frame = audioset_like(n, 527), smooth_frames(nf, 250, 447)
@@ -319,6 +389,8 @@ def main() -> None:
             r["frame_read_vs_h5py"] = r["frame_read_rows_s"] / baselines["h5py_gzip"]["frame_read_rows_s"]
             frame_codecs[codec] = r
             print(f"frames {codec}: {json.dumps(r)}", file=sys.stderr)
+        views = bench_views(root, clip[:nv], view_batches, rounds=9)
+        print(f"views: {json.dumps(views)}", file=sys.stderr)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     top = {k: codecs[DEFAULT_CODEC][k] for k in ("bytes_per_logit", "max_abs_dsigmoid", "kl_t1", "kl_t2",
@@ -328,9 +400,11 @@ def main() -> None:
         "frame_bytes_per_logit", "frame_max_abs_dsigmoid", "frame_kl_t1", "frame_kl_t2", "frame_read_vs_memmap",
         "frame_write_mb_s", "frame_decode_mb_s")}
     print(json.dumps({"default_codec": DEFAULT_CODEC, **top, "default_frame_codec": DEFAULT_FRAME_CODEC, **frame_top,
+                      "views_read_vs_single": views["views_read_vs_single"],
+                      "views_bytes_per_logit_vs_single": views["views_bytes_per_logit_vs_single"],
                       "read_compares": COMPARES, "clips": n, "frame_clips": nf, "batch": args.batch,
                       "frame_batch": args.frame_batch, "codecs": codecs, "frame_codecs": frame_codecs,
-                      "baselines": baselines}))
+                      "views": views, "baselines": baselines}))
 
 
 if __name__ == "__main__":
