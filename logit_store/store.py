@@ -303,14 +303,18 @@ class LogitStore:
         rows = self.rows_of(ids)
         picks = self._view_picks(views, len(rows), keep_axis=True)
         for _ in range(2):
-            reader = self._decoded.reader(VIEWS_CACHE_KEY, views_module.ARRAY, lambda budget: Reader(
-                self._root[views_module.ARRAY], None, F32Codec(), "clip", 1, budget, self.num_views))
+            reader = self._decoded.reader(VIEWS_CACHE_KEY, views_module.ARRAY, self._view_params_reader)
             got = reader.gather(rows, picks)
             missing = np.isnan(got.reshape(len(rows), -1)).any(axis=1)
             if not missing.any():
                 return got
             self._decoded.drop(VIEWS_CACHE_KEY)  # decoded before other processes wrote these chunks?
         raise UnwrittenViews([ids[i] for i in np.nonzero(missing)[0]])
+
+    def _view_params_reader(self, _budget: int) -> Reader:
+        """The decoded view parameters, kept whole whatever the cache budget (P / C of one teacher's clip logits)."""
+        array = self._root[views_module.ARRAY]
+        return Reader(array, None, F32Codec(), "clip", 1, int(np.prod(array.shape)) * 4, self.num_views)
 
     def _view_picks(self, views: np.ndarray | int | None, n: int, keep_axis: bool = False) -> np.ndarray | None:
         """``views`` as int64 view indices of ``n`` rows, checked against ``V`` (``StoreError``); ``None`` when
