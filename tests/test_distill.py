@@ -4,6 +4,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from conftest import Killed, kill_after_epoch
 
 from kd.checkpoints import TeacherSpec
 from kd.distill import DistillConfig, TeacherChoice, distill
@@ -73,15 +74,8 @@ def open_first_clip(demo):
 def test_killed_run_resumes_to_the_same_result(demo_asc, asc_store, tmp_path, tracking_uri):
     full = distill(_cfg(demo_asc, asc_store, tmp_path / "full", tracking_uri, epochs=3))
 
-    class Killed(Exception):
-        pass
-
-    def kill(epoch, record):
-        if epoch == 1:
-            raise Killed
-
     with pytest.raises(Killed):
-        distill(_cfg(demo_asc, asc_store, tmp_path / "resumed", tracking_uri, epochs=3), on_epoch=kill)
+        distill(_cfg(demo_asc, asc_store, tmp_path / "resumed", tracking_uri, epochs=3), on_epoch=kill_after_epoch(1))
     resumed = distill(_cfg(demo_asc, asc_store, tmp_path / "resumed", tracking_uri, epochs=3, resume=True))
     assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in full.history]
     a = torch.load(tmp_path / "full" / "last.pt", weights_only=True)["model"]

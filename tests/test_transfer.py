@@ -5,6 +5,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from conftest import Killed, kill_after_epoch
 
 from kd.augment import mixup_params
 from kd.checkpoints import TeacherSpec
@@ -154,14 +155,7 @@ def test_a_transfer_set_without_logits_is_refused_or_dropped(demo_asc, taught_ma
 def test_a_run_with_transfer_clips_resumes_exactly(taught_manifest, tmp_path, tracking_uri):
     full = distill(_cfg(taught_manifest, tmp_path / "full", tracking_uri, epochs=2))
 
-    class Killed(Exception):
-        pass
-
-    def kill(epoch, record):
-        if epoch == 1:
-            raise Killed
-
     with pytest.raises(Killed):
-        distill(_cfg(taught_manifest, tmp_path / "resumed", tracking_uri, epochs=2), on_epoch=kill)
+        distill(_cfg(taught_manifest, tmp_path / "resumed", tracking_uri, epochs=2), on_epoch=kill_after_epoch(1))
     resumed = distill(_cfg(taught_manifest, tmp_path / "resumed", tracking_uri, epochs=2, resume=True))
     assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in full.history]
