@@ -196,7 +196,8 @@ class TrainingProgress:
                    "percentile of a decoded sample of clips; longer clips are windowed by the teachers).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N (in every worker).")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
-              help="Teacher arithmetic (autocast): auto is bf16 on GPUs that support it, else fp32.")
+              help="Teacher arithmetic (autocast): auto is fp16 on GPUs with tensor cores, else fp32; a clip whose "
+                   "logits overflow in fp16/bf16 is run again in fp32.")
 @click.option("--dashboard", is_flag=True, help="Serve the dask dashboard on 127.0.0.1 (needs bokeh).")
 @click.option("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else ./mlflow.db).")
 def teach_cmd(dataset, split, teachers, store, codec, workers, decode_workers, scheduler, batch_size, chunk_size,

@@ -45,12 +45,17 @@ as a host thread waits on a GPU) and returns logits from two cheap statistics of
   each clip (wall clock, so contention for the cores counts), and ``kd teach`` reports clips per second per
   thread; capacity = threads x that. Other developers' jobs on a shared machine make the capacity drift by
   tens of percent within a minute, so a figure taken before or after the run would misjudge it.
-* For device rates of 1x (``balanced``), 0.5x (``device_bound``) and 2x (``decode_bound``) the decode capacity:
+* For device rates of 1x (``balanced``; ``--quick`` runs this one only), 0.5x (``device_bound``) and 2x
+  (``decode_bound``) the decode capacity:
   ``overlap_efficiency_<case>`` = steady clips/s of ``kd teach`` / min(device clips/s, decode capacity in the
   run).
   ``overlap_efficiency`` is the balanced case, the hardest: decoding and device are both saturated, and a
   stage that waits on the other shows at once. ``serial_efficiency_<case>`` is what decoding then running
   the device one after the other would reach, ``1 / (1/d + 1/c) / min(d, c)`` (0.5 when balanced).
+
+**Precision**: the logit error of bf16 and fp16 autocast against fp32 for PaSST-S and AST at full size (random
+weights, on this CPU; ``--quick``: the tiny teachers), as max |Δσ| and softmax KL like the store's codecs:
+``bf16_max_abs_dsigmoid``, ``bf16_kl_t1``, ``fp16_...`` (worst teacher), per teacher in ``precision_error``.
 
 The last line is one JSON object with ``clips_per_s_1``, ``clips_per_s_2``, ``scaling_2_vs_1``,
 ``overhead_fraction``, ``overlap_efficiency`` and ``decode_clips_per_s_per_core``, plus the start-up, wall and
@@ -79,6 +84,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # store_bench's target error measures
 
 from kd.checkpoints import TeacherSpec, build_teacher
 from kd.data import make_demo_data, open_dataset
@@ -89,6 +95,7 @@ TEACHER = "passt_tiny"
 SIM_TEACHER = "sim_accelerator"
 SIM_SETTINGS = "TEACH_BENCH_SIM_DEVICE"  # env: a JSON file {"batch_seconds": s}, read when the teacher is built
 SIM_RATE = 32000
+PRECISION_TEACHERS = ("passt_s_swa_p16_128_ap476", "ast_audioset_10_10_0_4593")
 
 
 class SimulatedAccelerator(Teacher):
@@ -241,7 +248,8 @@ def simulated_accelerator(root: Path, quick: bool, batch_size: int) -> dict[str,
     runs: dict[str, dict[str, float]] = {}
     capacities = [decode_capacity(spec, threads)]
     try:
-        for case, factor in (("balanced", 1.0), ("device_bound", 0.5), ("decode_bound", 2.0)):
+        cases = (("balanced", 1.0),) if quick else (("balanced", 1.0), ("device_bound", 0.5), ("decode_bound", 2.0))
+        for case, factor in cases:
             device_rate = factor * capacities[-1]
             settings.write_text(json.dumps({"batch_seconds": batch_size / device_rate}))
             cfg = TeachConfig(dataset=spec, store=str(root / f"sim-{case}.zarr"), teachers=(TeacherSpec(SIM_TEACHER),),
@@ -260,7 +268,7 @@ def simulated_accelerator(root: Path, quick: bool, batch_size: int) -> dict[str,
         "decode_clips_per_s_per_core": per_core,
         "decode_capacity_clips_per_s": float(np.mean(capacities)),
         "decode_capacity_measurements": capacities,
-        "decode_workers": threads, "sim_clips": rows, "sim_chunk_size": chunk,
+        "decode_workers": threads, "sim_clips": rows, "sim_chunk_size": chunk, "sim_dataset": spec,
     }
     for case, r in runs.items():
         capacity = r["decode_capacity_in_run"]
@@ -273,6 +281,41 @@ def simulated_accelerator(root: Path, quick: bool, batch_size: int) -> dict[str,
         out[f"sim_decode_capacity_in_run_{case}"] = capacity
     out["overlap_efficiency"] = out["overlap_efficiency_balanced"]
     return out
+
+
+def precision_error(spec: str, quick: bool) -> dict[str, Any]:
+    """The logit error autocast adds, against fp32, for real-size PaSST-S and AST (``--quick``: the tiny ones).
+
+    On this CPU (torch autocast runs bf16 and fp16 matmuls here as on a GPU: reduced-precision inputs, fp32
+    accumulation; softmax and norms in fp32) and with RANDOM weights: good enough to compare the formats with
+    each other and with the q8 codec's error (same measures: max |Δσ|, softmax KL at T=1 and 2 per clip), not
+    a statement about trained weights, whose logits spread wider.
+    """
+    from store_bench import target_error
+
+    data = open_dataset(spec)
+    clips = data.clips[: 2 if quick else 4]
+    out: dict[str, Any] = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        for name in ("passt_tiny", "ast_tiny") if quick else PRECISION_TEACHERS:
+            teacher = build_teacher(TeacherSpec(name), len(data.classes)).eval()
+            wave = torch.from_numpy(np.stack([data.load_audio(c, teacher.sample_rate, 10.0) for c in clips]))
+            with torch.inference_mode():
+                ref = teacher(wave).clip.float().numpy()
+                for precision, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
+                    with torch.autocast("cpu", dtype=dtype):
+                        got = teacher(wave).clip.float().numpy()
+                    out[f"{name}_{precision}"] = {**target_error(ref, got),
+                                                  "max_abs_dlogit": float(np.abs(got - ref).max()),
+                                                  "logit_std": float(ref.std())}
+            print(f"precision error of {name}: {json.dumps({k: v for k, v in out.items() if k.startswith(name)})}",
+                  file=sys.stderr)
+    worst = {p: {k: max(v[k] for n, v in out.items() if n.endswith(p)) for k in ("max_abs_dsigmoid", "kl_t1")}
+             for p in ("bf16", "fp16")}
+    return {"bf16_max_abs_dsigmoid": worst["bf16"]["max_abs_dsigmoid"], "bf16_kl_t1": worst["bf16"]["kl_t1"],
+            "fp16_max_abs_dsigmoid": worst["fp16"]["max_abs_dsigmoid"], "fp16_kl_t1": worst["fp16"]["kl_t1"],
+            "precision_error": out, "precision_clips": len(clips)}
 
 
 def main() -> None:
@@ -305,6 +348,7 @@ def main() -> None:
                 alone = forward.result()
                 print(f"forward alone: {json.dumps(alone)}", file=sys.stderr)
         sim = simulated_accelerator(root, args.quick, args.sim_batch_size)
+        precision = precision_error(sim.pop("sim_dataset"), args.quick)
     teach_s_per_clip = 1 / out["clips_per_s_1"]
     result = {
         "clips_per_s_1": out["clips_per_s_1"],
@@ -316,6 +360,7 @@ def main() -> None:
         "decode_fraction": alone["decode_s_per_clip"] / teach_s_per_clip,
         **{k: v for k, v in out.items() if not k.startswith("clips_per_s")},
         **sim,
+        **precision,
         "teacher": TEACHER, "batch_size": args.batch_size, "sim_batch_size": args.sim_batch_size,
         "chunk_size": chunk, "cores": cores,
         "per_clip_figures": "steady state between first and last chunk completion; start-up reported separately",

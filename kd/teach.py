@@ -13,8 +13,9 @@ so that one chunk decodes (or is written) while the other is on the device:
   and soxr release the GIL, so the threads decode in parallel); the chunk's batches are handed to the device
   as soon as their clips are ready;
 * device: the teachers run batch by batch under the worker's device lock (one chunk on the device at a time),
-  with autocast (``precision``); each batch is staged in pinned memory on CUDA and copied without blocking, and
-  the next batch is launched before the previous one's logits are copied back;
+  with autocast (``precision``: ``auto`` is fp16 on tensor-core GPUs, see :func:`resolve_precision`); each
+  batch is staged in pinned memory on CUDA and copied without blocking, and the next batch is launched before
+  the previous one's logits are copied back;
 * write: q8 encoding and the chunk's objects, outside the device lock.
 
 A local cluster on a machine with GPUs starts one worker per visible GPU, each pinned to its GPU through
@@ -35,8 +36,8 @@ stored as logits; a bug still ends the job with its traceback:
   any other :data:`DATA_ERRORS` raised while reading, decoding or resampling one clip is recorded as
   ``decode error: Type: message``;
 * teachers: a batch on which a teacher raises one of :data:`DATA_ERRORS` is retried clip by clip for that
-  teacher; a clip that fails alone is recorded as ``teacher NAME failed: Type: message`` (that teacher only),
-  and so is a clip whose logits are not finite;
+  teacher; a clip that fails alone is recorded as ``teacher NAME failed: Type: message`` (that teacher only);
+  a clip whose logits are not finite in fp16/bf16 is run again in fp32, and recorded if they still are not;
 * a stage that has not worked on a single clip in this worker (every clip failing, a teacher raising on
   everything) is broken, not fed bad data: its first error propagates. So do all other exception types
   (TypeError, AttributeError, KeyError, NotImplementedError, ...) and CUDA device faults.
@@ -202,11 +203,17 @@ class TeachSummary:
 
 # --- precision and workers ------------------------------------------------------------------------------------------
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto`` is bf16 on GPUs that support it, else fp32; an explicit precision is checked against the device."""
-    bf16_ok = device.type != "cuda" or torch.cuda.is_bf16_supported()
+    """``auto`` is fp16 on GPUs with tensor cores (compute capability 7.0 and up), else fp32; an explicit
+    precision is checked against the device.
+
+    fp16 rather than bf16: both run at the same tensor-core rate, and fp16's 10-bit mantissa keeps the logits
+    about eight times closer to fp32's (BENCHMARKS.md: bf16's max |Δσ| is of the order of the q8 codec's, fp16's
+    a tenth of it). fp16's narrower range is covered: a clip whose logits overflow is run again in fp32.
+    """
     if precision == "auto":
-        return "bf16" if device.type == "cuda" and bf16_ok else "fp32"
-    if precision == "bf16" and not bf16_ok:
+        tensor_cores = device.type == "cuda" and torch.cuda.get_device_capability(device) >= (7, 0)
+        return "fp16" if tensor_cores else "fp32"
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise KdError(f"--precision bf16: {torch.cuda.get_device_name(device)} does not support bfloat16; use fp16")
     return precision
 
@@ -433,15 +440,16 @@ def _batches(ctx: _Context, state: _ChunkState, decoded: list[Future], batch_siz
         yield [ready[i] for i in group]
 
 
-def _autocast(ctx: _Context):
-    if ctx.precision == "fp32":
+def _autocast(ctx: _Context, precision: str):
+    if precision == "fp32":
         return contextlib.nullcontext()
-    return torch.autocast(device_type=ctx.device.type, dtype=_DTYPES[ctx.precision])
+    return torch.autocast(device_type=ctx.device.type, dtype=_DTYPES[precision])
 
 
-def _launch(ctx: _Context, names: Sequence[str], audio: Sequence[np.ndarray]) -> dict[str, Any]:
+def _launch(ctx: _Context, names: Sequence[str], audio: Sequence[np.ndarray],
+            precision: str | None = None) -> dict[str, Any]:
     """Each teacher's outputs for a batch (on CUDA, launched and still being computed), or the data error it
-    raised on the batch. The caller holds the device lock."""
+    raised on the batch, at ``precision`` (default: the job's). The caller holds the device lock."""
     wave = ctx.stage(audio).to(ctx.device, non_blocking=True)
     by_rate: dict[int, torch.Tensor] = {}
     out: dict[str, Any] = {}
@@ -451,7 +459,7 @@ def _launch(ctx: _Context, names: Sequence[str], audio: Sequence[np.ndarray]) ->
             try:
                 if teacher.sample_rate not in by_rate:  # once per distinct rate, in float32
                     by_rate[teacher.sample_rate] = resample(wave, ctx.sample_rate, teacher.sample_rate)
-                with _autocast(ctx):
+                with _autocast(ctx, precision or ctx.precision):
                     out[name] = teacher(by_rate[teacher.sample_rate])
             except Exception as e:  # noqa: BLE001 -- sorted into data problems and bugs by _is_data_error
                 if not _is_data_error(e):
@@ -460,8 +468,10 @@ def _launch(ctx: _Context, names: Sequence[str], audio: Sequence[np.ndarray]) ->
     return out
 
 
-def _collect(ctx: _Context, state: _ChunkState, rows: Sequence[int], outputs: dict[str, Any]) -> None:
-    """Copy a batch's logits into the chunk's rows (waiting for the device); non-finite rows are failures."""
+def _collect(ctx: _Context, state: _ChunkState, rows: Sequence[int], outputs: dict[str, Any]) -> list[tuple[str, int]]:
+    """Copy a batch's logits into the chunk's rows (waiting for the device); returns the (teacher, row) pairs
+    whose logits are not finite, which are left unwritten."""
+    bad = []
     for name, output in outputs.items():
         clip = output.clip.float().cpu().numpy()
         frame = output.frame.float().cpu().numpy() if name in state.frame else None
@@ -470,38 +480,50 @@ def _collect(ctx: _Context, state: _ChunkState, rows: Sequence[int], outputs: di
             finite &= np.isfinite(frame).all(axis=(1, 2))
         for i, row in enumerate(rows):
             if not finite[i]:
-                state.fail(name, row, f"teacher {name} returned non-finite logits", KdError(
-                    f"teacher {name} returned non-finite logits on every clip so far (precision {ctx.precision}); "
-                    "with fp16 or bf16, try --precision fp32"))
+                bad.append((name, row))
                 continue
             state.clip[name][row] = clip[i]
             if frame is not None:
                 state.frame[name][row] = frame[i]
             state.done[name][row] = True
         ctx.successes[name] += int(finite.sum())
+    return bad
+
+
+def _collect_or_retry(ctx: _Context, state: _ChunkState, batch: list[tuple[int, np.ndarray]],
+                      outputs: dict[str, Any]) -> None:
+    """Collect a batch; a clip whose logits overflowed in reduced precision is run again alone in fp32, and a
+    clip whose logits are still not finite is a failure of that teacher."""
+    audio = dict(batch)
+    for name, row in _collect(ctx, state, [row for row, _ in batch], outputs):
+        if ctx.precision != "fp32":
+            again = _launch(ctx, [name], [audio[row]], precision="fp32")[name]
+            if not isinstance(again, BaseException) and not _collect(ctx, state, [row], {name: again}):
+                continue
+        state.fail(name, row, f"teacher {name} returned non-finite logits", KdError(
+            f"teacher {name} returned non-finite logits on every clip so far (precision {ctx.precision})"))
 
 
 def _run_device(ctx: _Context, state: _ChunkState, batches: Iterator[list[tuple[int, np.ndarray]]]) -> None:
     """Run the teachers batch by batch; batch ``k + 1`` is launched before batch ``k``'s logits are copied back
     (on CUDA the host stages the next batch while the device computes). A teacher that raises on a batch is
     retried on it clip by clip, so only the clips it fails on alone are lost (to that teacher)."""
-    previous: tuple[list[int], dict[str, Any]] | None = None
+    previous: tuple[list[tuple[int, np.ndarray]], dict[str, Any]] | None = None
     for batch in batches:
-        rows = [row for row, _ in batch]
         outputs = _launch(ctx, state.names, [a for _, a in batch])
         raised = [name for name, out in outputs.items() if isinstance(out, BaseException)]
         if previous is not None:
-            _collect(ctx, state, *previous)
-        previous = (rows, {n: o for n, o in outputs.items() if n not in raised})
+            _collect_or_retry(ctx, state, *previous)
+        previous = (batch, {n: o for n, o in outputs.items() if n not in raised})
         for name in raised:
             for row, audio in batch:
                 alone = _launch(ctx, [name], [audio])[name]
                 if isinstance(alone, BaseException):
                     state.fail(name, row, f"teacher {name} failed: {_reason(alone)}", alone)
                 else:
-                    _collect(ctx, state, [row], {name: alone})
+                    _collect_or_retry(ctx, state, [(row, audio)], {name: alone})
     if previous is not None:
-        _collect(ctx, state, *previous)
+        _collect_or_retry(ctx, state, *previous)
 
 
 def teach_chunk(cfg: TeachConfig, job: _Job, chunk: int) -> ChunkResult:

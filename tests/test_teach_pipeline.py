@@ -153,8 +153,9 @@ def _teach_here(spec, store, scheduler, tracking_uri, **kw):
         return run_teach(cfg)
 
 
-def _wrap_teacher(monkeypatch, should_raise):
-    """Every teacher kd.teach builds raises what ``should_raise(batch)`` returns (None: runs normally)."""
+def _wrap_teacher(monkeypatch, should_raise, change=None):
+    """Every teacher kd.teach builds raises what ``should_raise(batch)`` returns (None: runs normally); its
+    outputs pass through ``change(batch, output)`` if given."""
     import kd.teach
 
     original = kd.teach.build_teacher
@@ -167,7 +168,7 @@ def _wrap_teacher(monkeypatch, should_raise):
             error = should_raise(wave)
             if error is not None:
                 raise error
-            return forward(wave)
+            return change(wave, forward(wave)) if change else forward(wave)
 
         model.forward = guarded
         return model
@@ -279,3 +280,26 @@ def test_dashboard_without_bokeh_is_a_one_line_error_before_anything_is_written(
                                    str(tmp_path / "s.zarr"), "--dashboard"], capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 2 and "needs bokeh" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "s.zarr").exists()
+
+
+@pytest.mark.slow
+def test_logits_that_overflow_in_reduced_precision_are_computed_again_in_fp32(asc_copy, tmp_path, scheduler,
+                                                                               tracking_uri, monkeypatch):
+    from teachers import TeacherOutput
+
+    spec, data = asc_copy
+    overflow, broken = data.clips[5], data.clips[12]
+    sf.write(overflow.source, np.full(44100, 0.5, np.float32), 44100)
+    sf.write(broken.source, np.full(44100, -0.5, np.float32), 44100)
+
+    def change(wave, out):  # inf for the first clip under autocast only, NaN for the second always
+        mean = wave.mean(dim=-1, keepdim=True)
+        clip = torch.where((mean > 0.25) & torch.is_autocast_enabled("cpu"), torch.inf, out.clip)
+        return TeacherOutput(torch.where(mean < -0.25, torch.nan, clip), out.frame)
+
+    _wrap_teacher(monkeypatch, lambda wave: None, change)
+    summary = _teach_here(spec, tmp_path / "s.zarr", scheduler, tracking_uri, precision="bf16")
+    assert summary.failures == {broken.id: "teacher passt_tiny returned non-finite logits"}
+    from logit_store import LogitStore
+
+    assert np.isfinite(LogitStore.open(str(tmp_path / "s.zarr")).read([overflow.id], teachers=["passt_tiny"])).all()
