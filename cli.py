@@ -291,7 +291,7 @@ def _print_teach_summary(summary) -> None:
 @training_options(batch_size=32, lr=1e-3)
 def distill_cmd(teachers, transfer, **options) -> None:
     """Train a student from stored teacher logits (hard-label + KD loss), evaluating every epoch."""
-    from kd.distill import DistillConfig, TeacherChoice, distill
+    from kd.distill import DistillConfig, TeacherChoice, distill, patience_hint
 
     cfg = DistillConfig(teachers=TeacherChoice.parse(teachers), transfer=tuple(transfer), **options)
     with TrainingProgress() as bar:
@@ -299,6 +299,9 @@ def distill_cmd(teachers, transfer, **options) -> None:
     if result.main_process:  # torchrun: rank 0 reports for the job
         console.print(f"best {result.metric} {result.best:.4f}; {result.cost.params:,} params, "
                       f"{result.cost.macs / 1e6:.1f} MMACs; checkpoint {result.checkpoint}", highlight=False)
+        hint = patience_hint(result.history)
+        if hint:
+            console.print(f"[bold yellow]hint:[/] {hint}", highlight=False, soft_wrap=True)
 
 
 @main.command("eval")
@@ -487,14 +490,21 @@ def store_verify(store) -> None:
               help="Folder for the demo data, teachers, store, students and the MLflow database.")
 @click.option("--task", type=click.Choice(["asc", "tagging", "sed"]), default="asc", show_default=True)
 @click.option("--clips", type=int, default=None, help="Demo clips (default: the demo's size for the task).")
-@click.option("--teacher-epochs", type=int, default=8, show_default=True)
-@click.option("--student-epochs", type=int, default=10, show_default=True)
+@click.option("--teacher-epochs", type=int, default=None,
+              help="Teacher epochs (default: asc 4, fine-tuning the pretrained demo teachers; tagging/sed 8, from "
+                   "scratch).")
+@click.option("--student-epochs", type=int, default=None,
+              help="Student epochs (default: asc 24, long enough for distillation to pay; tagging/sed 10).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--tracking-uri", default=None,
               help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else OUT/mlflow.db).")
 @click.option("--overwrite", is_flag=True, help="Reuse a non-empty OUT.")
 def quickstart_cmd(**options) -> None:
-    """The whole pipeline on built-in demo data: train two teachers, teach, distil four students, compare."""
+    """The whole pipeline on built-in demo data: fine-tune two teachers, teach, distil four students, compare.
+
+    ASC starts from the pretrained demo teachers that ship with kd (as real work starts from released
+    checkpoints); tagging and SED train their teachers from scratch.
+    """
     from kd.quickstart import QuickstartConfig, quickstart
 
     cfg = QuickstartConfig(**options)

@@ -19,15 +19,18 @@ Buffers (windows, mel banks) move with the module, so ``teacher.to("cuda")`` run
 Checkpoints (official release files or ones saved from these models) load strictly through each family's
 ``checkpoint_filter_fn``, named in its registry entry (``layers.build_model`` builds and loads every model);
 ``create_teacher(name, checkpoint=..., num_classes=10)`` re-initialises only the classifier heads for
-fine-tuning on a new label set. Families: ``passt`` (PaSST releases, frame-wise PaSST,
-``passt_tiny``), ``ast`` (AST releases, ``ast_tiny``).
+fine-tuning on a new label set. Release files that ship with kd (the pretrained demo teachers ``passt_tiny``
+and ``ast_tiny``, made by ``scripts/pretrain_demo_teachers.py``) are registered with their sha256 and load the
+same way: ``create_teacher(name, pretrained=True)`` or ``checkpoint=release_path(name)``. Families: ``passt``
+(PaSST releases, frame-wise PaSST, ``passt_tiny``), ``ast`` (AST releases, ``ast_tiny``).
 """
 from . import ast, passt
 from ._base import Teacher, TeacherInputError, TeacherOutput
-from ._registry import TEACHERS, create_teacher, list_teachers, register_teacher, teacher_cfg
+from ._registry import RELEASES, TEACHERS, create_teacher, list_teachers, register_teacher, release_path, teacher_cfg
 from .ensemble import TeacherEnsemble
 
 __all__ = [
+    "RELEASES",
     "TEACHERS",
     "Teacher",
     "TeacherEnsemble",
@@ -38,5 +41,6 @@ __all__ = [
     "list_teachers",
     "passt",
     "register_teacher",
+    "release_path",
     "teacher_cfg",
 ]

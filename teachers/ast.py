@@ -30,7 +30,7 @@ from layers import CheckpointError, mask_along_axis
 from layers.fbank import KaldiFbank
 
 from ._base import TeacherInputError, TeacherOutput
-from ._registry import register_teacher
+from ._registry import DEMO_PRETRAINING, register_teacher
 from ._vit import SpectrogramTransformer, patch_grid
 
 __all__ = ["AST", "ASTFrontend", "checkpoint_filter_fn"]
@@ -274,9 +274,19 @@ def ast_audioset_16_16_0_4422(**kwargs: Any) -> AST:
     return _ast(16, kwargs)
 
 
-@_register(cfg={"origin": "small AST for demos and tests, trained from scratch", "sample_rate": 16000})
+@_register(cfg={
+    "origin": "kd: small AST for demos and tests, pretrained by scripts/pretrain_demo_teachers.py",
+    "file": "ast_tiny_demo.pt",
+    "sha256": "b919cd965f84e4472d62cbcaabb67a06155dafdb14958f54f9ff25ca628aee67",
+    "pretraining": {**DEMO_PRETRAINING, "epochs": 2, "heldout_accuracy": 0.462},
+    "num_classes": 10,
+    "sample_rate": 16000,
+})
 def ast_tiny(**kwargs: Any) -> AST:
-    """A 1.9 M-parameter AST (dim 192, depth 4); defaults: 1 s clips (100 frames), 10 classes."""
+    """A 1.9 M-parameter AST (dim 192, depth 4); defaults: 1 s clips (100 frames), 10 classes.
+
+    ``create_teacher("ast_tiny", pretrained=True)`` loads the demo release (pretrained on synthetic scenes).
+    """
     defaults = {"embed_dim": 192, "depth": 4, "num_heads": 3, "num_classes": 10, "clip_seconds": 1.0,
                 "freqm": 16, "timem": 20}
     return _ast(10, {**defaults, **kwargs})

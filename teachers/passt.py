@@ -37,7 +37,7 @@ from torch import nn
 from layers import CheckpointError, MelSTFT
 
 from ._base import TeacherInputError, TeacherOutput
-from ._registry import register_teacher
+from ._registry import DEMO_PRETRAINING, register_teacher
 from ._vit import SpectrogramTransformer, patch_grid
 
 __all__ = ["PaSST", "checkpoint_filter_fn"]
@@ -384,9 +384,19 @@ _TINY = {
 }
 
 
-@_register(cfg={"origin": "small PaSST for demos and tests, trained from scratch", "sample_rate": 32000})
+@_register(cfg={
+    "origin": "kd: small PaSST for demos and tests, pretrained by scripts/pretrain_demo_teachers.py",
+    "file": "passt_tiny_demo.pt",
+    "sha256": "0c768107cc2063478ea4dd2922cebaf979622bdd4306589db5bb452a5f845b6b",
+    "pretraining": {**DEMO_PRETRAINING, "epochs": 3, "heldout_accuracy": 0.570},
+    "num_classes": 10,
+    "sample_rate": 32000,
+})
 def passt_tiny(**kwargs: Any) -> PaSST:
-    """A 1.9 M-parameter PaSST (dim 192, depth 4); defaults: 1 s scenes, 10 classes."""
+    """A 1.9 M-parameter PaSST (dim 192, depth 4); defaults: 1 s scenes, 10 classes.
+
+    ``create_teacher("passt_tiny", pretrained=True)`` loads the demo release (pretrained on synthetic scenes).
+    """
     return _passt({**_TINY, "clip_seconds": 1.0, "s_patchout_t": 2, "s_patchout_f": 1}, kwargs)
 
 

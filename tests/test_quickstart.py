@@ -1,12 +1,15 @@
-"""kd quickstart with a reduced budget: every stage runs and MLflow holds the four distillation runs."""
+"""kd quickstart with a reduced budget: every stage runs, the ASC teachers start from the shipped releases, and
+MLflow holds the four distillation runs; the hint for distillation runs cut short."""
 import pytest
 from click.testing import CliRunner
 
 from cli import main
+from kd.distill import patience_hint
+from kd.quickstart import PLANS
+from teachers import release_path
 
-pytestmark = pytest.mark.slow
 
-
+@pytest.mark.slow
 def test_quickstart_runs_the_whole_pipeline(tmp_path):
     import mlflow
 
@@ -24,3 +27,25 @@ def test_quickstart_runs_the_whole_pipeline(tmp_path):
     assert sorted(r.data.params["teachers"] for r in distill_runs) == ["ast", "none", "passt", "passt,ast"]
     assert all(r.info.status == "FINISHED" and "accuracy" in r.data.metrics for r in distill_runs)
     assert client.get_experiment_by_name("teach") is not None
+    teacher_runs = client.search_runs([client.get_experiment_by_name("train-teacher/demo-asc-asc").experiment_id])
+    assert sorted(r.data.params["checkpoint"] for r in teacher_runs) == sorted(
+        str(release_path(name)) for name in ("passt_tiny", "ast_tiny"))
+
+
+def test_asc_plan_fine_tunes_the_releases_and_trains_students_patiently():
+    plan = PLANS["asc"]
+    assert plan.pretrained and plan.student_epochs >= 20
+    assert {plan.teacher_a[1], plan.teacher_b[1]} == {"passt_tiny", "ast_tiny"}
+    assert not PLANS["tagging"].pretrained and not PLANS["sed"].pretrained  # no demo releases for them
+
+
+def _history(soft_losses):
+    return [{"train_loss": s, "train_soft_loss": s, "accuracy": 0.5} for s in soft_losses]
+
+
+def test_patience_hint_flags_soft_loss_far_above_where_it_started_to_settle():
+    hint = patience_hint(_history([0.40, 0.33, 0.30, 0.28]))
+    assert hint is not None and "70%" in hint and "4 epochs" in hint and "--epochs" in hint
+    assert patience_hint(_history([0.40, 0.25, 0.15, 0.12, 0.10])) is None
+    assert patience_hint([{"train_loss": 1.0, "accuracy": 0.5}] * 5) is None  # labels only: nothing to say
+    assert patience_hint(_history([0.4])) is None  # one epoch: no trend to judge

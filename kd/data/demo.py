@@ -35,7 +35,10 @@ import soundfile as sf
 from . import synth
 from .errors import DatasetError
 
-__all__ = ["ASC_DEVICES", "DEMO_DEFAULTS", "SCENES", "SOUND_CLASSES", "make_demo_data"]
+__all__ = [
+    "ASC_DEVICES", "DEMO_DEFAULTS", "SCENES", "SOUND_CLASSES", "make_demo_data", "new_location", "record_scene",
+    "render_scene",
+]
 
 DEMO_DEFAULTS = {
     "asc": {"clips": 600, "seconds": 1.0, "sample_rate": 44100},
@@ -90,7 +93,8 @@ class _Location:
     segments: list[tuple[int, int, set[str]]] = field(default_factory=list)  # (segment, subsegment, devices)
 
 
-def _new_location(rng: np.random.Generator, scene: str, number: int, split: str) -> _Location:
+def new_location(rng: np.random.Generator, scene: str, number: int, split: str = "train") -> _Location:
+    """A recording location of ``scene``: its component levels and source parameters drawn from ``rng``."""
     levels = {c: SCENES[scene][c] + rng.normal(0, 3) for c in COMPONENTS if c in SCENES[scene]}
     low, high = ENGINE_F0.get(scene, (50, 200))
     params = {
@@ -143,6 +147,16 @@ def render_scene(location: _Location, rng: np.random.Generator, n: int, sr: int)
     return x / synth.rms(x)
 
 
+def record_scene(location: _Location, device: synth.DeviceResponse, key: list[int], device_key: int, n: int,
+                 sr: int) -> np.ndarray:
+    """One demo recording: the segment ``key`` of ``location`` rendered, recorded through ``device`` (its
+    self-noise drawn from ``key + [device_key]``) and set to a level between -32 and -22 dB RMS."""
+    clean = render_scene(location, np.random.default_rng(key), n, sr)
+    recorded = device(np.random.default_rng(key + [device_key]), clean)
+    level = 10 ** (np.random.default_rng(key + [100]).uniform(-32, -22) / 20)
+    return _limit(recorded / synth.rms(recorded) * level)
+
+
 def _split_counts(total: int, shares: dict[str, float]) -> dict[str, int]:
     """Largest-remainder rounding of ``total * share`` so the counts add up to ``total``."""
     raw = {k: total * s / sum(shares.values()) for k, s in shares.items()}
@@ -166,7 +180,7 @@ def _asc_recordings(rng: np.random.Generator, clips: int) -> list[tuple[_Locatio
         n_eval_loc = max(1, round(n_locations * EVAL_FRACTION["asc"]))
         for i in range(n_locations):
             split = "eval" if i < n_eval_loc else "train"
-            locations.setdefault((scene, split), []).append(_new_location(rng, scene, number, split))
+            locations.setdefault((scene, split), []).append(new_location(rng, scene, number, split))
             number += 1
     recordings = []
     for split, counts in per_split.items():
@@ -200,10 +214,7 @@ def _write_tau22(out: Path, clips: int, seed: int, seconds: float) -> dict:
     scenes = list(SCENES)
     for loc, segment, sub, device in _asc_recordings(rng, clips):
         key = [seed, 1, scenes.index(loc.scene), loc.number, segment, sub]
-        clean = render_scene(loc, np.random.default_rng(key), n, sr)
-        recorded = devices[device](np.random.default_rng(key + [1 + ASC_DEVICES.index(device)]), clean)
-        level = 10 ** (np.random.default_rng(key + [100]).uniform(-32, -22) / 20)
-        audio = _limit(recorded / synth.rms(recorded) * level)
+        audio = record_scene(loc, devices[device], key, 1 + ASC_DEVICES.index(device), n, sr)
         filename = f"audio/{loc.scene}-{loc.city}-{loc.number}-{segment}-{sub}-{device}.wav"
         sf.write(out / filename, audio, sr, subtype="PCM_24")
         rows[loc.split].append({"filename": filename, "scene_label": loc.scene,

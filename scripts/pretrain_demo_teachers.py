@@ -1,0 +1,268 @@
+"""Pretrain the demo teachers: ``passt_tiny`` and ``ast_tiny`` on a large synthetic scene corpus.
+
+Real teachers know more than the task's data holds because they were pretrained on AudioSet. The demo's
+stand-in is a corpus made by ``kd demo-data``'s own scene generators (:mod:`kd.data.demo`), many times larger
+than the quick start's 600 clips and disjoint from them: another seed (so other recording locations and other
+renders; ``kd quickstart`` uses seeds 0 and up, the corpus seed 2024), ``--locations`` locations per scene, and
+``--devices`` simulated recording devices drawn at random (EQ, port echoes, compression, self-noise: the
+:class:`kd.data.synth.DeviceResponse` model), none of them one of the demo's nine. A held-out part of the
+corpus (other locations, other devices) scores the teachers; the quick start's clips are never seen.
+
+Each teacher trains with kd's augmented forward (:class:`kd.forward.AugmentedForward`: the frontend's
+SpecAugment masks, optional mixup and Freq-MixStyle; random gain on the waveform), the task's label loss and
+:class:`kd.train.Trainer` (AdamW, warm-up and ramp-down, a checkpoint per epoch, so a killed run resumes with
+the same command). The best epoch on the held-out part is written as
+a float16 state dict to ``--out/<name>_demo.pt``; its sha256 goes into the registry cfg of the teacher
+(``teachers/passt.py``, ``teachers/ast.py``), from where ``create_teacher(name, pretrained=True)`` and
+``teachers.release_path(name)`` load it through the same strict checkpoint path as the official releases.
+
+The corpus is generated in memory by ``--workers`` processes and cached in ``--workdir`` (float16 audio at the
+teachers' rates), so a rerun trains without generating again. The last line is one JSON object: corpus size,
+wall time per stage, the teachers' held-out accuracy and the release files' sha256.
+
+    python scripts/pretrain_demo_teachers.py [--clips 12000] [--epochs 3] [--workdir DIR] [--out teachers/releases]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soxr
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from kd.augment import mix, mixup_params, random_gain  # noqa: E402
+from kd.data import demo, synth  # noqa: E402
+from kd.forward import AugmentedForward  # noqa: E402
+from kd.losses import DistillLoss, LossTerms  # noqa: E402
+from kd.tasks import ASC  # noqa: E402
+from kd.train import OptimConfig, Trainer  # noqa: E402
+from layers import sha256_file  # noqa: E402
+from teachers import create_teacher  # noqa: E402
+
+SOURCE_RATE = demo.DEMO_DEFAULTS["asc"]["sample_rate"]  # rendered as the demo renders (44.1 kHz), then resampled
+RATES = {"passt_tiny": 32000, "ast_tiny": 16000}
+# constructor overrides in pretraining only (no weight depends on them): PaSST's structured patchout, wider than
+# the fine-tuning default, as the AudioSet releases were trained (40 of 99 time and 4 of 12 frequency positions)
+PRETRAINING_KWARGS = {"passt_tiny": {"s_patchout_t": 3, "s_patchout_f": 4}, "ast_tiny": {}}
+SCENES = list(demo.SCENES)
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """The plan of the corpus: which location, device and segment each clip comes from."""
+
+    seed: int
+    clips: int
+    locations: int  # per scene
+    devices: int
+    heldout_fraction: float
+
+    def device(self, k: int) -> synth.DeviceResponse:
+        """Simulated device ``k``: a random strength (how far from flat) and compression, from the corpus seed."""
+        rng = np.random.default_rng([self.seed, 2, k])
+        strength, compress = rng.uniform(0.05, 1.0), bool(rng.random() < 0.5)
+        return synth.DeviceResponse(rng, SOURCE_RATE, strength, compress)
+
+    def heldout_locations(self) -> int:
+        return max(1, round(self.locations * self.heldout_fraction))
+
+    def heldout_devices(self) -> int:
+        return max(1, round(self.devices * self.heldout_fraction))
+
+    def plan(self) -> list[tuple[int, int, int, bool]]:
+        """``(scene, location, device, held_out)`` per clip: held-out clips use held-out locations and devices."""
+        rng = np.random.default_rng([self.seed, 3])
+        n_heldout = round(self.clips * self.heldout_fraction)
+        rows = []
+        for i in range(self.clips):
+            held_out = i < n_heldout
+            loc_lo, loc_hi = (0, self.heldout_locations()) if held_out else (self.heldout_locations(), self.locations)
+            dev_lo, dev_hi = (0, self.heldout_devices()) if held_out else (self.heldout_devices(), self.devices)
+            rows.append((i % len(SCENES), int(rng.integers(loc_lo, loc_hi)), int(rng.integers(dev_lo, dev_hi)),
+                         held_out))
+        return rows
+
+
+_WORKER: dict = {}
+
+
+def _init_worker(corpus: Corpus) -> None:
+    torch.set_num_threads(1)
+    rng = np.random.default_rng([corpus.seed, 4])
+    locations = {(s, k): demo.new_location(rng, scene, s * corpus.locations + k)
+                 for s, scene in enumerate(SCENES) for k in range(corpus.locations)}
+    _WORKER.update(corpus=corpus, locations=locations, devices={}, plan=corpus.plan())
+
+
+def _render(i: int) -> dict[int, np.ndarray]:
+    corpus, plan = _WORKER["corpus"], _WORKER["plan"]
+    scene, loc, dev, _ = plan[i]
+    if dev not in _WORKER["devices"]:
+        _WORKER["devices"][dev] = corpus.device(dev)
+    key = [corpus.seed, 1, scene, loc, i]
+    audio = demo.record_scene(_WORKER["locations"][(scene, loc)], _WORKER["devices"][dev], key, 1 + dev,
+                              SOURCE_RATE, SOURCE_RATE)
+    return {rate: soxr.resample(audio, SOURCE_RATE, rate, quality="HQ").astype(np.float16)
+            for rate in sorted(set(RATES.values()))}
+
+
+def generate(corpus: Corpus, workdir: Path, workers: int) -> dict[int, np.ndarray]:
+    """The corpus audio per sample rate ``[clips, rate]`` (float16), generated once and cached in ``workdir``."""
+    tag = f"corpus-s{corpus.seed}-n{corpus.clips}-l{corpus.locations}-d{corpus.devices}"
+    paths = {rate: workdir / f"{tag}-{rate}.npy" for rate in sorted(set(RATES.values()))}
+    if all(p.is_file() for p in paths.values()):
+        return {rate: np.load(p, mmap_mode="r") for rate, p in paths.items()}
+    arrays = {rate: np.zeros((corpus.clips, rate), np.float16) for rate in paths}
+    with multiprocessing.get_context("fork").Pool(workers, _init_worker, (corpus,)) as pool:
+        for i, audio in enumerate(pool.imap(_render, range(corpus.clips), chunksize=64)):
+            for rate, x in audio.items():
+                arrays[rate][i] = x
+            if (i + 1) % 2000 == 0:
+                print(f"generated {i + 1} of {corpus.clips} clips", flush=True)
+    for rate, path in paths.items():
+        tmp = path.with_suffix(".tmp.npy")
+        np.save(tmp, arrays[rate])
+        tmp.rename(path)
+    return arrays
+
+
+class CorpusClips(torch.utils.data.Dataset):
+    """Items of the corpus in kd's training-batch layout (``audio``, one-hot ``target``, ``index``, ``device``)."""
+
+    def __init__(self, audio: np.ndarray, labels: np.ndarray, indices: np.ndarray) -> None:
+        self.audio, self.labels, self.indices = audio, labels, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> dict:
+        row = int(self.indices[i])
+        target = np.zeros(len(SCENES), np.float32)
+        target[self.labels[row]] = 1.0
+        return {"audio": torch.from_numpy(np.asarray(self.audio[row], np.float32)), "target": torch.from_numpy(target),
+                "index": i, "device": ""}
+
+
+@torch.inference_mode()
+def accuracy(model: torch.nn.Module, loader: torch.utils.data.DataLoader, device: torch.device) -> dict[str, float]:
+    model.eval()
+    right = total = 0
+    for batch in loader:
+        logits = model(batch["audio"].to(device)).clip
+        right += int((logits.argmax(-1).cpu() == batch["target"].argmax(-1)).sum())
+        total += len(logits)
+    return {"accuracy": right / total}
+
+
+def pretrain(name: str, audio: np.ndarray, labels: np.ndarray, train_rows: np.ndarray, heldout_rows: np.ndarray,
+             args: argparse.Namespace, device: torch.device) -> tuple[torch.nn.Module, list[dict[str, float]]]:
+    """Train ``name`` from scratch on the corpus; returns the model at its best held-out epoch and the history."""
+    torch.manual_seed(args.seed)
+    model = create_teacher(name, num_classes=len(SCENES), clip_seconds=1.0, **PRETRAINING_KWARGS[name])
+    out = args.workdir / name
+    train = torch.utils.data.DataLoader(CorpusClips(audio, labels, train_rows), batch_size=args.batch_size,
+                                        shuffle=True, drop_last=True)
+    heldout = torch.utils.data.DataLoader(CorpusClips(audio, labels, heldout_rows), batch_size=128)
+    optim = OptimConfig(epochs=args.epochs, lr=args.lr, warmup_epochs=args.warmup_epochs)
+    trainer = Trainer(model, optim, steps_per_epoch=len(train), out_dir=out,
+                      primary_metric="accuracy", meta={"kind": "pretraining", "name": name}, seed=args.seed,
+                      device=device, train_module=AugmentedForward(model, ASC, mixstyle_p=args.mixstyle_p))
+    trainer.resume()
+    loss = DistillLoss(ASC, kd_lambda=1.0)
+
+    def step(module: torch.nn.Module, batch: dict) -> LossTerms:
+        wave, hard = batch["audio"].to(device), batch["target"].to(device)
+        if args.gain_db > 0:
+            wave = random_gain(wave, args.gain_db)
+        params = mixup_params(len(wave), args.mixup, device) if args.mixup > 0 else None
+        return loss(module(wave, params), mix(hard, params) if params is not None else hard)
+
+    def report(epoch: int, record: dict[str, float]) -> None:
+        print(f"{name} epoch {epoch}: train loss {record['train_loss']:.3f}, held-out accuracy "
+              f"{record['accuracy']:.3f}", flush=True)
+
+    history = trainer.fit(train, step, lambda m: accuracy(m, heldout, device), on_epoch_end=report)
+    best = torch.load(out / "best.pt", map_location="cpu", weights_only=True)
+    model.load_state_dict(best["model"])
+    return model.cpu().eval(), history
+
+
+def write_release(model: torch.nn.Module, name: str, out: Path) -> Path:
+    """The model's state dict in float16, checked to load strictly into a fresh ``name`` before it is kept."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}_demo.pt"
+    torch.save({k: v.to(torch.float16) if v.is_floating_point() else v for k, v in model.state_dict().items()}, path)
+    create_teacher(name, checkpoint=path)  # the path every user takes: strict keys and shapes
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clips", type=int, default=12000, help="corpus size, held-out part included")
+    parser.add_argument("--locations", type=int, default=120, help="recording locations per scene")
+    parser.add_argument("--devices", type=int, default=48, help="simulated recording devices")
+    parser.add_argument("--heldout", type=float, default=0.05, help="fraction of clips, locations and devices held out")
+    parser.add_argument("--corpus-seed", type=int, default=2024)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--warmup-epochs", type=float, default=0.2)
+    parser.add_argument("--mixup", type=float, default=0.0, help="fresh clips need no mixup")
+    parser.add_argument("--mixstyle-p", type=float, default=0.0,
+                        help="Freq-MixStyle probability (the corpus already varies the devices)")
+    parser.add_argument("--gain-db", type=float, default=6.0)
+    parser.add_argument("--seed", type=int, default=0, help="training seed")
+    parser.add_argument("--teachers", nargs="+", default=list(RATES), choices=list(RATES))
+    parser.add_argument("--workers", type=int, default=2, help="processes generating the corpus")
+    parser.add_argument("--generate-only", action="store_true",
+                        help="write the corpus cache and stop (then train the teachers in parallel processes)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: torch's; on a busy machine, 1 per process wastes less)")
+    parser.add_argument("--workdir", type=Path, default=Path("demo-teacher-pretraining"),
+                        help="corpus cache and per-epoch checkpoints (a rerun resumes)")
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "teachers" / "releases")
+    args = parser.parse_args()
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    corpus = Corpus(args.corpus_seed, args.clips, args.locations, args.devices, args.heldout)
+    plan = corpus.plan()
+    labels = np.array([row[0] for row in plan])
+    held_out = np.array([row[3] for row in plan])
+    start = time.perf_counter()
+    audio = generate(corpus, args.workdir, args.workers)
+    timings = {"generate_s": round(time.perf_counter() - start, 1)}
+    if args.generate_only:
+        print(json.dumps({"corpus_cache": str(args.workdir), "wall_s": timings}))
+        return
+    result = {"corpus": {"seed": corpus.seed, "clips": corpus.clips, "train_clips": int((~held_out).sum()),
+                         "heldout_clips": int(held_out.sum()), "locations": corpus.locations * len(SCENES),
+                         "devices": corpus.devices},
+              "epochs": args.epochs, "teachers": {}}
+    for name in args.teachers:
+        t0 = time.perf_counter()
+        model, history = pretrain(name, audio[RATES[name]], labels, np.flatnonzero(~held_out),
+                                  np.flatnonzero(held_out), args, device)
+        path = write_release(model, name, args.out)
+        timings[f"{name}_s"] = round(time.perf_counter() - t0, 1)
+        result["teachers"][name] = {"file": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size,
+                                    "heldout_accuracy": max(r["accuracy"] for r in history),
+                                    "history": [round(r["accuracy"], 4) for r in history]}
+        print(f"{name}: {path} sha256 {result['teachers'][name]['sha256']}", flush=True)
+    result["wall_s"] = {**timings, "total_s": round(time.perf_counter() - start, 1)}
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
