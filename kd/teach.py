@@ -84,6 +84,7 @@ __all__ = [
     "TeachConfig",
     "TeachSummary",
     "WorkerPlan",
+    "chunk_resources",
     "failure_kind",
     "length_batches",
     "plan_workers",
@@ -709,8 +710,7 @@ def _run_on_dask(cfg: TeachConfig, job: _Job, chunks: list[int], on_progress, on
     try:
         if cfg.dashboard and on_status:
             on_status(f"dask dashboard: {client.dashboard_link}")
-        declared = [w.get("resources", {}) for w in client.scheduler_info().get("workers", {}).values()]
-        resources = {"GPU": 1 / CHUNKS_PER_WORKER} if any("GPU" in r for r in declared) else None
+        resources = chunk_resources(client.scheduler_info())
         futures = [client.submit(teach_chunk, cfg, job, c, key=f"teach-chunk-{c}", pure=False, resources=resources)
                    for c in chunks]
         results, done_clips = [], total_clips - sum(_chunk_len(cfg, c, total_clips) for c in chunks)
@@ -725,6 +725,13 @@ def _run_on_dask(cfg: TeachConfig, job: _Job, chunks: list[int], on_progress, on
         client.close()
         if cluster is not None:
             cluster.close()
+
+
+def chunk_resources(scheduler_info: dict[str, Any]) -> dict[str, float] | None:
+    """What each chunk task asks the scheduler for: ``1 / CHUNKS_PER_WORKER`` of a GPU when any worker declares
+    ``GPU`` resources (so chunks go to GPU workers only, two at a time), else nothing."""
+    declared = [w.get("resources") or {} for w in scheduler_info.get("workers", {}).values()]
+    return {"GPU": 1 / CHUNKS_PER_WORKER} if any("GPU" in r for r in declared) else None
 
 
 def _chunk_len(cfg: TeachConfig, chunk: int, total: int) -> int:

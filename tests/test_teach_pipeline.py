@@ -6,7 +6,7 @@ import soundfile as sf
 import torch
 
 from kd.data import ClipLengths, DatasetError, open_dataset
-from kd.teach import failure_kind, length_batches, plan_workers, resolve_precision
+from kd.teach import chunk_resources, failure_kind, length_batches, plan_workers, resolve_precision
 from kd_errors import KdError
 
 SR = 16000
@@ -115,6 +115,13 @@ def test_worker_plan_without_gpus():
         plan_workers("cuda", None, [], cores=2)
     with pytest.raises(KdError, match="cuda:0..cuda:1"):
         plan_workers("cuda:2", None, ["0", "1"], cores=2)
+
+
+def test_chunks_ask_for_a_share_of_a_gpu_only_where_workers_declare_gpus():
+    gpu, cpu = {"resources": {"GPU": 1.0}}, {"resources": {}}
+    assert chunk_resources({"workers": {"a": gpu, "b": cpu}}) == {"GPU": 0.5}
+    assert chunk_resources({"workers": {"a": cpu, "b": {}}}) is None
+    assert chunk_resources({}) is None
 
 
 def test_precision_defaults_to_fp32_on_cpu_and_keeps_an_explicit_choice():
@@ -303,3 +310,15 @@ def test_logits_that_overflow_in_reduced_precision_are_computed_again_in_fp32(as
     from logit_store import LogitStore
 
     assert np.isfinite(LogitStore.open(str(tmp_path / "s.zarr")).read([overflow.id], teachers=["passt_tiny"])).all()
+
+
+@pytest.mark.slow
+def test_a_scheduler_whose_workers_declare_gpus_gets_chunks_asking_for_them(demo_asc, tmp_path, tracking_uri):
+    """Workers started with ``--resources GPU=1`` (here on the CPU): each chunk asks for half a GPU, so a worker
+    runs two at once, and the job completes instead of waiting for a resource nobody declared."""
+    from dask.distributed import LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None,
+                      resources={"GPU": 1}) as cluster:
+        summary = _teach_here(demo_asc["spec"], tmp_path / "s.zarr", cluster.scheduler_address, tracking_uri)
+    assert summary.written == {"passt_tiny": summary.clips} and summary.chunks_run > 1
