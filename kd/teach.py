@@ -300,7 +300,7 @@ class _Context:
         try:
             audio = self.data.load_audio(self.clip_by_id[clip_id], self.sample_rate, job.seconds,
                                          pad=not job.variable, min_seconds=job.min_seconds)
-        except Exception as e:  # noqa: BLE001 -- sorted into data problems and bugs by _is_data_error
+        except Exception as e:  # sorted into data problems and bugs by _is_data_error
             if not _is_data_error(e):
                 raise
             return e, time.perf_counter() - start
@@ -462,7 +462,7 @@ def _launch(ctx: _Context, names: Sequence[str], audio: Sequence[np.ndarray],
                     by_rate[teacher.sample_rate] = resample(wave, ctx.sample_rate, teacher.sample_rate)
                 with _autocast(ctx, precision or ctx.precision):
                     out[name] = teacher(by_rate[teacher.sample_rate])
-            except Exception as e:  # noqa: BLE001 -- sorted into data problems and bugs by _is_data_error
+            except Exception as e:  # sorted into data problems and bugs by _is_data_error
                 if not _is_data_error(e):
                     raise
                 out[name] = e
@@ -592,7 +592,7 @@ def prepare_store(cfg: TeachConfig, on_warning: Callable[[str], None] | None = N
     lengths = teach_lengths(cfg, data)
     for spec in cfg.teachers:
         model = models[spec.key]
-        frames = (model.num_output_frames(int(round(lengths.seconds * model.sample_rate)))
+        frames = (model.num_output_frames(round(lengths.seconds * model.sample_rate))
                   if model.frames_per_second else None)
         store.add_teacher(
             spec.key, codec=cfg.codec, frames=frames, frames_per_second=model.frames_per_second,
