@@ -200,8 +200,20 @@ class TrainingProgress:
                    "logits overflow in fp16/bf16 is run again in fp32.")
 @click.option("--dashboard", is_flag=True, help="Serve the dask dashboard on 127.0.0.1 (needs bokeh).")
 @click.option("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else ./mlflow.db).")
+@click.option("--transfer", multiple=True, metavar="FORMAT:PATH",
+              help="Also teach these clips (labels ignored) into the store: a transfer set for `kd distill "
+                   "--transfer`; folder:DIR takes every audio file below DIR. Repeat for several.")
+@click.option("--views", type=int, default=1, show_default=True,
+              help="Augmented views per clip the teachers run on (view 0 is the clean clip); `kd distill` "
+                   "replays them so the student trains on exactly the inputs the teachers heard.")
+@click.option("--augment", default="", metavar="KIND[,KIND...]",
+              help="What the views draw: dir (impulse responses from --dir), roll, gain, speed.")
+@click.option("--dir", "dir_folder", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Folder of device impulse responses for --augment dir.")
+@click.option("--view-seed", type=int, default=0, show_default=True, help="Seed of the per-clip view draws.")
 def teach_cmd(dataset, split, teachers, store, codec, workers, decode_workers, scheduler, batch_size, chunk_size,
-              seconds, device, precision, dashboard, tracking_uri) -> None:
+              seconds, device, precision, dashboard, tracking_uri, transfer, views, augment, dir_folder,
+              view_seed) -> None:
     """Run teachers once over a dataset and store their logits (resumable: rerun to continue)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -212,7 +224,8 @@ def teach_cmd(dataset, split, teachers, store, codec, workers, decode_workers, s
         dataset=dataset, split=split, teachers=tuple(TeacherSpec.parse(t) for t in teachers), store=store,
         codec=codec, workers=workers, decode_workers=decode_workers, scheduler=scheduler, batch_size=batch_size,
         chunk_size=chunk_size, seconds=seconds, device=device, precision=precision, dashboard=dashboard,
-        tracking_uri=tracking_uri,
+        tracking_uri=tracking_uri, transfer=tuple(transfer), views=views,
+        augment=tuple(k for k in augment.split(",") if k.strip()), dir_folder=dir_folder, view_seed=view_seed,
     )
     columns = (TextColumn("teaching"), BarColumn(), MofNCompleteColumn(), TextColumn("clips"),
                TextColumn("{task.fields[rate]}"), TimeRemainingColumn())
@@ -288,6 +301,10 @@ def _print_teach_summary(summary) -> None:
                    "only); folder:DIR takes every audio file below DIR. Repeat for several.")
 @click.option("--transfer-ratio", type=float, default=1.0, show_default=True,
               help="Transfer clips per labelled clip in each batch.")
+@click.option("--views", type=click.Choice(["consistent", "clean", "random"]), default=None,
+              help="Which stored view a clip trains on, for stores taught with --views K: consistent (the view's "
+                   "augmentation replayed, its logits the target; the default there), clean (view 0 with online "
+                   "augmentations) or random (a random view's logits for the clean input).")
 @training_options(batch_size=32, lr=1e-3)
 def distill_cmd(teachers, transfer, **options) -> None:
     """Train a student from stored teacher logits (hard-label + KD loss), evaluating every epoch."""
@@ -422,8 +439,12 @@ def export_cmd(checkpoint, out_path, frontend, seconds, quantize, calibration, c
     table.add_row("student", f"{meta['student']} ({meta['task']}, {meta['num_classes']} classes)")
     table.add_row("input", escape(meta["input_shape"].split(": ", 1)[1]))
     table.add_row("file size", f"{result.bytes:,} bytes")
-    table.add_row("float32 parity",
-                  f"max |logit difference| {result.parity:.2e} vs PyTorch ({escape(result.parity_inputs)})")
+    table.add_row("float32 parity", f"max |logit difference| vs PyTorch {result.parity:.2e} "
+                                    f"({escape(result.parity_inputs)})")
+    table.add_row("  network / frontend", f"{result.network_parity:.2e} (logits) / " + (
+        "-" if result.frontend_parity is None else f"{result.frontend_parity:.2e} (spectrogram)"))
+    if result.torch_vs_exact is not None:
+        table.add_row("  PyTorch vs exact", f"{result.torch_vs_exact:.2e} (float32 vs float64 frontend)")
     if result.quantization is not None:
         q = result.quantization
         verdict = "[green]ok[/]" if q.drop <= max_drop else f"[bold red]more than {max_drop}[/]"
@@ -458,6 +479,10 @@ def store_info(store, as_json) -> None:
     head.add_row("chunks", f"{info['num_chunks']} of {info['chunk_size']} clips")
     head.add_row("bytes on disk", f"{info['bytes_on_disk'] / 1e6:.2f} MB")
     head.add_row("format version", str(info["format_version"]))
+    if info.get("views"):
+        views = info["views"]
+        ir = f", impulse responses sha256 {views['ir_fingerprint'][:12]}" if views.get("ir_fingerprint") else ""
+        head.add_row("views per clip", f"{views['count']} (view 0 clean; {', '.join(views['kinds'] or [])}{ir})")
     out.print(head)
     table = Table("teacher", "codec", "shapes", "frames/s", "done", "failed", "MB", "bytes/logit", "quality")
     table.columns[0].no_wrap = True

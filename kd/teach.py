@@ -29,6 +29,15 @@ durations, else the 90th percentile of a decoded sample). When the lengths vary 
 length (no clip padded by more than ``LENGTH_TOLERANCE``); otherwise every clip is cropped or padded to it.
 A clip shorter than :attr:`~kd.data.ClipLengths.min_seconds`, or silent, is flagged, never padded into a target.
 
+**Views** (``--views K --augment dir,roll,gain,speed``, see :mod:`kd.views`): every clip is decoded once and
+turned into its ``K`` views in the decode thread (view 0 the clip itself), each view a row of the chunk for the
+teachers; the store keeps the logits ``[N, K, ...]`` and each clip's view parameters, which ``kd distill``
+replays. A clip fails (for a teacher) if any of its views does.
+
+**Transfer sets** (``--transfer FORMAT:PATH``, e.g. ``folder:DIR``): their clips join the store beside the
+split's, taught like any other; their labels, if any, are ignored (the store's vocabulary is the labelled
+dataset's). One store so covers a distillation's labelled clips and its transfer sets.
+
 **Failures** are per clip wherever the data is at fault, recorded (clip id and reason) in the store and never
 stored as logits; a bug still ends the job with its traceback:
 
@@ -45,6 +54,7 @@ stored as logits; a bug still ends the job with its traceback:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.util
 import itertools
 import logging
@@ -70,6 +80,8 @@ from kd.data.base import LENGTH_TOLERANCE
 from kd.metrics import UndefinedMetric
 from kd.tracking import tracked_run
 from kd.train import select_device
+from kd.views import PARAMS as VIEW_PARAMS
+from kd.views import ImpulseResponses, ViewConfig, apply_view, draw_views
 from kd_errors import KdError
 from layers import sha256_file
 from layers.resample import resample
@@ -137,6 +149,11 @@ class TeachConfig:
     scheduler: str | None = None
     dashboard: bool = False
     tracking_uri: str | None = None
+    views: int = 1
+    augment: tuple[str, ...] = ()
+    dir_folder: str | None = None
+    view_seed: int = 0
+    transfer: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.teachers:
@@ -153,6 +170,10 @@ class TeachConfig:
             raise KdError(f"--seconds must be positive, got {self.seconds}")
         if self.precision not in PRECISIONS:
             raise KdError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.views > 1 and not self.augment:
+            raise KdError(f"--views {self.views} needs augmentations to draw views from (--augment dir,roll,gain,speed)")
+        if self.views < 1:
+            raise KdError(f"--views must be >= 1, got {self.views}")
         if self.scheduler and self.workers is not None:
             raise KdError("--workers starts a local cluster; with --scheduler the cluster's own workers run the job")
 
@@ -167,6 +188,7 @@ class _Job:
     device: str
     precision: str
     decode_workers: int | None
+    views: ViewConfig | None = None
 
 
 @dataclass
@@ -277,6 +299,8 @@ class _Context:
     def __init__(self, cfg: TeachConfig, job: _Job) -> None:
         self.job = job
         self.data = open_dataset(cfg.dataset, split=cfg.split)
+        self.sources = {c.id: (data, c) for data in taught_datasets(cfg, self.data) for c in data.clips}
+        self.irs = ImpulseResponses(cfg.dir_folder) if job.views and job.views.impulse_responses else None
         self.store = LogitStore.open(cfg.store, mode="r+")
         self.device = select_device(job.device)
         self.precision = resolve_precision(job.precision, self.device)
@@ -285,7 +309,6 @@ class _Context:
             self.teachers: dict[str, Teacher] = {
                 s.key: build_teacher(s, len(self.data.classes)).to(self.device).eval() for s in cfg.teachers}
         self.sample_rate = max(t.sample_rate for t in self.teachers.values())
-        self.clip_by_id = {c.id: c for c in self.data.clips}
         self.decode_threads = job.decode_workers or torch.get_num_threads()
         self.decode_pool = ThreadPoolExecutor(self.decode_threads, thread_name_prefix="kd-decode")
         self.device_lock = threading.Lock()  # one chunk on the device at a time
@@ -293,18 +316,26 @@ class _Context:
         self.successes: Counter[str] = Counter()  # per stage ("decode" or a teacher): clips it has handled
         self._staging = threading.local()
 
-    def decode(self, clip_id: str) -> tuple[np.ndarray | BaseException, float]:
-        """The clip at the teachers' rate and the job's length, or the data error that makes it unusable; and
-        the wall seconds it took (what a decode thread delivers under the machine's actual load)."""
+    def decode(self, clip_id: str) -> tuple[list[np.ndarray] | BaseException, float]:
+        """The clip's views (the clip alone without views) at the teachers' rate and the job's length, or the
+        data error that makes it unusable; and the wall seconds it took (what a decode thread delivers under the
+        machine's actual load)."""
         job, start = self.job, time.perf_counter()
+        data, clip = self.sources[clip_id]
         try:
-            audio = self.data.load_audio(self.clip_by_id[clip_id], self.sample_rate, job.seconds,
-                                         pad=not job.variable, min_seconds=job.min_seconds)
+            audio = data.load_audio(clip, self.sample_rate, job.seconds, pad=not job.variable,
+                                    min_seconds=job.min_seconds)
+            views = [audio] if job.views is None else [apply_view(audio, p, self.sample_rate, self.irs)
+                                                       for p in self.view_params(clip_id)]
         except Exception as e:  # sorted into data problems and bugs by _is_data_error
             if not _is_data_error(e):
                 raise
             return e, time.perf_counter() - start
-        return audio, time.perf_counter() - start
+        return views, time.perf_counter() - start
+
+    def view_params(self, clip_id: str) -> np.ndarray:
+        """The ``[K, P]`` parameters of a clip's views (drawn from its id: the same in every process and rerun)."""
+        return draw_views(self.job.views, clip_id, self.sources[clip_id][1].device)
 
     def stage(self, audio: Sequence[np.ndarray]) -> torch.Tensor:
         """A zero-padded ``[B, N]`` host batch: pinned on CUDA (torch's pinned-memory cache reuses a block only
@@ -369,7 +400,8 @@ def length_batches(lengths: Sequence[int], batch_size: int, tolerance: float = L
 # --- one chunk ------------------------------------------------------------------------------------------------------
 @dataclass
 class _ChunkState:
-    """The rows of one chunk as the stages fill them in."""
+    """The rows of one chunk as the stages fill them in: ``views`` rows per clip (view ``k`` of clip ``i`` is row
+    ``i * views + k``)."""
 
     ids: list[str]
     names: list[str]
@@ -381,9 +413,10 @@ class _ChunkState:
     frame: dict[str, np.ndarray] = field(default_factory=dict)
     done: dict[str, np.ndarray] = field(default_factory=dict)
     decode_seconds: float = 0.0  # summed over the chunk's clips, in the decode threads
+    views: int = 1
 
     def __post_init__(self) -> None:
-        n = len(self.ids)
+        n = len(self.ids) * self.views
         for name in self.names:
             info = self.info[name]
             self.teacher_failures[name] = {}
@@ -394,7 +427,7 @@ class _ChunkState:
 
     def fail(self, stage: str, row: int, reason: str, error: BaseException | None = None) -> None:
         target = self.failures if stage == "decode" else self.teacher_failures[stage]
-        target[self.ids[row]] = reason
+        target[self.ids[row // self.views]] = reason
         if error is not None:
             self.errors.setdefault(stage, error)
 
@@ -412,31 +445,32 @@ def _batches(ctx: _Context, state: _ChunkState, decoded: list[Future], batch_siz
     Fixed-length clips are batched in order, each as soon as its clips are ready; variable-length ones wait for
     the whole chunk and are batched by length.
     """
-    def take(row: int) -> np.ndarray | None:
-        result, seconds = decoded[row].result()
+    def take(clip: int) -> list[tuple[int, np.ndarray]]:
+        """The rows of a decoded clip's views, none if it failed."""
+        result, seconds = decoded[clip].result()
         state.decode_seconds += seconds
-        if isinstance(result, np.ndarray):
+        row = clip * state.views
+        if isinstance(result, list):
             ctx.successes["decode"] += 1
-            return result
+            return [(row + k, view) for k, view in enumerate(result)]
         if isinstance(result, AudioError):
             state.fail("decode", row, result.reason)
         else:
             state.fail("decode", row, f"decode error: {_reason(result)}", result)
-        return None
+        return []
 
     if not ctx.job.variable:
         batch: list[tuple[int, np.ndarray]] = []
-        for row in range(len(decoded)):
-            audio = take(row)
-            if audio is not None:
-                batch.append((row, audio))
-            if len(batch) == batch_size:
-                yield batch
-                batch = []
+        for clip in range(len(decoded)):
+            for row_audio in take(clip):
+                batch.append(row_audio)
+                if len(batch) == batch_size:
+                    yield batch
+                    batch = []
         if batch:
             yield batch
         return
-    ready = [(row, a) for row in range(len(decoded)) if (a := take(row)) is not None]
+    ready = [row_audio for clip in range(len(decoded)) for row_audio in take(clip)]
     for group in length_batches([len(a) for _, a in ready], batch_size):
         yield [ready[i] for i in group]
 
@@ -536,7 +570,8 @@ def teach_chunk(cfg: TeachConfig, job: _Job, chunk: int) -> ChunkResult:
     ids = [str(i) for i in store.chunk_ids(chunk)]
     if not names:
         return ChunkResult(chunk, len(ids), {}, {}, time.perf_counter() - start, str(ctx.device), ctx.precision)
-    state = _ChunkState(ids, names, {n: store.teacher_info(n) for n in names})
+    views = job.views.count if job.views else 1
+    state = _ChunkState(ids, names, {n: store.teacher_info(n) for n in names}, views=views)
     decoded = [ctx.decode_pool.submit(ctx.decode, clip_id) for clip_id in ids]
     batches = _batches(ctx, state, decoded, cfg.batch_size)
     first = next(batches, None)  # the device is taken once this chunk has a batch to run, and kept for the chunk
@@ -551,15 +586,52 @@ def teach_chunk(cfg: TeachConfig, job: _Job, chunk: int) -> ChunkResult:
     with ctx.write_lock:
         for name in names:
             teacher_failures = {**state.failures, **state.teacher_failures[name]}
-            store.write_chunk(name, chunk, state.clip[name], state.frame.get(name), valid=state.done[name],
-                              failures=teacher_failures)
-            written[name] = int(state.done[name].sum())
+            clip, frame, valid = state.clip[name], state.frame.get(name), state.done[name]
+            if views > 1:  # rows of views -> [clips, views, ...]; a clip counts only with all its views
+                clip, valid = clip.reshape(len(ids), views, -1), valid.reshape(len(ids), views).all(axis=1)
+                frame = None if frame is None else frame.reshape(len(ids), views, *frame.shape[1:])
+            params = np.stack([ctx.view_params(i) for i in ids]) if job.views else None
+            store.write_chunk(name, chunk, clip, frame, valid=valid, failures=teacher_failures, view_params=params)
+            written[name] = int(valid.sum())
             failures.update(state.teacher_failures[name])
     return ChunkResult(chunk, len(ids), written, failures, time.perf_counter() - start, str(ctx.device),
                        ctx.precision, state.decode_seconds, ctx.decode_threads)
 
 
 # --- the client side ----------------------------------------------------------------------------------------------
+def taught_datasets(cfg: TeachConfig, data: Dataset) -> list[Dataset]:
+    """The split to teach and the transfer sets (labels dropped) that join it in the store."""
+    return [data, *(open_dataset(spec).unlabelled() for spec in cfg.transfer)]
+
+
+def store_identity(cfg: TeachConfig, datasets: Sequence[Dataset]) -> tuple[str, str, list[str]]:
+    """The store's dataset name and fingerprint, and its clip ids: the split's, then each transfer set's.
+
+    Raises:
+        KdError: a clip id occurs in two of the datasets (ids are the store's join key).
+    """
+    ids = [c.id for data in datasets for c in data.clips]
+    if len(set(ids)) != len(ids):
+        seen: set[str] = set()
+        twice = sorted({i for i in ids if i in seen or seen.add(i)})
+        raise KdError(f"{len(twice)} clip id(s) occur in two of the taught datasets (e.g. {', '.join(twice[:3])}); "
+                      "a store keys logits by clip id")
+    name = f"{cfg.dataset}#{datasets[0].split}" + "".join(f"+{spec}" for spec in cfg.transfer)
+    fingerprint = datasets[0].fingerprint()
+    if len(datasets) > 1:
+        joined = "+".join(d.fingerprint() for d in datasets)
+        fingerprint = hashlib.sha256(joined.encode()).hexdigest()
+    return name, fingerprint, ids
+
+
+def view_config(cfg: TeachConfig) -> ViewConfig | None:
+    """The views to draw (``--views K`` with ``--augment``), ``None`` for the clips as they are."""
+    if cfg.views == 1:
+        return None
+    irs = ImpulseResponses(cfg.dir_folder) if cfg.dir_folder else None
+    return ViewConfig.create(cfg.views, cfg.augment, irs, seed=cfg.view_seed)
+
+
 def prepare_store(cfg: TeachConfig, on_warning: Callable[[str], None] | None = None):
     """Create or reopen the store and register the teachers; refuse a store built for other data or teachers.
 
@@ -571,6 +643,11 @@ def prepare_store(cfg: TeachConfig, on_warning: Callable[[str], None] | None = N
     data = open_dataset(cfg.dataset, split=cfg.split)
     if not data.clips:
         raise KdError(f"{cfg.dataset} (split {data.split}) holds no clips")
+    if data.task is None:
+        raise KdError(f"{cfg.dataset} has no labels, so no classes for the teachers to predict; teach it as a "
+                      "transfer set of a labelled dataset: --dataset LABELLED --transfer " + cfg.dataset)
+    name, fingerprint, ids = store_identity(cfg, taught_datasets(cfg, data))
+    views = view_config(cfg)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         models = {s.key: build_teacher(s, len(data.classes)) for s in cfg.teachers}
@@ -579,15 +656,15 @@ def prepare_store(cfg: TeachConfig, on_warning: Callable[[str], None] | None = N
             on_warning(str(w.message))
         else:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    fingerprint = data.fingerprint()
     try:
         store = LogitStore.open(cfg.store, mode="r+")
     except StoreNotFound:
         store = LogitStore.create(
-            cfg.store, [c.id for c in data.clips], data.classes, mids=data.mids,
-            dataset=f"{cfg.dataset}#{data.split}", dataset_fingerprint=fingerprint, chunk_size=cfg.chunk_size,
+            cfg.store, ids, data.classes, mids=data.mids, dataset=name, dataset_fingerprint=fingerprint,
+            chunk_size=cfg.chunk_size, views=views and views.to_dict(), view_param_names=views and VIEW_PARAMS,
         )
     store.check_dataset(fingerprint)
+    store.check_views(views and views.to_dict(), views and VIEW_PARAMS)
     store.check_classes(data.classes)
     lengths = teach_lengths(cfg, data)
     for spec in cfg.teachers:
@@ -639,7 +716,7 @@ def run_teach(
                      tracking_uri=cfg.tracking_uri) as run:
         pending = [c for c in range(store.num_chunks) if not all(store.done_chunks(n)[c] for n in names)]
         job = _Job(seconds=lengths.seconds, min_seconds=lengths.min_seconds, variable=variable, device=cfg.device,
-                   precision=cfg.precision, decode_workers=cfg.decode_workers)
+                   precision=cfg.precision, decode_workers=cfg.decode_workers, views=view_config(cfg))
         results = _run_on_dask(cfg, job, pending, on_progress, on_status, total_clips=len(store.clip_ids))
         store = type(store).open(cfg.store, mode="r+")
         failures = {k: v for n in names for k, v in store.failures(n).items()}
@@ -758,7 +835,7 @@ def score_teachers(store: LogitStore, data: Dataset, names: Sequence[str]) -> di
         rates = {store.teacher_info(m).get("frames_per_second") for m in members}
         if task.frame_level and (len(rates) != 1 or None in rates):
             continue  # frame logits at different rates (or none) make no frame-wise view
-        logits = store.read(ids, teachers=members, level=task.level, activation=task.activation)
+        logits = store.read(ids, teachers=members, level=task.level, activation=task.activation, views=0)  # clean
         try:
             out[view] = task.metrics(data, clips, logits, next(iter(rates)))
         except UndefinedMetric:
@@ -775,6 +852,7 @@ def _run_params(cfg: TeachConfig, store, lengths: ClipLengths, variable: bool) -
         "workers": cfg.workers, "decode_workers": cfg.decode_workers, "batch_size": cfg.batch_size,
         "device": cfg.device, "precision": cfg.precision, "clip_seconds": lengths.seconds,
         "clip_seconds_chosen_by": lengths.chosen_by, "variable_length": variable,
+        "views": cfg.views, "augment": ",".join(cfg.augment) or "none", "transfer": ",".join(cfg.transfer) or "none",
     }
 
 

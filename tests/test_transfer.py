@@ -159,3 +159,29 @@ def test_a_run_with_transfer_clips_resumes_exactly(taught_manifest, tmp_path, tr
         distill(_cfg(taught_manifest, tmp_path / "resumed", tracking_uri, epochs=2), on_epoch=kill_after_epoch(1))
     resumed = distill(_cfg(taught_manifest, tmp_path / "resumed", tracking_uri, epochs=2, resume=True))
     assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in full.history]
+
+
+@pytest.mark.slow
+def test_a_folder_taught_with_the_labelled_split_distils_as_a_transfer_set(demo_asc, tmp_path, tracking_uri):
+    import mlflow
+
+    folder = tmp_path / "field-recordings"
+    shutil.copytree(f"{demo_asc['path']}/audio", folder / "site")
+    transfer = (f"folder:{folder}",)
+    store = str(tmp_path / "s.zarr")
+    teach = TeachConfig(dataset=demo_asc["spec"], store=store, teachers=(TeacherSpec("passt_tiny"),), chunk_size=16,
+                        tracking_uri=tracking_uri, transfer=transfer)
+    with pytest.warns(UserWarning, match="RANDOM weights"):
+        summary = run_teach(teach)
+    labelled, unlabelled = open_dataset(demo_asc["spec"]), open_dataset(f"folder:{folder}")
+    assert summary.clips == len(labelled) + len(unlabelled)
+    assert set(summary.metrics["passt_tiny"]) >= {"accuracy"}  # scored on the labelled clips only
+    result = distill(DistillConfig(dataset=demo_asc["spec"], student="cp_mobile_tiny", out=str(tmp_path / "run"),
+                                   store=store, teachers=TeacherChoice.parse("passt_tiny"), epochs=1, batch_size=8,
+                                   device="cpu", tracking_uri=tracking_uri, transfer=transfer, transfer_ratio=3.0))
+    params = mlflow.MlflowClient(tracking_uri).get_run(result.run_id).data.params
+    assert params["transfer_clips"] == str(len(unlabelled)) and params["transfer_ratio"] == "3.0"
+    assert [v for k, v in params.items() if k.startswith("transfer_sets.")] == [unlabelled.unlabelled().fingerprint()]
+    with pytest.raises(KdError, match="no labels, so no classes"):
+        run_teach(TeachConfig(dataset=f"folder:{folder}", store=str(tmp_path / "x.zarr"),
+                              teachers=(TeacherSpec("passt_tiny"),), tracking_uri=tracking_uri))

@@ -92,3 +92,82 @@ def test_bad_view_options_are_one_line_errors(irs):
         ViewConfig.create(2, [])
     config = ViewConfig.create(3, ["dir", "roll"], irs)
     assert ViewConfig.from_dict(config.to_dict()) == config
+
+
+# --- kd teach --views and kd distill --views, end to end ---------------------------------------------------------
+def _teach_views(spec, store, irs_folder, tmp_path, **kw):
+    from kd.checkpoints import TeacherSpec
+    from kd.teach import TeachConfig, run_teach
+
+    cfg = TeachConfig(dataset=spec, store=str(store), teachers=(TeacherSpec("passt_tiny"),), chunk_size=8,
+                      codec="f32", views=3, augment=("dir", "roll", "gain", "speed"), dir_folder=str(irs_folder),
+                      tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", **kw)
+    with pytest.warns(UserWarning, match="RANDOM weights"):
+        return cfg, run_teach(cfg)
+
+
+@pytest.mark.slow
+def test_distill_replays_exactly_the_views_the_teachers_heard(demo_asc, irs, tmp_path):
+    """For every kind of augmentation: the student's input samples equal the teacher's, its target that view's."""
+    import torch
+
+    from kd.distill import DistillConfig, TeacherChoice, prepare_distillation
+    from kd.teach import _Context, _Job
+    from logit_store import LogitStore
+
+    cfg, summary = _teach_views(demo_asc["spec"], tmp_path / "s.zarr", irs.folder, tmp_path)
+    store = LogitStore.open(str(tmp_path / "s.zarr"))
+    assert store.num_views == 3 and summary.clips == store.num_clips
+    params = store.view_params(store.clip_ids)
+    assert (params[:, 0] == CLEAN).all()
+    for column in range(4):  # each kind changed some view of some clip
+        assert (params[:, 1:, column] != CLEAN[column]).any()
+    job = prepare_distillation(DistillConfig(
+        dataset=demo_asc["spec"], student="cp_mobile_tiny", out=str(tmp_path / "run"), store=str(tmp_path / "s.zarr"),
+        teachers=TeacherChoice.parse("passt_tiny"), dir_folder=str(irs.folder), device="cpu", epochs=1))
+    dataset = job.train_loader.dataset
+    assert dataset.teacher.views == "consistent" and dataset.sample_rate == 32000
+    teach_job = _Job(seconds=1.0, min_seconds=0.0, variable=False, device="cpu", precision="fp32",
+                     decode_workers=1, views=ViewConfig.from_dict(store.views))
+    teacher_side = _Context(cfg, teach_job)
+    kinds_seen = np.zeros(4, bool)
+    torch.manual_seed(0)
+    for index in range(len(dataset)):
+        item = dataset[index]
+        clip_id, view = dataset.clips[index].id, item["view"]
+        heard, _ = teacher_side.decode(clip_id)
+        np.testing.assert_array_equal(item["audio"].numpy(), heard[view])  # bit for bit
+        expected = store.read([clip_id], teachers=["passt_tiny"], views=np.array([view]))[0]
+        np.testing.assert_array_equal(item["teacher"].numpy(), expected)
+        kinds_seen |= params[store.rows_of([clip_id])[0], view] != CLEAN
+    teacher_side.close()
+    assert kinds_seen.all()
+
+
+@pytest.mark.slow
+def test_views_resume_alike_and_refuse_another_impulse_response_set(demo_asc, irs, tmp_path):
+    from kd.distill import DistillConfig, TeacherChoice, distill
+    from logit_store import LogitStore
+
+    path = tmp_path / "s.zarr"
+    _teach_views(demo_asc["spec"], path, irs.folder, tmp_path)
+    first = LogitStore.open(str(path))
+    ids = first.chunk_ids(1)
+    before_params, before = first.view_params(ids), first.read(ids, teachers=["passt_tiny"])
+    (path / "teachers" / "passt_tiny" / "done" / "c" / "1").unlink()  # chunk 1 lost, as a killed job leaves it
+    _, summary = _teach_views(demo_asc["spec"], path, irs.folder, tmp_path)
+    assert summary.chunks_run == 1
+    again = LogitStore.open(str(path))
+    np.testing.assert_array_equal(again.view_params(ids), before_params)
+    np.testing.assert_array_equal(again.read(ids, teachers=["passt_tiny"]), before)
+    other = tmp_path / "other-irs"
+    other.mkdir()
+    sf.write(other / "x.wav", np.r_[1.0, np.zeros(99)].astype(np.float32), 16000)
+    options = dict(dataset=demo_asc["spec"], student="cp_mobile_tiny", out=str(tmp_path / "r"), store=str(path),
+                   teachers=TeacherChoice.parse("passt_tiny"), device="cpu", epochs=1)
+    with pytest.raises(KdError, match="not the impulse-response set the store's views were drawn from"):
+        distill(DistillConfig(dir_folder=str(other), **options))
+    with pytest.raises(KdError, match="pass the folder they came from with --dir"):
+        distill(DistillConfig(**options))
+    with pytest.raises(KdError, match="--roll/--gain would change the input"):
+        distill(DistillConfig(dir_folder=str(irs.folder), roll_seconds=0.1, **options))
