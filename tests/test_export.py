@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from cli import main
 from kd.complexity import exported_complexity
 from kd.data import open_dataset
-from kd.export import ExportConfig, ExportDynamicConv, export_student, exportable
+from kd.export import ExportConfig, ExportDynamicConv, exact_frontend, export_student, exportable
 from kd.inference import evaluate_checkpoint, format_predictions, predict_files
 from kd.onnx_runtime import OnnxStudent
 from kd_errors import KdError
@@ -26,18 +26,29 @@ from students.dymn import DynamicConv
 PARITY = 1e-4  # max |logit difference| ONNX Runtime vs PyTorch, float32
 
 
-def make_checkpoint(path, name, demo, seed=0):
-    """A kd distill-style checkpoint of ``name`` for ``demo``'s classes and clip length, with BatchNorm statistics
-    and affine terms drawn away from their identity initialisation (which would hide a wrong folding)."""
+def make_checkpoint(path, name, demo, seed=0, logit_scale=5.0):
+    """A kd distill-style checkpoint of ``name`` for ``demo``'s classes and clip length, conditioned like a trained one.
+
+    Its BatchNorm statistics are those of the data (measured on all training clips), its affine terms are away from
+    their identity initialisation (which would hide a wrong folding), and its classifier is scaled so that the
+    largest logit on the training clips is ``logit_scale``: an untrained deep stack gives logits from 1e-3 to 1e3.
+    """
     data = open_dataset(demo["spec"], split="train")
     torch.manual_seed(seed)
-    model = create_student(name, len(data.classes)).eval()
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.running_mean.normal_(0, 0.2)
-            module.running_var.uniform_(0.5, 2.0)
-            module.weight.data.uniform_(0.5, 1.5)
-            module.bias.data.normal_(0, 0.2)
+    model = create_student(name, len(data.classes))
+    for norm in [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]:
+        norm.weight.data.uniform_(0.5, 1.5)
+        norm.bias.data.normal_(0, 0.2)
+        norm.reset_running_stats()
+        norm.momentum = None  # a cumulative average over the batch below
+    audio = np.stack([data.load_audio(c, model.sample_rate, data.clip_seconds()) for c in data.clips])
+    with torch.no_grad():
+        spec = model.frontend.eval()(torch.from_numpy(audio))
+        model.train().forward_spectrogram(spec)
+        head = model.get_submodule(model.classifier_names[-1])
+        scale = logit_scale / model.eval().forward_spectrogram(spec).abs().max()
+        head.weight.mul_(scale)
+        head.bias.mul_(scale)
     meta = {"kind": "student", "name": name, "classes": data.classes, "task": data.task.name,
             "seconds": data.clip_seconds(), "dataset": demo["spec"]}
     torch.save({"model": model.state_dict(), "meta": meta}, path)
@@ -94,6 +105,19 @@ def test_exportable_replaces_every_dynamic_conv_and_keeps_the_original():
     spec = model.frontend(torch.randn(2, 32000))
     with torch.no_grad():
         torch.testing.assert_close(copy.forward_spectrogram(spec), model.forward_spectrogram(spec), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["cp_mobile", "fmn_tiny"])
+def test_exact_frontend_is_the_frontend_in_float64(demo_asc, name):
+    """The float64 reference of the parity bound computes what MelSTFT computes (else the bound would mean nothing)."""
+    model = create_student(name, 10).eval()
+    audio = eval_audio(demo_asc, model, 1.0)
+    with torch.no_grad():
+        float32 = model.frontend(torch.from_numpy(audio))
+    exact = exact_frontend(model.frontend, audio)
+    assert exact.dtype == torch.float32 and exact.shape == float32.shape
+    difference = (exact - float32).abs()
+    assert difference.max() < 1e-4 and difference.median() < 1e-6
 
 
 # --- float32 parity, metadata, refusal ------------------------------------------------------------------------------
@@ -305,19 +329,40 @@ FAMILIES = [
 @pytest.mark.parametrize("frontend", [True, False], ids=["waveform", "spectrogram"])
 @pytest.mark.parametrize(("name", "demo_fixture"), FAMILIES)
 def test_every_family_exports_and_matches_pytorch(name, demo_fixture, frontend, request, tmp_path):
+    """Each part within 1e-4 of PyTorch at its own interface: the network's logits (spectrogram in) and the frontend's
+    spectrograms. The whole file (waveform in) within 1e-4 too where float32 rounding allows (the clip students);
+    students with many output frames or a high gain carry the frontend's float32 rounding (two FFTs round quiet bins
+    differently by ~1e-5 after the log) further, in PyTorch as much as in ONNX Runtime: there the file stays within a
+    few times PyTorch's own distance from exact logits (those of a float64 frontend)."""
     demo = request.getfixturevalue(demo_fixture)
     checkpoint = make_checkpoint(tmp_path / f"{name}.pt", name, demo)
     result = export_student(ExportConfig(checkpoint, str(tmp_path / f"{name}.onnx"), frontend=frontend,
                                          calibration=demo["spec"]))
-    model = create_student(name, 10)
     seconds = open_dataset(demo["spec"]).clip_seconds()
-    audio = eval_audio(demo, model, seconds, count=4)
+    audio = eval_audio(demo, create_student(name, 10), seconds, count=4)
     expected, model, _ = _reference(checkpoint, audio)
     runtime = OnnxStudent(result.path, device="cpu")
     got = runtime.logits(audio)
     assert got.shape == expected.shape
-    assert np.abs(got - expected).max() <= PARITY
-    assert result.parity <= PARITY
+    parity = float(np.abs(got - expected).max())
+    assert result.network_parity <= PARITY
+    if not frontend:
+        assert parity <= PARITY and result.frontend_parity is None
+    else:
+        with torch.inference_mode():
+            spectrogram = model.frontend(torch.from_numpy(audio)).numpy()
+            exact = model.forward_spectrogram(exact_frontend(model.frontend, audio)).numpy()
+        frontend_graph = onnx.utils.Extractor(onnx.load(result.path)).extract_model(["waveform"], ["spectrogram"])
+        from onnxruntime import InferenceSession
+
+        onnx_spectrogram = InferenceSession(frontend_graph.SerializeToString()).run(None, {"waveform": audio})[0]
+        assert np.abs(onnx_spectrogram - spectrogram).max() <= PARITY and result.frontend_parity <= PARITY
+        torch_vs_exact = float(np.abs(expected - exact).max())
+        print(f"{name}: max |logit| {np.abs(expected).max():.2f}, ONNX Runtime vs PyTorch {parity:.2e}, "
+              f"PyTorch vs exact {torch_vs_exact:.2e}")
+        assert parity <= max(PARITY, 4 * torch_vs_exact)
+        if name in ("cp_mobile", "cp_resnet_dcase"):
+            assert parity <= PARITY
     if model.frames_per_second:
         assert runtime.frames_per_second == model.frames_per_second == 25.0
         events = predict_files(result.path, [open_dataset(demo["spec"], split="eval").clips[0].source],
