@@ -20,11 +20,16 @@ cores single epochs vary by +-10 %, more than the effect measured. ``store_overh
   Above 1, one loader process feeds the step faster than it consumes; below 1, add DataLoader workers.
 * ``store_read_ms_per_batch``: one ensemble ``LogitStore.read`` of a shuffled batch of 32 ids, alone, once the
   store's per-process cache of decoded chunks is warm (as it is after the first epoch of training).
+* ``store_overhead_views4``: ``store_overhead`` of the same ensemble taught on K = 4 views per clip
+  (``kd teach --views 4 --augment roll,gain``), each clip reading a random stored view (``--views random``:
+  the per-id view pick from a decoded store four times the size; target <= 0.05), and
+  ``replay_overhead_views4`` with the views replayed on the waveform (``--views consistent``: the store read
+  plus rolling and scaling the audio in the loader).
 
 The last line is one JSON object with these figures and the per-loop clips/s.
 
     python benchmarks/distill_bench.py            # 1 200 demo clips, 8 timed epochs per loop
-    python benchmarks/distill_bench.py --quick    # 300 demo clips, 3 timed epochs per loop (< 1 minute)
+    python benchmarks/distill_bench.py --quick    # 120 demo clips, 2 timed epochs per loop (< 1 minute)
 """
 from __future__ import annotations
 
@@ -51,20 +56,22 @@ from kd.teach import TeachConfig, run_teach
 STUDENT, BATCH = "cp_mobile", 32
 
 
-def teach_store(root: Path, spec: str) -> str:
-    store = str(root / "store.zarr")
+def teach_store(root: Path, spec: str, views: int = 1) -> str:
+    store = str(root / f"store-{views}.zarr")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # random teacher weights: expected here
         run_teach(TeachConfig(dataset=spec, store=store, teachers=(TeacherSpec("passt_tiny", None, "a"),
                                                                     TeacherSpec("passt_tiny", None, "b")),
-                              split="train", chunk_size=128, batch_size=32, tracking_uri=f"sqlite:///{root / 'm.db'}"))
+                              split="train", chunk_size=128, batch_size=32, tracking_uri=f"sqlite:///{root / 'm.db'}",
+                              views=views, augment=("roll", "gain") if views > 1 else ()))
     return store
 
 
-def prepare(root: Path, spec: str, store: str | None, teachers: str) -> TrainingJob:
+def prepare(root: Path, spec: str, store: str | None, teachers: str, views: str | None = None) -> TrainingJob:
     return prepare_distillation(DistillConfig(
-        dataset=spec, student=STUDENT, out=str(root / f"out-{teachers}"), store=store,
-        teachers=TeacherChoice.parse(teachers), batch_size=BATCH, epochs=100, device="cpu", decode_workers=0))
+        dataset=spec, student=STUDENT, out=str(root / f"out-{teachers}-{views}"), store=store,
+        teachers=TeacherChoice.parse(teachers), batch_size=BATCH, epochs=100, device="cpu", decode_workers=0,
+        views=views))
 
 
 def timed_epoch(job: TrainingJob) -> float:
@@ -103,20 +110,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer clips and epochs, under a minute")
     args = parser.parse_args()
-    clips, rounds = (300, 3) if args.quick else (1200, 8)
+    clips, rounds = (120, 2) if args.quick else (1200, 8)
     torch.set_num_threads(os.cpu_count() or 1)
     with tempfile.TemporaryDirectory(prefix="distill_bench-") as tmp:
         root = Path(tmp)
         spec = make_demo_data(root / "demo", "asc", clips=clips, seed=0)["spec"]
-        store = teach_store(root, spec)
-        kd, labels = prepare(root, spec, store, "a,b"), prepare(root, spec, None, "none")
+        store, views_store = teach_store(root, spec), teach_store(root, spec, views=4)
+        loops = {"kd": prepare(root, spec, store, "a,b"), "labels": prepare(root, spec, None, "none"),
+                 "views4": prepare(root, spec, views_store, "a,b", "random"),
+                 "replay4": prepare(root, spec, views_store, "a,b", "consistent")}
+        kd, labels = loops["kd"], loops["labels"]
         train_clips = len(kd.train_loader) * BATCH
-        epoch_s: dict[str, list[float]] = {"kd": [], "labels": []}
+        epoch_s: dict[str, list[float]] = {name: [] for name in loops}
         for _ in range(rounds + 1):
-            for name, job in (("kd", kd), ("labels", labels)):
+            for name, job in loops.items():
                 epoch_s[name].append(timed_epoch(job))
                 print(f"{name}: epoch {epoch_s[name][-1]:.2f} s", file=sys.stderr)
-        kd_s, labels_s = (min(epoch_s[k][1:]) for k in ("kd", "labels"))
+        kd_s, labels_s, views_s, replay_s = (min(epoch_s[k][1:]) for k in loops)
         kd_median, labels_median = (float(np.median(epoch_s[k][1:])) for k in ("kd", "labels"))
         loader_s = min(loader_alone_s(kd) for _ in range(rounds))
         step_s = min(step_alone_s(kd) for _ in range(rounds))
@@ -124,6 +134,8 @@ def main() -> None:
     result = {
         "store_overhead": kd_s / labels_s - 1,
         "store_overhead_median": kd_median / labels_median - 1,
+        "store_overhead_views4": views_s / labels_s - 1,
+        "replay_overhead_views4": replay_s / labels_s - 1,
         "loader_vs_step": step_s / loader_s,
         "kd_clips_per_s": train_clips / kd_s,
         "labels_clips_per_s": train_clips / labels_s,

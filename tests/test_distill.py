@@ -103,7 +103,8 @@ def test_store_missing_clips_is_refused_or_dropped(demo_asc, tmp_path, tracking_
     _teach(f"tau22:{data_dir}", store, tracking_uri, ("passt_tiny",))
     open(victim_source, "wb").write(original)  # the clip is readable now, but has no logits
     demo = {"spec": f"tau22:{data_dir}"}
-    with pytest.raises(KdError, match=rf"1 of \d+ train clips have no logits .*{victim.id}"):
+    with pytest.raises(KdError, match=rf"1 of \d+ training clips \(train split and transfer sets\) have no logits .*"
+                                      rf"{victim.id}"):
         distill(_cfg(demo, str(store), tmp_path / "r", tracking_uri, teachers="passt_tiny", epochs=1))
     result = distill(_cfg(demo, str(store), tmp_path / "r", tracking_uri, teachers="passt_tiny", epochs=1,
                           missing="drop"))

@@ -7,8 +7,8 @@ Columns (header required; ``.tsv`` files are tab-separated, others sniffed betwe
   a CSV when it holds commas). Every labelled clip with exactly one label makes a single-label (``asc``)
   dataset; any with several makes it multi-label (``tagging``). A row with an empty label is an **unlabelled**
   clip (a transfer clip that only teachers label, see ``kd distill``), never a clip without classes; a
-  manifest without a label column is unlabelled throughout (its classes come from ``classes=`` or from the
-  labelled dataset it is used with).
+  manifest whose label column is empty throughout is unlabelled (its classes come from ``classes=`` or from
+  the labelled dataset it is used with).
 * optional ``id`` (default: the path relative to the manifest, without extension), ``split`` (rows are selected
   with ``split=``; without a split column, or with ``split=None``, all rows are used), ``device``, ``city``,
   ``duration``.
@@ -51,9 +51,8 @@ def open_manifest(path: Path, split: str | None = None, classes: str | Path | No
         raise DatasetError(f"{spec}: no such file")
     rows = read_table(path)
     path_col = _column(rows, PATH_COLUMNS, path, "path")
-    label_col = next((c for c in LABEL_COLUMNS if c in rows[0]), None)
-    label_lists = [[s.strip() for s in SEPARATORS.split(row[label_col]) if s.strip()] if label_col else []
-                   for row in rows]
+    label_col = _column(rows, LABEL_COLUMNS, path, "label")
+    label_lists = [[s.strip() for s in SEPARATORS.split(row[label_col]) if s.strip()] for row in rows]
     labelled = [labels for labels in label_lists if labels]
     if classes is not None:
         names, mids = read_class_list(Path(classes))

@@ -1,0 +1,78 @@
+"""What the distillation benchmarks share: demo data, the shipped teachers fine-tuned on a split, seed statistics.
+
+Not a benchmark itself (the leading underscore keeps it out of the smoke test that runs every script).
+"""
+from __future__ import annotations
+
+import csv
+import statistics
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from kd.checkpoints import TeacherSpec  # noqa: E402
+from kd.data import make_demo_data, open_dataset  # noqa: E402
+from kd.quickstart import PLANS  # noqa: E402
+from kd.train_teacher import TrainTeacherConfig, train_teacher  # noqa: E402
+from teachers import release_path  # noqa: E402
+
+PLAN = PLANS["asc"]
+TEACHERS = {alias: name for alias, name in (PLAN.teacher_a, PLAN.teacher_b)}
+
+
+def demo_asc(work: Path, clips: int, seed: int = 0) -> str:
+    """The quick start's demo ASC data (written once per work folder); its dataset spec."""
+    folder = work / "demo-asc"
+    if not (folder / "meta.csv").is_file():
+        make_demo_data(folder, "asc", clips=clips, seed=seed)
+    return f"tau22:{folder}"
+
+
+def write_manifest(path: Path, rows: Sequence[dict[str, str]]) -> str:
+    """A manifest CSV of ``rows`` (``path``, ``id``, ``label``, ``device``, ``split``); its dataset spec."""
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    return f"manifest:{path}"
+
+
+def manifest_rows(spec: str, split: str, keep: Callable, labelled: bool = True) -> list[dict[str, str]]:
+    """Rows for the clips of ``split`` of ``spec`` that ``keep(clip)`` selects, with or without (an empty label)
+    their labels."""
+    data = open_dataset(spec, split=split)
+    rows = []
+    for clip in data.clips:
+        if keep(clip):
+            label = data.classes[clip.labels[0]] if labelled else ""
+            rows.append({"path": clip.source, "id": clip.id, "label": label, "device": clip.device or "", "split": split})
+    return rows
+
+
+def finetuned_teachers(work: Path, data: str, epochs: int, tracking: str, train_split: str = "train",
+                       eval_split: str = "eval") -> tuple[list[TeacherSpec], dict[str, float]]:
+    """The shipped pretrained teachers fine-tuned on ``data`` as ``kd quickstart`` does (a rerun in the same
+    work folder reuses them); their specs for ``kd teach`` and their eval accuracy."""
+    specs, accuracy = [], {}
+    for i, (alias, name) in enumerate(TEACHERS.items()):
+        result = train_teacher(TrainTeacherConfig(
+            dataset=data, teacher=name, checkpoint=str(release_path(name)), out=str(work / "teachers" / alias),
+            epochs=epochs, batch_size=32, lr=PLAN.teacher_lr, seconds=PLAN.clip_seconds, seed=i, mixstyle_p=0.4 * i,
+            train_split=train_split, eval_split=eval_split, tracking_uri=tracking, device="auto", resume=True))
+        accuracy[alias] = result.history[-1]["accuracy"]
+        print(f"teacher {alias}: accuracy {accuracy[alias]:.3f} on the eval split after fine-tuning", flush=True)
+        specs.append(TeacherSpec(name, result.checkpoint, alias))
+    return specs, accuracy
+
+
+def mean_and_sigma(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def paired_gain(runs: Sequence[float], baseline: Sequence[float]) -> tuple[float, float]:
+    """Mean and standard deviation over seeds of ``runs - baseline`` (paired by seed)."""
+    return mean_and_sigma([a - b for a, b in zip(runs, baseline)])

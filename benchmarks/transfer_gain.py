@@ -1,0 +1,106 @@
+"""Does an unlabelled transfer set pay? A student labelled on one device, taught about the others by its teachers.
+
+The demo ASC training split is cut in two: the clips of the reference device ``a`` keep their labels (the
+labelled split); the clips of every other training device lose them (the transfer set, a manifest without a
+label column). The pretrained demo teachers that ship with kd are fine-tuned on the labelled split alone, then
+taught into one store over both (``kd teach --transfer``). For each seed, ``cp_mobile`` trains with the same
+epochs and batch size (a) from labels alone, (b) distilled on the labelled clips only, (c) distilled with the
+transfer set (``kd distill --transfer``, one transfer clip per labelled clip). Scores are last-epoch accuracies
+on the full eval split, overall and on the devices the labelled split never saw (``acc_unseen``).
+
+The last line is one JSON object: ``labels_accuracy``, ``kd_accuracy``, ``transfer_accuracy`` (means over seeds),
+``transfer_gain`` (c - a, paired by seed) and ``transfer_gain_sigma``, the same for unseen devices, the teachers'
+accuracy, per-seed scores and the sizes of the two sets.
+
+    python benchmarks/transfer_gain.py [--quick] [--seeds 0 1 2] [--student-epochs N] [--workdir DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+from _recipes import (
+    PLAN,
+    demo_asc,
+    finetuned_teachers,
+    manifest_rows,
+    mean_and_sigma,
+    paired_gain,
+    write_manifest,
+)
+
+from kd.distill import DistillConfig, TeacherChoice, distill
+from kd.teach import TeachConfig, run_teach
+
+LABELLED_DEVICES = ("a",)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small data and budget, one seed (< 1 minute)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--student-epochs", type=int, default=PLAN.student_epochs)
+    parser.add_argument("--teacher-epochs", type=int, default=PLAN.teacher_epochs)
+    parser.add_argument("--workdir", default=None, help="keep everything here; a rerun reuses data, teachers, store")
+    args = parser.parse_args()
+    sizes = {"clips": 600, "teacher_epochs": args.teacher_epochs, "student_epochs": args.student_epochs}
+    seeds = args.seeds
+    if args.quick:
+        sizes, seeds = {"clips": 40, "teacher_epochs": 1, "student_epochs": 1}, args.seeds[:1]
+    with tempfile.TemporaryDirectory() as tmp:
+        result = run(Path(args.workdir or tmp), seeds=seeds, **sizes)
+    print(json.dumps(result))
+
+
+def run(work: Path, clips: int, teacher_epochs: int, student_epochs: int, seeds: list[int]) -> dict:
+    start = time.perf_counter()
+    work.mkdir(parents=True, exist_ok=True)
+    tracking = f"sqlite:///{work / 'mlflow.db'}"
+    demo = demo_asc(work, clips)
+    labelled_rows = (manifest_rows(demo, "train", lambda c: c.device in LABELLED_DEVICES)
+                     + manifest_rows(demo, "eval", lambda c: True))
+    labelled = write_manifest(work / "labelled.csv", labelled_rows)
+    transfer = write_manifest(work / "transfer.csv", manifest_rows(demo, "train", lambda c: c.device not in
+                                                                   LABELLED_DEVICES, labelled=False))
+    teachers, teacher_accuracy = finetuned_teachers(work, labelled, teacher_epochs, tracking)
+    store = str(work / "store.zarr")
+    teach = run_teach(TeachConfig(dataset=labelled, split="train", store=store, teachers=tuple(teachers),
+                                  transfer=(transfer,), tracking_uri=tracking, chunk_size=128, batch_size=32))
+    ensemble = ",".join(t.key for t in teachers)
+    runs = {"labels": {"teachers": "none"}, "kd": {"teachers": ensemble},
+            "transfer": {"teachers": ensemble, "transfer": (transfer,)}}
+    scores = {label: {"accuracy": [], "acc_unseen": []} for label in runs}
+    for seed in seeds:
+        for label, options in runs.items():
+            history = distill(DistillConfig(
+                dataset=labelled, student=PLAN.student, out=str(work / f"student_{label}_{seed}_{student_epochs}ep"),
+                store=store if options["teachers"] != "none" else None,
+                teachers=TeacherChoice.parse(options["teachers"]), transfer=options.get("transfer", ()),
+                epochs=student_epochs, batch_size=32, lr=PLAN.student_lr, seed=seed, tracking_uri=tracking,
+                device="auto", resume=True)).history
+            for metric in scores[label]:
+                scores[label][metric].append(history[-1][metric])
+            print(f"seed {seed} {label}: accuracy {history[-1]['accuracy']:.3f}, unseen devices "
+                  f"{history[-1]['acc_unseen']:.3f}", flush=True)
+    out = {f"{label}_accuracy": mean_and_sigma(scores[label]["accuracy"])[0] for label in runs}
+    out |= {f"{label}_unseen_accuracy": mean_and_sigma(scores[label]["acc_unseen"])[0] for label in runs}
+    out["transfer_gain"], out["transfer_gain_sigma"] = paired_gain(scores["transfer"]["accuracy"],
+                                                                   scores["labels"]["accuracy"])
+    out["transfer_unseen_gain"], out["transfer_unseen_gain_sigma"] = paired_gain(
+        scores["transfer"]["acc_unseen"], scores["labels"]["acc_unseen"])
+    out["transfer_over_kd"], out["transfer_over_kd_sigma"] = paired_gain(scores["transfer"]["accuracy"],
+                                                                         scores["kd"]["accuracy"])
+    return {
+        **out, "teacher_accuracy": teacher_accuracy,
+        "teacher_accuracy_on_labelled_train": teach.metrics.get("ensemble", {}).get("accuracy"),
+        "labelled_clips": sum(r["split"] == "train" for r in labelled_rows), "transfer_clips": teach.clips
+        - sum(r["split"] == "train" for r in labelled_rows), "seeds": seeds, "per_seed": scores,
+        "student_epochs": student_epochs, "teacher_epochs": teacher_epochs, "wall_seconds": time.perf_counter() - start,
+    }
+
+
+if __name__ == "__main__":
+    main()

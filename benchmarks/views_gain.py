@@ -1,0 +1,119 @@
+"""Do consistent teacher views pay? Distilling from K = 4 stored views vs clean logits vs labels, per device.
+
+The DCASE'23 device-generalisation setting on the demo ASC data: the student trains with device impulse
+responses (DIR) and is evaluated on every device, seen and unseen in training. The pretrained demo teachers that
+ship with kd are fine-tuned on the training split and taught twice: once on the clean clips, once on K = 4
+views per clip (``kd teach --views 4 --augment dir,roll,gain,speed``; view 0 clean). For each seed,
+``cp_mobile`` trains with the same epochs and batch size (a) from the clean logits with online augmentation
+(DIR p = 0.4, roll, gain: the student hears inputs its teachers never heard), (b) from the stored views,
+replayed consistently (``kd distill --views consistent``), (c) from labels alone with the online augmentation
+of (a). Scores are last-epoch accuracies, overall and on unseen devices.
+
+Impulse responses: ``--dir FOLDER`` (e.g. the 66 microphone responses in ``../shared/data/micirp``), else a
+synthetic set written into the work folder (what ``--quick`` always uses, so it needs no data outside the repo).
+
+The last line is one JSON object: ``consistent_accuracy``, ``clean_accuracy``, ``labels_accuracy`` (means over
+seeds), ``consistent_gain_over_clean`` and its standard deviation (paired by seed), the unseen-device accuracy of
+each, the teach cost of K views against one (wall seconds and bytes), the teachers' accuracy.
+
+    python benchmarks/views_gain.py [--quick] [--dir FOLDER] [--seeds 0 1 2] [--student-epochs N] [--workdir DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+from _recipes import PLAN, demo_asc, finetuned_teachers, mean_and_sigma, paired_gain
+
+from kd.distill import DistillConfig, TeacherChoice, distill
+from kd.teach import TeachConfig, run_teach
+
+VIEWS, KINDS = 4, ("dir", "roll", "gain", "speed")
+ONLINE = {"dir_p": 0.4, "roll_seconds": 0.25, "gain_db": 6.0}  # the views' ranges (kd.views.ViewConfig defaults)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small data and budget, one seed (< 1 minute)")
+    parser.add_argument("--dir", default=None, help="folder of impulse responses (default: a synthetic set)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--student-epochs", type=int, default=PLAN.student_epochs)
+    parser.add_argument("--teacher-epochs", type=int, default=PLAN.teacher_epochs)
+    parser.add_argument("--workdir", default=None, help="keep everything here; a rerun reuses data, teachers, stores")
+    args = parser.parse_args()
+    sizes = {"clips": 600, "teacher_epochs": args.teacher_epochs, "student_epochs": args.student_epochs}
+    seeds, irs = args.seeds, args.dir
+    if args.quick:
+        sizes, seeds, irs = {"clips": 40, "teacher_epochs": 1, "student_epochs": 1}, args.seeds[:1], None
+    with tempfile.TemporaryDirectory() as tmp:
+        result = run(Path(args.workdir or tmp), seeds=seeds, irs=irs, **sizes)
+    print(json.dumps(result))
+
+
+def synthetic_impulse_responses(folder: Path, count: int = 24, sample_rate: int = 16000) -> Path:
+    """Short microphone-like responses: a direct path, a few early reflections and a decaying, coloured tail."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(7)
+    for i in range(count):
+        n = int(rng.uniform(0.01, 0.05) * sample_rate)
+        ir = rng.normal(0, 1, n) * np.exp(-np.arange(n) / (n * rng.uniform(0.1, 0.4)))
+        ir = np.convolve(ir, rng.normal(0, 1, 8) * np.exp(-np.arange(8) / 2), mode="same")  # colouring
+        ir[0] = np.abs(ir).max() * rng.uniform(1.5, 4)
+        sf.write(folder / f"synthetic_{i:02d}.wav", (ir / np.abs(ir).max()).astype(np.float32), sample_rate)
+    return folder
+
+
+def run(work: Path, clips: int, teacher_epochs: int, student_epochs: int, seeds: list[int], irs: str | None) -> dict:
+    start = time.perf_counter()
+    work.mkdir(parents=True, exist_ok=True)
+    tracking = f"sqlite:///{work / 'mlflow.db'}"
+    demo = demo_asc(work, clips)
+    irs = irs or str(synthetic_impulse_responses(work / "impulse-responses"))
+    teachers, teacher_accuracy = finetuned_teachers(work, demo, teacher_epochs, tracking)
+    stores, teach_seconds, teach_bytes = {}, {}, {}
+    for name, views in (("clean", 1), ("views", VIEWS)):
+        stores[name] = str(work / f"store-{name}.zarr")
+        summary = run_teach(TeachConfig(
+            dataset=demo, store=stores[name], teachers=tuple(teachers), tracking_uri=tracking, chunk_size=128,
+            batch_size=32, views=views, augment=KINDS if views > 1 else (), dir_folder=irs if views > 1 else None))
+        teach_seconds[name], teach_bytes[name] = summary.wall_seconds, summary.store_info["bytes_on_disk"]
+    ensemble = ",".join(t.key for t in teachers)
+    runs = {"clean": {"store": stores["clean"], "teachers": ensemble, "dir_folder": irs, **ONLINE},
+            "consistent": {"store": stores["views"], "teachers": ensemble, "dir_folder": irs, "views": "consistent"},
+            "labels": {"teachers": "none", "dir_folder": irs, **ONLINE}}
+    scores = {label: {"accuracy": [], "acc_unseen": []} for label in runs}
+    for seed in seeds:
+        for label, options in runs.items():
+            options = dict(options)
+            history = distill(DistillConfig(
+                dataset=demo, student=PLAN.student, out=str(work / f"student_{label}_{seed}_{student_epochs}ep"),
+                teachers=TeacherChoice.parse(options.pop("teachers")), epochs=student_epochs, batch_size=32,
+                lr=PLAN.student_lr, seed=seed, tracking_uri=tracking, device="auto", resume=True, **options)).history
+            for metric in scores[label]:
+                scores[label][metric].append(history[-1][metric])
+            print(f"seed {seed} {label}: accuracy {history[-1]['accuracy']:.3f}, unseen devices "
+                  f"{history[-1]['acc_unseen']:.3f}", flush=True)
+    out = {f"{label}_accuracy": mean_and_sigma(scores[label]["accuracy"])[0] for label in runs}
+    out |= {f"{label}_unseen_accuracy": mean_and_sigma(scores[label]["acc_unseen"])[0] for label in runs}
+    out["consistent_gain_over_clean"], out["consistent_gain_over_clean_sigma"] = paired_gain(
+        scores["consistent"]["accuracy"], scores["clean"]["accuracy"])
+    out["consistent_gain_over_labels"], out["consistent_gain_over_labels_sigma"] = paired_gain(
+        scores["consistent"]["accuracy"], scores["labels"]["accuracy"])
+    out["consistent_unseen_gain_over_clean"], out["consistent_unseen_gain_over_clean_sigma"] = paired_gain(
+        scores["consistent"]["acc_unseen"], scores["clean"]["acc_unseen"])
+    return {
+        **out, "teach_cost_views_vs_one": teach_seconds["views"] / teach_seconds["clean"],
+        "store_bytes_views_vs_one": teach_bytes["views"] / teach_bytes["clean"], "teach_seconds": teach_seconds,
+        "teacher_accuracy": teacher_accuracy, "views": VIEWS, "kinds": list(KINDS), "impulse_responses": irs,
+        "seeds": seeds, "per_seed": scores, "student_epochs": student_epochs, "teacher_epochs": teacher_epochs,
+        "wall_seconds": time.perf_counter() - start,
+    }
+
+
+if __name__ == "__main__":
+    main()
