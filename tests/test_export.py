@@ -15,7 +15,14 @@ from click.testing import CliRunner
 from cli import main
 from kd.complexity import exported_complexity
 from kd.data import open_dataset
-from kd.export import ExportConfig, ExportDynamicConv, exact_frontend, export_student, exportable
+from kd.export import (
+    ExportConfig,
+    ExportDynamicConv,
+    ExportFrontend,
+    exact_frontend,
+    export_student,
+    exportable,
+)
 from kd.inference import evaluate_checkpoint, format_predictions, predict_files
 from kd.onnx_runtime import OnnxStudent
 from kd_errors import KdError
@@ -105,6 +112,14 @@ def test_exportable_replaces_every_dynamic_conv_and_keeps_the_original():
     spec = model.frontend(torch.randn(2, 32000))
     with torch.no_grad():
         torch.testing.assert_close(copy.forward_spectrogram(spec), model.forward_spectrogram(spec), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["cp_mobile", "fmn_tiny"])
+def test_export_frontend_computes_what_the_frontend_computes(demo_asc, name):
+    model = create_student(name, 10).eval()
+    audio = torch.from_numpy(eval_audio(demo_asc, model, 1.0))
+    with torch.no_grad():
+        torch.testing.assert_close(ExportFrontend(model.frontend)(audio), model.frontend(audio), atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize("name", ["cp_mobile", "fmn_tiny"])
