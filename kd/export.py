@@ -60,6 +60,7 @@ from kd.complexity import ExportedComplexity, exported_complexity
 from kd.data import AudioError, Dataset, open_dataset
 from kd.inference import TorchPredictor, evaluate_predictor
 from kd.onnx_runtime import FORMAT_VERSION, OnnxStudent
+from kd.tasks import get_task
 from kd_errors import KdError
 from layers import MelSTFT, sha256_file
 from students import Student
@@ -510,7 +511,7 @@ def _metadata(cfg: ExportConfig, model: Student, meta: dict[str, Any], seconds: 
                                                  else ": logits [batch, classes]"),
         "min_samples": str(shortest),
         "frontend": json.dumps(frontend_settings(model.frontend)),
-        "activation": "softmax" if task == "asc" else "sigmoid",
+        "activation": get_task(task).activation,
         "quantization": "none",
         "checkpoint": Path(cfg.checkpoint).name,
         "checkpoint_sha256": sha256_file(cfg.checkpoint),
