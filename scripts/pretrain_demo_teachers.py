@@ -20,7 +20,15 @@ The corpus is generated in memory by ``--workers`` processes and cached in ``--w
 teachers' rates), so a rerun trains without generating again. The last line is one JSON object: corpus size,
 wall time per stage, the teachers' held-out accuracy and the release files' sha256.
 
-    python scripts/pretrain_demo_teachers.py [--clips 12000] [--epochs 3] [--workdir DIR] [--out teachers/releases]
+    python scripts/pretrain_demo_teachers.py [--clips 12000] [--teachers passt_tiny ast_tiny] [--workdir DIR]
+
+The shipped releases were made on a 2-core CPU with the corpus generated first and one process per teacher
+(``--threads 1`` each; the thread count changes float rounding, so it is part of what reproduces a file bit for
+bit; see BENCHMARKS.md for the times)::
+
+    python scripts/pretrain_demo_teachers.py --generate-only
+    python scripts/pretrain_demo_teachers.py --teachers passt_tiny --threads 1 &
+    python scripts/pretrain_demo_teachers.py --teachers ast_tiny --threads 1
 """
 from __future__ import annotations
 
@@ -52,6 +60,8 @@ RATES = {"passt_tiny": 32000, "ast_tiny": 16000}
 # constructor overrides in pretraining only (no weight depends on them): PaSST's structured patchout, wider than
 # the fine-tuning default, as the AudioSet releases were trained (40 of 99 time and 4 of 12 frequency positions)
 PRETRAINING_KWARGS = {"passt_tiny": {"s_patchout_t": 3, "s_patchout_f": 4}, "ast_tiny": {}}
+# the shipped releases' epochs: AST costs about 1.5x PaSST's step (no patchout), so it gets fewer in the same time
+EPOCHS = {"passt_tiny": 6, "ast_tiny": 4}
 SCENES = list(demo.SCENES)
 
 
@@ -171,7 +181,7 @@ def pretrain(name: str, audio: np.ndarray, labels: np.ndarray, train_rows: np.nd
     train = torch.utils.data.DataLoader(CorpusClips(audio, labels, train_rows), batch_size=args.batch_size,
                                         shuffle=True, drop_last=True)
     heldout = torch.utils.data.DataLoader(CorpusClips(audio, labels, heldout_rows), batch_size=128)
-    optim = OptimConfig(epochs=args.epochs, lr=args.lr, warmup_epochs=args.warmup_epochs)
+    optim = OptimConfig(epochs=args.epochs or EPOCHS[name], lr=args.lr, warmup_epochs=args.warmup_epochs)
     trainer = Trainer(model, optim, steps_per_epoch=len(train), out_dir=out,
                       primary_metric="accuracy", meta={"kind": "pretraining", "name": name}, seed=args.seed,
                       device=device, train_module=AugmentedForward(model, ASC, mixstyle_p=args.mixstyle_p))
@@ -211,7 +221,8 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=48, help="simulated recording devices")
     parser.add_argument("--heldout", type=float, default=0.05, help="fraction of clips, locations and devices held out")
     parser.add_argument("--corpus-seed", type=int, default=2024)
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=None,
+                        help=f"passes over the corpus (default: the releases', {EPOCHS})")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--warmup-epochs", type=float, default=0.2)
@@ -249,14 +260,15 @@ def main() -> None:
     result = {"corpus": {"seed": corpus.seed, "clips": corpus.clips, "train_clips": int((~held_out).sum()),
                          "heldout_clips": int(held_out.sum()), "locations": corpus.locations * len(SCENES),
                          "devices": corpus.devices},
-              "epochs": args.epochs, "teachers": {}}
+              "teachers": {}}
     for name in args.teachers:
         t0 = time.perf_counter()
         model, history = pretrain(name, audio[RATES[name]], labels, np.flatnonzero(~held_out),
                                   np.flatnonzero(held_out), args, device)
         path = write_release(model, name, args.out)
         timings[f"{name}_s"] = round(time.perf_counter() - t0, 1)
-        result["teachers"][name] = {"file": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size,
+        result["teachers"][name] = {"epochs": len(history), "file": path.name, "sha256": sha256_file(path),
+                                    "bytes": path.stat().st_size,
                                     "heldout_accuracy": max(r["accuracy"] for r in history),
                                     "history": [round(r["accuracy"], 4) for r in history]}
         print(f"{name}: {path} sha256 {result['teachers'][name]['sha256']}", flush=True)
