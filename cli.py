@@ -410,10 +410,12 @@ def _print_predictions(predictions) -> None:
 @click.option("--check-clips", type=int, default=2000, show_default=True, help="At most this many eval clips.")
 @click.option("--max-drop", type=float, default=0.01, show_default=True,
               help="Largest acceptable int8 drop of the task's metric (0.01: one point of accuracy).")
+@click.option("--qat-epochs", type=int, default=2, show_default=True,
+              help="Quantisation-aware fine-tuning epochs when post-training int8 drops more than --max-drop (0: never).")
 @click.option("--strict", is_flag=True, help="Refuse to write an int8 file that drops more than --max-drop.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def export_cmd(checkpoint, out_path, frontend, seconds, quantize, calibration, calibration_clips, check_clips, max_drop,
-               strict, as_json) -> None:
+               qat_epochs, strict, as_json) -> None:
     """Export a student checkpoint as one ONNX file (float32 or int8), checked against PyTorch before it is written.
 
     The file carries its class names, sample rate, clip length, frame rate (SED) and the checkpoint's sha256 as ONNX
@@ -426,7 +428,7 @@ def export_cmd(checkpoint, out_path, frontend, seconds, quantize, calibration, c
 
     cfg = ExportConfig(checkpoint=checkpoint, out=out_path, frontend=frontend, seconds=seconds, quantize=quantize,
                        calibration=calibration, calibration_clips=calibration_clips, check_clips=check_clips,
-                       max_drop=max_drop, strict=strict)
+                       max_drop=max_drop, qat_epochs=qat_epochs, strict=strict)
     with console.status("exporting") as status:
         result = export_student(cfg, on_step=lambda message: status.update(message))
     if as_json:
@@ -448,9 +450,10 @@ def export_cmd(checkpoint, out_path, frontend, seconds, quantize, calibration, c
     if result.quantization is not None:
         q = result.quantization
         verdict = "[green]ok[/]" if q.drop <= max_drop else f"[bold red]more than {max_drop}[/]"
-        table.add_row("quantisation", q.recipe)
+        table.add_row("quantisation", f"{q.recipe}; {q.method}")
         table.add_row(f"{q.metric}, {q.check_clips} eval clips",
-                      f"float32 {q.float32:.4f}, int8 {q.int8:.4f}: drop {q.drop:+.4f} ({verdict})")
+                      f"float32 {q.float32:.4f}, int8 {q.int8:.4f}: drop {q.drop:+.4f} ({verdict})" + (
+                          "" if q.post_training_int8 is None else f"; post-training int8 was {q.post_training_int8:.4f}"))
     table.add_row("parameter memory", f"{cost.param_bytes:,} bytes ({cost.param_bytes / 1024:,.1f} KiB)")
     table.add_row("DCASE'23 limits", _dcase_verdict(cost.dcase23))
     table.add_row("checkpoint sha256", meta["checkpoint_sha256"])

@@ -18,17 +18,20 @@ from kd.data import open_dataset
 from kd.export import (
     ExportConfig,
     ExportDynamicConv,
+    ExportDyReLU,
     ExportFrontend,
+    FakeQuantized,
     exact_frontend,
     export_student,
     exportable,
+    fold_batchnorm,
 )
 from kd.inference import evaluate_checkpoint, format_predictions, predict_files
 from kd.onnx_runtime import OnnxStudent
 from kd_errors import KdError
 from layers import CheckpointError, sha256_file
 from students import create_student
-from students.dymn import DynamicConv
+from students.dymn import DynamicConv, DyReLU
 
 PARITY = 1e-4  # max |logit difference| ONNX Runtime vs PyTorch, float32
 
@@ -104,10 +107,19 @@ def test_export_dynamic_conv_computes_the_same_function(kernel, stride, groups):
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
+def test_export_dynamic_relu_computes_the_same_function():
+    torch.manual_seed(0)
+    act = DyReLU(24, context_dim=16).eval()
+    torch.nn.init.normal_(act.coef_net[0].weight, std=0.5)  # coefficients far from their initial values
+    x, context = torch.randn(3, 24, 9, 11), torch.randn(3, 16, 1, 1)
+    with torch.no_grad():
+        torch.testing.assert_close(ExportDyReLU(act)(x, context), act(x, context), atol=1e-6, rtol=0)
+
+
 def test_exportable_replaces_every_dynamic_conv_and_keeps_the_original():
     model = create_student("dymn04", 5).eval()
     copy = exportable(model)
-    assert not any(isinstance(m, DynamicConv) for m in copy.modules())
+    assert not any(isinstance(m, (DynamicConv, DyReLU)) for m in copy.modules())
     assert sum(isinstance(m, DynamicConv) for m in model.modules()) == 44  # the model itself is untouched
     spec = model.frontend(torch.randn(2, 32000))
     with torch.no_grad():
@@ -313,6 +325,44 @@ def test_int8_export_quantises_the_network_and_checks_it(demo_asc, tiny_asc, tmp
     cost = result.complexity
     assert cost.stored_bytes["int8"] > 0.9 * cost.params and cost.quantization_bytes > 0
     assert cost.param_bytes < float_result.complexity.param_bytes / 3
+    assert evaluate_checkpoint(result.path, demo_asc["spec"], device="cpu")["accuracy"] == pytest.approx(report.int8)
+
+
+def test_folded_batchnorm_and_fake_quantisation_keep_the_function(demo_asc, tiny_asc):
+    checkpoint, _ = tiny_asc
+    from kd.checkpoints import load_student
+
+    model, _ = load_student(checkpoint)
+    folded = fold_batchnorm(exportable(model))
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    audio = torch.from_numpy(eval_audio(demo_asc, model, 1.0))
+    with torch.no_grad():
+        spec = model.frontend(audio)
+        torch.testing.assert_close(folded.forward_spectrogram(spec), model.forward_spectrogram(spec), atol=1e-4, rtol=1e-4)
+    conv = folded.stages[0][0].block[0][0]
+    fake = FakeQuantized(conv).train()
+    x = torch.relu(torch.randn(2, conv.in_channels, 16, 8))
+    out = fake(x)
+    out.square().sum().backward()  # gradients pass through the rounding
+    assert conv.weight.grad is not None and conv.weight.grad.abs().sum() > 0
+    with torch.no_grad():
+        exact = conv(x)
+    error = (out.detach() - exact).abs().max()
+    assert 0 < error < 0.05 * exact.abs().max()  # int8 rounding: visible, small
+
+
+def test_quantisation_aware_fine_tuning_replaces_post_training_only_when_better(demo_asc, tiny_asc, tmp_path):
+    checkpoint, _ = tiny_asc
+    result = export_student(ExportConfig(checkpoint, str(tmp_path / "qat.onnx"), quantize="int8",
+                                         calibration=demo_asc["spec"], calibration_clips=16, max_drop=-1.0,
+                                         qat_epochs=1))
+    report = result.quantization
+    if report.method == "post-training":  # fine-tuning ran (any drop exceeds -1) but did not drop less
+        assert report.post_training_int8 is None and "quantisation-aware" not in result.metadata["quantization"]
+    else:
+        assert report.method == "quantisation-aware (1 epochs)" and report.post_training_int8 is not None
+        assert report.float32 - report.post_training_int8 > report.drop
+        assert "quantisation-aware" in result.metadata["quantization"]
     assert evaluate_checkpoint(result.path, demo_asc["spec"], device="cpu")["accuracy"] == pytest.approx(report.int8)
 
 
