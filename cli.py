@@ -305,6 +305,8 @@ def _print_teach_summary(summary) -> None:
               help="Which stored view a clip trains on, for stores taught with --views K: consistent (the view's "
                    "augmentation replayed, its logits the target; the default there), clean (view 0 with online "
                    "augmentations) or random (a random view's logits for the clean input).")
+@click.option("--log-model/--no-log-model", default=True, show_default=True,
+              help="Log the student as an MLflow model (PyTorch flavour, takes waveforms; about 2 s on a CPU).")
 @training_options(batch_size=32, lr=1e-3)
 def distill_cmd(teachers, transfer, **options) -> None:
     """Train a student from stored teacher logits (hard-label + KD loss), evaluating every epoch."""
@@ -414,12 +416,17 @@ def _print_predictions(predictions) -> None:
               help="Quantisation-aware fine-tuning epochs when post-training int8 drops more than --max-drop (0: never).")
 @click.option("--strict", is_flag=True, help="Refuse to write an int8 file that drops more than --max-drop.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("--log-to", "log_to", default=None, metavar="RUN_ID",
+              help="Also log the file as an MLflow ONNX model of that run (the `kd distill` run of the checkpoint).")
+@click.option("--tracking-uri", default=None,
+              help="MLflow tracking URI of --log-to (default: $MLFLOW_TRACKING_URI, else ./mlflow.db).")
 def export_cmd(checkpoint, out_path, frontend, seconds, quantize, calibration, calibration_clips, check_clips, max_drop,
-               qat_epochs, strict, as_json) -> None:
+               qat_epochs, strict, as_json, log_to, tracking_uri) -> None:
     """Export a student checkpoint as one ONNX file (float32 or int8), checked against PyTorch before it is written.
 
     The file carries its class names, sample rate, clip length, frame rate (SED) and the checkpoint's sha256 as ONNX
     metadata; `kd eval` and `kd predict` run it with ONNX Runtime, `kd complexity` reports its parameter memory.
+    With --log-to RUN_ID the file joins the run's models in MLflow.
     """
     try:  # onnx, onnxruntime and onnxscript come with the optional [export] extra
         from kd.export import ExportConfig, export_student
@@ -431,8 +438,13 @@ def export_cmd(checkpoint, out_path, frontend, seconds, quantize, calibration, c
                        max_drop=max_drop, qat_epochs=qat_epochs, strict=strict)
     with console.status("exporting") as status:
         result = export_student(cfg, on_step=lambda message: status.update(message))
+        if log_to:
+            from kd.tracking import log_onnx_model
+
+            status.update(f"logging {result.path} to MLflow run {log_to}")
+            model_uri = log_onnx_model(log_to, result.path, tracking_uri)
     if as_json:
-        print_json(result.to_dict())
+        print_json(result.to_dict() | ({"mlflow_model": model_uri} if log_to else {}))
         return
     meta, cost = result.metadata, result.complexity
     table = Table(show_header=False, title=f"kd export: {escape(result.path)}", title_justify="left")
@@ -457,6 +469,8 @@ def export_cmd(checkpoint, out_path, frontend, seconds, quantize, calibration, c
     table.add_row("parameter memory", f"{cost.param_bytes:,} bytes ({cost.param_bytes / 1024:,.1f} KiB)")
     table.add_row("DCASE'23 limits", _dcase_verdict(cost.dcase23))
     table.add_row("checkpoint sha256", meta["checkpoint_sha256"])
+    if log_to:
+        table.add_row("MLflow model", model_uri)
     out.print(table)
 
 
@@ -545,8 +559,70 @@ def quickstart_cmd(**options) -> None:
     for label, run in result.runs.items():
         table.add_row(label, f"{run.best:.4f}", f"{run.cost.params:,}", f"{run.cost.macs / 1e6:.2f}", run.run_id)
     out.print(table)
+    if result.compare is not None:
+        _print_comparison(result.compare)
     out.print(f"Compare the runs in MLflow:\n  {result.mlflow_ui}\nthen open http://127.0.0.1:5000 and pick "
               "\"Model training\" in the sidebar (MLflow 3 opens on its GenAI view)", highlight=False, soft_wrap=True)
+
+
+@main.command("compare")
+@click.argument("experiments", nargs=-1, metavar="[EXPERIMENT]...")
+@click.option("--run", "run_ids", multiple=True, metavar="RUN_ID", help="Compare exactly these runs (repeat).")
+@click.option("--by", multiple=True, metavar="PARAM",
+              help="A parameter whose values join the teacher set in the columns (e.g. kd_lambda; repeat).")
+@click.option("--plot", type=click.Path(dir_okay=False), default=None, metavar="FILE.png",
+              help="Also write the table as a figure.")
+@click.option("--log/--no-log", default=True, show_default=True,
+              help="Log the table (figure and JSON) as a run of the MLflow experiment `compare`.")
+@click.option("--tracking-uri", default=None,
+              help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else ./mlflow.db).")
+@click.option("--json", "as_json", is_flag=True, help="Print the table as JSON.")
+def compare_cmd(experiments, run_ids, by, plot, log, tracking_uri, as_json) -> None:
+    """Which teacher choice gives the best student: students as rows, teacher sets as columns, each cell the student's
+    best primary metric (mean ± standard deviation over seeds where runs repeat), with parameters and MACs.
+
+    EXPERIMENT: MLflow experiments to read (default: every distill/* experiment).
+    """
+    from kd.compare import compare_runs, plot_comparison, record_comparison
+
+    table = compare_runs(experiments, run_ids=run_ids, by=by, tracking_uri=tracking_uri)
+    run_id = record_comparison(table, tracking_uri) if log else None
+    path = plot_comparison(table, plot) if plot else None
+    if as_json:
+        print_json(table.to_dict() | {"mlflow_run": run_id, "plot": path and str(path)})
+        return
+    _print_comparison(table)
+    if path:
+        out.print(f"figure: {path}", highlight=False)
+    if run_id:
+        out.print(f"logged as MLflow run {run_id} (experiment compare: teacher_choice.png, teacher_choice.json)",
+                  highlight=False)
+
+
+def _print_comparison(table) -> None:
+    """The teacher-choice table: the best cell of each row in bold green, notes on cells that mix choices."""
+    several = len({r.metric for r in table.rows}) > 1
+    grid = Table("student", *(["metric"] if several else []), "params", "MMACs",
+                 *(("labels only" if c.split(" | ")[0] == "none" else f"from {c}") for c in table.columns),
+                 title=f"teacher choice: {', '.join(table.experiments)}"
+                       + ("" if several else f" (best {table.rows[0].metric})"), title_justify="left")
+    notes = []
+    for row in table.rows:
+        best = table.best_column(row)
+        cells = []
+        for column in table.columns:
+            cell = table.cell(row, column)
+            text = "-" if cell is None else str(cell)
+            cells.append(f"[bold green]{text}[/]" if column == best else text)
+            if cell is not None and cell.varying:
+                notes.append(f"{row.label}, {column}: its {cell.n} runs differ in {', '.join(cell.varying)} "
+                             f"(--by {cell.varying[0]} splits them)")
+        grid.add_row(row.label, *([row.metric] if several else []),
+                     "-" if row.params is None else f"{row.params:,.0f}",
+                     "-" if row.macs is None else f"{row.macs / 1e6:,.2f}", *cells)
+    out.print(grid)
+    for note in notes:
+        out.print(f"[yellow]note:[/] {escape(note)}", highlight=False, soft_wrap=True)
 
 
 @main.command("students")

@@ -39,6 +39,7 @@ from kd.job import (
 from kd.loaders import VIEW_CHOICES, TeacherTargets
 from kd.losses import DistillLoss
 from kd.tasks import Task
+from kd.tracking import DatasetInput
 from kd.views import ImpulseResponses, ViewConfig
 from kd_errors import KdError
 from logit_store import LogitStore
@@ -89,6 +90,7 @@ class DistillConfig(TrainingOptions):
         transfer_ratio: transfer clips per labelled clip in each batch.
         views: which stored view a clip trains on (``consistent``, ``clean``, ``random``); default
             ``consistent`` for stores with views, ``clean`` otherwise.
+        log_model: log the student as an MLflow model (PyTorch flavour, about 2 s per run on a CPU).
     """
 
     student: str
@@ -102,6 +104,7 @@ class DistillConfig(TrainingOptions):
     transfer: tuple[str, ...] = ()
     transfer_ratio: float = 1.0
     views: str | None = None
+    log_model: bool = True
 
     def __post_init__(self) -> None:
         if self.teachers.names and not self.store:
@@ -230,10 +233,17 @@ def prepare_distillation(cfg: DistillConfig) -> TrainingJob:
     options = replace(cfg, dir_folder=None) if replayed else cfg  # the stored views bring their impulse responses
     seconds = cfg.seconds or (join and join.clip_seconds) or train_data.clip_seconds()
     loss = DistillLoss(task, kd_lambda=cfg.kd_lambda if join else 1.0, temperature=cfg.temperature)
-    params = {"student": cfg.student, "teachers": str(cfg.teachers), "store": cfg.store, "space": cfg.space,
-              "kd_lambda": cfg.kd_lambda, "temperature": cfg.temperature, "pretrained": cfg.pretrained,
-              "transfer": ",".join(cfg.transfer) or "none", "transfer_ratio": cfg.transfer_ratio,
-              **(join.provenance if join else {})}
+    # parameters: the choices that distinguish runs, the same keys for every run (MLflow's parallel-coordinates plot
+    # opens on the first parameters, in name order, whose values differ); bookkeeping goes in tags
+    provenance = dict(join.provenance) if join else {}
+    params = {"student": cfg.student, "teachers": str(cfg.teachers), "kd_lambda": loss.kd_lambda,
+              "temperature": cfg.temperature, "space": cfg.space, "views": join.targets.views if join else "clean",
+              "pretrained": cfg.pretrained, "transfer": ",".join(cfg.transfer) or "none",
+              "transfer_ratio": cfg.transfer_ratio, "transfer_clips": provenance.pop("transfer_clips", 0)}
+    if "views" in provenance:
+        provenance["view_config"] = provenance.pop("views")
+    tags = {"store": cfg.store or "none", "teachers": str(cfg.teachers), **provenance}
+    store_input = [DatasetInput.of_store(LogitStore.open(cfg.store, mode="r"), "teacher logits")] if join else []
     return build_job(
         options, model=student, train_data=train_data, eval_data=eval_data, seconds=seconds, loss=loss,
         meta={"kind": "student", "name": cfg.student, "teachers": str(cfg.teachers)},
@@ -241,8 +251,7 @@ def prepare_distillation(cfg: DistillConfig) -> TrainingJob:
         params=params, train_clips=join.clips if join else None, teacher=join.targets if join else None,
         transfer=join.transfer if join else (), transfer_ratio=cfg.transfer_ratio,
         impulse_responses=join.impulse_responses if join else None,
-        tags={"store": cfg.store or "none", "teachers": str(cfg.teachers)},
-        cost=complexity(student, seconds=seconds),
+        tags=tags, cost=complexity(student, seconds=seconds), inputs=store_input, log_model=cfg.log_model,
     )
 
 

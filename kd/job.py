@@ -6,11 +6,17 @@ mixup, Freq-MixStyle, and the frontends' SpecAugment masks), the :class:`~kd.tra
 resume, one MLflow run (on rank 0) with per-epoch metrics, and the best checkpoint logged as an artifact.
 They differ only in what they train and in the loss: a student against labels and stored teacher logits, a
 teacher against labels alone.
+
+The MLflow run records the datasets the job reads (its splits, transfer sets and store: MLflow's dataset
+tracking), and, once training is done, figures of the best checkpoint on the eval split (:mod:`kd.figures`: what
+the task is scored on and, for a distilled student, how far it follows its teachers) and, where the job asks
+for it, the student as an MLflow model.
 """
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,18 +27,20 @@ from torch.utils.data import DataLoader
 from kd.augment import DeviceImpulseResponses, mix, mixup_params, random_gain, time_roll
 from kd.complexity import Complexity
 from kd.data import Dataset, open_dataset
-from kd.forward import AugmentedForward, evaluate
-from kd.loaders import TeacherTargets, make_dataset, make_loader
+from kd.forward import AugmentedForward, evaluate, predict
+from kd.loaders import ClipDataset, TeacherTargets, make_dataset, make_loader
 from kd.losses import DistillLoss
 from kd.tasks import Task
-from kd.tracking import tracked_run
+from kd.tracking import DatasetInput, RunLogger, tracked_run
 from kd.train import OptimConfig, StepFn, Trainer, init_distributed, select_device
 from kd.views import ImpulseResponses
+from logit_store import LogitStore
 
 __all__ = ["TrainingJob", "TrainingOptions", "TrainingResult", "build_job", "open_splits", "run_job"]
 
 EpochCallback = Callable[[int, dict[str, float]], None]
 BatchCallback = Callable[[int, int], None]
+AGREEMENT_CLIPS = 256  # clips on which a distilled student is compared with its teachers
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -93,8 +101,12 @@ class TrainingJob:
     experiment: str
     run_name: str
     params: dict[str, Any]
-    tags: dict[str, str] = field(default_factory=dict)
+    tags: dict[str, Any] = field(default_factory=dict)
     cost: Complexity | None = None
+    inputs: list[DatasetInput] = field(default_factory=list)
+    train_set: ClipDataset | None = None
+    teacher: TeacherTargets | None = None
+    log_model: bool = False
 
     @property
     def device(self) -> torch.device:
@@ -137,8 +149,10 @@ def build_job(
     transfer: Sequence[tuple[Dataset, Sequence[Any]]] = (),
     transfer_ratio: float = 1.0,
     impulse_responses: ImpulseResponses | None = None,
-    tags: Mapping[str, str] | None = None,
+    tags: Mapping[str, Any] | None = None,
     cost: Complexity | None = None,
+    inputs: Sequence[DatasetInput] = (),
+    log_model: bool = False,
 ) -> TrainingJob:
     """Loaders, training step and trainer (resumed with ``options.resume``) for ``model`` on the two splits.
 
@@ -146,12 +160,15 @@ def build_job(
         seconds: clip length fed to the model.
         meta: what the checkpoints record to rebuild the model (``kind``, ``name``, ...); the classes, task,
             clip length and dataset are added here.
-        params: the run's MLflow parameters beside the shared ones (schedule, augmentations, clip counts).
+        params: the run's MLflow parameters beside the shared ones (schedule, augmentations, clip counts): what
+            distinguishes runs, first. Bookkeeping (paths, fingerprints, counts of dropped clips) goes in ``tags``.
         train_clips: the labelled training clips (default: every clip of ``train_data``).
         teacher: stored logits to attach to each training batch.
         transfer: ``(dataset, clips)`` without labels, mixed into every batch at ``transfer_ratio`` transfer
             clips per labelled clip (soft loss only).
         impulse_responses: the set the stored views convolve in, for replaying them (``teacher.views``).
+        inputs: datasets the run reads beside its splits and transfer sets (a distillation's store).
+        log_model: log the trained model as an MLflow model (students).
     """
     device = select_device(options.device)
     dist = init_distributed(device)
@@ -176,9 +193,13 @@ def build_job(
     shared = {"epochs": options.epochs, "batch_size": options.batch_size, "lr": options.lr, "seed": options.seed,
               "seconds": seconds, "train_clips": len(clips), "eval_clips": len(eval_data.labelled_clips),
               "aug": options.augmentations()}
+    datasets = [DatasetInput.of_dataset(train_data, "train", clips=len(clips)),
+                DatasetInput.of_dataset(eval_data, "eval", clips=len(eval_data.labelled_clips)),
+                *(DatasetInput.of_dataset(data, "transfer", clips=len(part)) for data, part in transfer), *inputs]
     return TrainingJob(options, task, model, trainer, train_loader, eval_loader,
                        training_step(options, task, model, loss, device), experiment, run_name,
-                       {**params, **shared}, dict(tags or {}), cost)
+                       {**params, **shared}, {"task": task.name, "primary_metric": task.primary_metric, **(tags or {})},
+                       cost, datasets, train_set, teacher, log_model)
 
 
 def training_step(options: TrainingOptions, task: Task, model: nn.Module, loss: DistillLoss,
@@ -219,18 +240,91 @@ def run_job(job: TrainingJob, on_epoch: EpochCallback | None = None,
     main = trainer.dist.is_main
     with tracked_run(job.experiment, run_name=job.run_name, params=job.params, tags=job.tags,
                      tracking_uri=options.tracking_uri, enabled=main) as run:
-        if job.cost is not None:
-            run.log_metrics({"params": job.cost.params, "macs": job.cost.macs})
+        run.log_inputs(job.inputs)
+        primary = job.task.primary_metric
+        cost = {} if job.cost is None else {"params": job.cost.params, "macs": job.cost.macs}
 
         def epoch_end(epoch: int, record: dict[str, float]) -> None:
-            run.log_metrics(record, step=epoch)
+            # the primary metric first: MLflow's compare view colours its parallel-coordinates plot by the first one
+            run.log_metrics({primary: record[primary], **record} if primary in record else record, step=epoch)
+            if cost:
+                run.log_metrics(cost)
+                cost.clear()
             if on_epoch:
                 on_epoch(epoch, record)
 
         history = trainer.fit(job.train_loader, job.step, lambda m: evaluate(m, job.eval_loader, job.device),
                               on_epoch_end=epoch_end, on_batch=on_batch)
+        if cost:  # no epoch left to train (a finished run resumed)
+            run.log_metrics(cost)
         best = Path(options.out) / "best.pt"
         if main and best.is_file():
             run.log_artifact(best, "checkpoint")
             run.log_metrics({f"best_{job.task.primary_metric}": trainer.best})
+            report(job, run, best)
         return TrainingResult(str(best), job.task.primary_metric, trainer.best, history, run.run_id, main, job.cost)
+
+
+def report(job: TrainingJob, run: RunLogger, checkpoint: Path) -> None:
+    """Log figures of ``checkpoint`` (the best one) on the eval split, its agreement with the teachers (distilled
+    runs) and, with ``job.log_model``, the model as an MLflow model taking waveforms. Loads the checkpoint's weights
+    into ``job.model``."""
+    from kd import figures  # matplotlib: imported by the process that reports, not by every worker importing kd.job
+
+    model, device, task = job.model, job.device, job.task
+    model.load_state_dict(torch.load(checkpoint, map_location=device, weights_only=True)["model"])
+    eval_set: ClipDataset = job.eval_loader.dataset
+    logits, indices = predict(model, job.eval_loader, device)
+    clips = [eval_set.clips[i] for i in indices]
+    for name, figure in figures.evaluation_figures(task, eval_set.data, clips, logits,
+                                                   eval_set.frames_per_second).items():
+        run.log_figure(figure, f"figures/{name}")
+    roll = (eval_set, clips, logits, None, "eval")
+    if job.teacher is not None:
+        probe, split = teacher_probe(job)
+        loader = make_loader(probe, job.options.batch_size, train=False, decode_workers=job.options.decode_workers)
+        student, order = predict(model, loader, device)
+        teacher = probe.teacher_logits(probe.ids[order]).float().numpy()
+        where = (f"frames of {len(order)} " if task.frame_level else "") + f"{split} clips" + (
+            "" if split == "eval" else " (the store holds no eval clip)")
+        run.log_figure(figures.agreement_figure(student, teacher, eval_set.data.classes, single_label=task.single_label,
+                                                where=where), "figures/teacher_agreement.png")
+        roll = (probe, [probe.clips[i] for i in order], student, teacher, split)
+    if task.frame_level:
+        run.log_figure(event_roll(job, *roll), "figures/event_roll.png")
+    if job.log_model:
+        one_second = eval_set[0]["audio"][: model.sample_rate]  # any length works; a second keeps the example small
+        example = one_second[None].numpy()
+        cpu_model = copy.deepcopy(model).cpu().eval()
+        with torch.inference_mode():
+            output = task.logits(cpu_model(torch.from_numpy(example))).numpy()
+        run.log_model(cpu_model, example, output)
+
+
+def teacher_probe(job: TrainingJob) -> tuple[ClipDataset, str]:
+    """Clips to compare a distilled student with its teachers on (clean views): the eval clips the store holds,
+    else up to ``AGREEMENT_CLIPS`` training clips spread over the split; and which split they are from."""
+    store = LogitStore.open(job.teacher.store_url, mode="r")
+    usable = set(store.clip_ids) - set().union(*(store.failures(t) for t in job.teacher.teachers))
+    eval_set: ClipDataset = job.eval_loader.dataset
+    targets = replace(job.teacher, views="clean")
+    held = [c for c in eval_set.clips if c.id in usable]
+    train = job.train_set
+    data, clips, split = (eval_set.data, held, "eval") if held else (train.data, train.clips, "training")
+    clips = clips[:: max(1, len(clips) // AGREEMENT_CLIPS)][:AGREEMENT_CLIPS]
+    return make_dataset(data, clips, job.model, eval_set.seconds, teacher=targets), split
+
+
+def event_roll(job: TrainingJob, dataset: ClipDataset, clips: Sequence[Any], logits: Any, teacher: Any, split: str):
+    """The event roll of the clip with the most labelled events of ``clips`` (of the ``split`` split): its labels,
+    the teachers' (``teacher`` None: no teachers' row) and the trained model's probabilities."""
+    from kd import figures
+
+    single = job.task.single_label
+    k = max(range(len(clips)), key=lambda i: len(clips[i].events))
+    fps = dataset.frames_per_second
+    rows = {"labels": dataset.data.frame_targets(clips[k], fps, logits.shape[1])}
+    if teacher is not None:
+        rows[f"teachers ({','.join(job.teacher.teachers)})"] = figures.probabilities(teacher[k], single)
+    rows[job.trainer.meta.get("kind", "model")] = figures.probabilities(logits[k], single)
+    return figures.event_roll_figure(rows, dataset.data.classes, fps, f"{split} clip {clips[k].id}")

@@ -22,6 +22,7 @@ __all__ = [
     "UndefinedMetric",
     "accuracy",
     "asc_metrics",
+    "class_psds",
     "frame_map",
     "mean_average_precision",
     "merge_overlapping",
@@ -107,6 +108,23 @@ def psds(
         ground_truth: clip id -> events ``(onset, offset, class name)``.
         durations: clip id -> length in seconds.
     """
+    return {name: value for name, (value, _) in
+            _psds(frame_scores, frames_per_second, ground_truth, durations, classes).items()}
+
+
+def class_psds(
+    frame_scores: Mapping[str, np.ndarray],
+    frames_per_second: float,
+    ground_truth: Mapping[str, Sequence[tuple[float, float, str]]],
+    durations: Mapping[str, float],
+    classes: Sequence[str],
+) -> dict[str, dict[str, float]]:
+    """Each class's own PSDS1 and PSDS2 (its single-class ROC's area), as :func:`psds` takes its arguments."""
+    return {name: per_class for name, (_, per_class) in
+            _psds(frame_scores, frames_per_second, ground_truth, durations, classes).items()}
+
+
+def _psds(frame_scores, frames_per_second, ground_truth, durations, classes):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # sed_eval/dcase_util import-time deprecation noise
         from sed_scores_eval import intersection_based
@@ -120,11 +138,11 @@ def psds(
     durations = {clip_id: float(durations[clip_id]) for clip_id in scores}
     out = {}
     for name, setting in PSDS_SETTINGS.items():
-        value, *_ = intersection_based.psds(
+        value, per_class, *_ = intersection_based.psds(
             scores=scores, ground_truth=truth, audio_durations=durations, unit_of_time="hour", max_efpr=100.0,
             **setting,
         )
-        out[name] = float(value)
+        out[name] = (float(value), {str(c): float(v) for c, v in per_class.items()})
     return out
 
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kd.checkpoints import TeacherSpec
+from kd.compare import CompareTable, compare_runs, record_comparison
 from kd.data import make_demo_data
 from kd.distill import DistillConfig, TeacherChoice, distill
 from kd.job import TrainingResult
@@ -88,6 +89,7 @@ class QuickstartResult:
     teach: TeachSummary
     runs: dict[str, TrainingResult]
     tracking_uri: str
+    compare: CompareTable | None = None  # the teacher-choice table of the runs (kd compare)
 
     @property
     def mlflow_ui(self) -> str:
@@ -141,4 +143,6 @@ def quickstart(cfg: QuickstartConfig, on_step: Callable[[str], None] | None = No
             epochs=student_epochs, batch_size=cfg.batch_size, lr=plan.student_lr, seed=cfg.seed,
             tracking_uri=tracking, device="auto",
         ), on_epoch=on_epoch, on_batch=on_batch)
-    return QuickstartResult(str(out), spec, store, plan.student, teach, results, tracking)
+    table = compare_runs(run_ids=[r.run_id for r in results.values()], tracking_uri=tracking)
+    record_comparison(table, tracking)
+    return QuickstartResult(str(out), spec, store, plan.student, teach, results, tracking, table)

@@ -78,7 +78,7 @@ from kd.checkpoints import TeacherSpec, build_teacher
 from kd.data import AudioError, ClipLengths, Dataset, open_dataset
 from kd.data.base import LENGTH_TOLERANCE
 from kd.metrics import UndefinedMetric
-from kd.tracking import tracked_run
+from kd.tracking import DatasetInput, RunLogger, tracked_run
 from kd.train import select_device
 from kd.views import PARAMS as VIEW_PARAMS
 from kd.views import ImpulseResponses, ViewConfig, apply_view, draw_views
@@ -711,9 +711,12 @@ def run_teach(
     if on_status:
         on_status(f"clip length {lengths.describe()}; {fed_as}")
     names = [s.key for s in cfg.teachers]
-    params = _run_params(cfg, store, lengths, variable)
-    with tracked_run("teach", run_name=f"teach {params['teachers']}", params=params, tags={"store": cfg.store},
+    params, tags = _run_params(cfg, store, lengths, variable)
+    with tracked_run("teach", run_name=f"teach {params['teachers']}", params=params, tags=tags,
                      tracking_uri=cfg.tracking_uri) as run:
+        taught = taught_datasets(cfg, data)
+        run.log_inputs([DatasetInput.of_dataset(taught[0], "taught"),
+                        *(DatasetInput.of_dataset(t, "transfer") for t in taught[1:])])
         pending = [c for c in range(store.num_chunks) if not all(store.done_chunks(n)[c] for n in names)]
         job = _Job(seconds=lengths.seconds, min_seconds=lengths.min_seconds, variable=variable, device=cfg.device,
                    precision=cfg.precision, decode_workers=cfg.decode_workers, views=view_config(cfg))
@@ -744,8 +747,21 @@ def run_teach(
         if "ensemble" in summary.metrics:
             store.set_attrs({"ensemble_metrics": summary.metrics["ensemble"]})
         run.log_metrics(_run_metrics(summary))
+        run.log_inputs([DatasetInput.of_store(store, "written")])
+        _log_figures(run, summary, data)
         summary.run_id = run.run_id
     return summary
+
+
+def _log_figures(run: RunLogger, summary: TeachSummary, data: Dataset) -> None:
+    """The teachers' quality on the taught labels and the store's bytes per logit, as figures of the teach run."""
+    from kd import figures  # matplotlib: imported where a run draws, not by every dask worker importing kd.teach
+
+    if summary.metrics:
+        run.log_figure(figures.teacher_quality_figure(summary.metrics, data.task.primary_metric),
+                       "figures/teacher_quality.png")
+    if any(t.get("bytes_per_logit") for t in summary.store_info.get("teachers", {}).values()):
+        run.log_figure(figures.store_bytes_figure(summary.store_info), "figures/store_bytes.png")
 
 
 def _check_dashboard(cfg: TeachConfig) -> None:
@@ -843,17 +859,20 @@ def score_teachers(store: LogitStore, data: Dataset, names: Sequence[str]) -> di
     return out
 
 
-def _run_params(cfg: TeachConfig, store, lengths: ClipLengths, variable: bool) -> dict[str, Any]:
-    return {
-        "dataset": cfg.dataset, "split": cfg.split, "codec": cfg.codec,
+def _run_params(cfg: TeachConfig, store, lengths: ClipLengths,
+                variable: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The teach run's parameters (what decides the stored logits: teachers first) and tags (how the job ran)."""
+    params = {
         "teachers": ",".join(t.key for t in cfg.teachers),
         **{f"teacher.{t.key}.model": t.name for t in cfg.teachers},
         **{f"teacher.{t.key}.checkpoint_sha256": store.teacher_info(t.key).get("checkpoint_sha256") for t in cfg.teachers},
-        "workers": cfg.workers, "decode_workers": cfg.decode_workers, "batch_size": cfg.batch_size,
-        "device": cfg.device, "precision": cfg.precision, "clip_seconds": lengths.seconds,
-        "clip_seconds_chosen_by": lengths.chosen_by, "variable_length": variable,
+        "dataset": cfg.dataset, "split": cfg.split, "codec": cfg.codec, "precision": cfg.precision,
+        "clip_seconds": lengths.seconds, "clip_seconds_chosen_by": lengths.chosen_by, "variable_length": variable,
         "views": cfg.views, "augment": ",".join(cfg.augment) or "none", "transfer": ",".join(cfg.transfer) or "none",
     }
+    tags = {"store": cfg.store, "workers": cfg.workers, "decode_workers": cfg.decode_workers,
+            "batch_size": cfg.batch_size, "device": cfg.device}
+    return params, tags
 
 
 def _run_metrics(summary: TeachSummary) -> dict[str, float]:

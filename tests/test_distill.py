@@ -55,7 +55,7 @@ def test_asc_distillation_tracks_params_metrics_and_checkpoint(demo_asc, asc_sto
     run = client.get_run(result.run_id)
     assert run.data.params["teachers"] == "passt_tiny,ast_tiny:0.6,0.4"
     assert run.data.params["kd_lambda"] == "0.02" and run.data.params["temperature"] == "2.0"
-    assert run.data.params["store"] == asc_store and run.data.params["store_fingerprint"]
+    assert run.data.tags["store"] == asc_store and run.data.tags["store_fingerprint"]  # bookkeeping: tags
     assert {"accuracy", "acc_seen", "acc_unseen", "params", "macs"} <= set(run.data.metrics)
     assert [m.step for m in client.get_metric_history(run.info.run_id, "accuracy")] == [1, 2]
     assert any(a.path == "checkpoint" for a in client.list_artifacts(run.info.run_id))
@@ -110,9 +110,9 @@ def test_store_missing_clips_is_refused_or_dropped(demo_asc, tmp_path, tracking_
                           missing="drop"))
     import mlflow
 
-    params = mlflow.MlflowClient(tracking_uri).get_run(result.run_id).data.params
+    run = mlflow.MlflowClient(tracking_uri).get_run(result.run_id).data
     train_clips = len(open_dataset(f"tau22:{data_dir}", split="train"))
-    assert params["dropped_clips"] == "1" and params["train_clips"] == str(train_clips - 1)
+    assert run.tags["dropped_clips"] == "1" and run.params["train_clips"] == str(train_clips - 1)
 
 
 def test_store_of_other_classes_or_unknown_teacher_is_refused(demo_asc, demo_tagging, asc_store, tmp_path,

@@ -179,7 +179,7 @@ def test_distill_trains_from_the_s3_store(taught, tracking, tmp_path):
     client = mlflow.MlflowClient(tracking)
     (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()],
                                 filter_string="params.student = 'cp_mobile_tiny'")
-    assert run.data.params["store"] == taught["url"] and run.data.params["teachers"] == TEACHER
+    assert run.data.tags["store"] == taught["url"] and run.data.params["teachers"] == TEACHER
 
 
 def test_a_missing_bucket_is_a_one_line_error(s3, demo_asc, tracking):

@@ -25,3 +25,31 @@ def test_tracked_run_logs_params_metrics_and_marks_failures(tmp_path):
     assert ok.data.params["student.name"] == "mn04" and ok.data.tags["store"] == "x"
     assert ok.data.metrics["acc/a"] == 0.5 and ok.info.status == "FINISHED"
     assert client.get_run(bad_id).info.status == "FAILED"
+
+
+def test_artifacts_of_a_sqlite_database_stay_beside_it(tmp_path, monkeypatch):
+    import mlflow
+
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    uri = f"sqlite:///{tmp_path / 'db' / 'mlflow.db'}"
+    (tmp_path / "db").mkdir()
+    (tmp_path / "note.txt").write_text("x")
+    with tracked_run("distill/x-asc", tracking_uri=uri) as run:
+        run.log_artifact(tmp_path / "note.txt", "checkpoint")
+    artifact_uri = mlflow.MlflowClient(uri).get_run(run.run_id).info.artifact_uri
+    assert artifact_uri.startswith((tmp_path / "db" / "mlruns" / "distill" / "x-asc").as_uri())
+    assert (tmp_path / "db" / "mlruns" / "distill" / "x-asc" / run.run_id / "artifacts" / "checkpoint" /
+            "note.txt").is_file()
+    assert not (tmp_path / "elsewhere" / "mlruns").exists()
+
+
+def test_tracking_goes_to_mlflow_tracking_uri_unless_told_otherwise(tmp_path, monkeypatch):
+    import mlflow
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'env.db'}")
+    with tracked_run("unit") as run:
+        pass
+    assert mlflow.MlflowClient(f"sqlite:///{tmp_path / 'env.db'}").get_run(run.run_id)
+    assert not (tmp_path / "mlflow.db").exists()

@@ -145,10 +145,10 @@ def test_a_transfer_set_without_logits_is_refused_or_dropped(demo_asc, taught_ma
     with pytest.raises(KdError, match="need stored --teachers"):
         DistillConfig(dataset=taught_manifest[0], student="cp_mobile_tiny", out=str(tmp_path / "x"), transfer=transfer)
     result = distill(_cfg(taught_manifest, tmp_path / "dropped", tracking_uri, transfer=transfer, missing="drop"))
-    params = mlflow.MlflowClient(tracking_uri).get_run(result.run_id).data.params
+    run = mlflow.MlflowClient(tracking_uri).get_run(result.run_id).data
     own = len(open_dataset(taught_manifest[0], split="train").unlabelled_clips)
-    assert params["transfer_clips"] == str(own)  # the folder's clips have no logits: dropped, the split's own stay
-    assert params["dropped_clips"] == str(len(open_dataset(f"folder:{folder}")))
+    assert run.params["transfer_clips"] == str(own)  # the folder's clips have no logits: dropped, the split's own stay
+    assert run.tags["dropped_clips"] == str(len(open_dataset(f"folder:{folder}")))
 
 
 @pytest.mark.slow
@@ -179,9 +179,9 @@ def test_a_folder_taught_with_the_labelled_split_distils_as_a_transfer_set(demo_
     result = distill(DistillConfig(dataset=demo_asc["spec"], student="cp_mobile_tiny", out=str(tmp_path / "run"),
                                    store=store, teachers=TeacherChoice.parse("passt_tiny"), epochs=1, batch_size=8,
                                    device="cpu", tracking_uri=tracking_uri, transfer=transfer, transfer_ratio=3.0))
-    params = mlflow.MlflowClient(tracking_uri).get_run(result.run_id).data.params
-    assert params["transfer_clips"] == str(len(unlabelled)) and params["transfer_ratio"] == "3.0"
-    assert [v for k, v in params.items() if k.startswith("transfer_sets.")] == [unlabelled.unlabelled().fingerprint()]
+    run = mlflow.MlflowClient(tracking_uri).get_run(result.run_id).data
+    assert run.params["transfer_clips"] == str(len(unlabelled)) and run.params["transfer_ratio"] == "3.0"
+    assert [v for k, v in run.tags.items() if k.startswith("transfer_sets.")] == [unlabelled.unlabelled().fingerprint()]
     with pytest.raises(KdError, match="no labels, so no classes"):
         run_teach(TeachConfig(dataset=f"folder:{folder}", store=str(tmp_path / "x.zarr"),
                               teachers=(TeacherSpec("passt_tiny"),), tracking_uri=tracking_uri))
