@@ -4,6 +4,7 @@ Not a benchmark itself (the leading underscore keeps it out of the smoke test th
 """
 from __future__ import annotations
 
+import argparse
 import csv
 import statistics
 import sys
@@ -48,7 +49,8 @@ def manifest_rows(spec: str, split: str, keep: Callable, labelled: bool = True) 
     for clip in data.clips:
         if keep(clip):
             label = data.classes[clip.labels[0]] if labelled else ""
-            rows.append({"path": clip.source, "id": clip.id, "label": label, "device": clip.device or "", "split": split})
+            rows.append({"path": clip.source, "id": clip.id, "label": label, "device": clip.device or "",
+                         "split": split})
     return rows
 
 
@@ -76,3 +78,19 @@ def mean_and_sigma(values: Sequence[float]) -> tuple[float, float]:
 def paired_gain(runs: Sequence[float], baseline: Sequence[float]) -> tuple[float, float]:
     """Mean and standard deviation over seeds of ``runs - baseline`` (paired by seed)."""
     return mean_and_sigma([a - b for a, b in zip(runs, baseline)])
+
+
+def seed_study_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of a study over seeds on the quick start's data and schedule."""
+    parser.add_argument("--quick", action="store_true", help="small data and budget, one seed (< 1 minute)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--student-epochs", type=int, default=PLAN.student_epochs)
+    parser.add_argument("--teacher-epochs", type=int, default=PLAN.teacher_epochs)
+    parser.add_argument("--workdir", default=None, help="keep everything here; a rerun reuses data, teachers, stores")
+
+
+def study_sizes(args: argparse.Namespace, clips: int = 600) -> tuple[dict[str, int], list[int]]:
+    """``(sizes, seeds)`` of a study: the full one, or ``--quick``'s 40 clips, one epoch each and one seed."""
+    if args.quick:
+        return {"clips": 40, "teacher_epochs": 1, "student_epochs": 1}, args.seeds[:1]
+    return {"clips": clips, "teacher_epochs": args.teacher_epochs, "student_epochs": args.student_epochs}, args.seeds

@@ -119,7 +119,7 @@ def main() -> None:
         loops = {"kd": prepare(root, spec, store, "a,b"), "labels": prepare(root, spec, None, "none"),
                  "views4": prepare(root, spec, views_store, "a,b", "random"),
                  "replay4": prepare(root, spec, views_store, "a,b", "consistent")}
-        kd, labels = loops["kd"], loops["labels"]
+        kd = loops["kd"]
         train_clips = len(kd.train_loader) * BATCH
         epoch_s: dict[str, list[float]] = {name: [] for name in loops}
         for _ in range(rounds + 1):

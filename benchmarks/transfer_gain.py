@@ -29,6 +29,8 @@ from _recipes import (
     manifest_rows,
     mean_and_sigma,
     paired_gain,
+    seed_study_arguments,
+    study_sizes,
     write_manifest,
 )
 
@@ -40,16 +42,9 @@ LABELLED_DEVICES = ("a",)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small data and budget, one seed (< 1 minute)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--student-epochs", type=int, default=PLAN.student_epochs)
-    parser.add_argument("--teacher-epochs", type=int, default=PLAN.teacher_epochs)
-    parser.add_argument("--workdir", default=None, help="keep everything here; a rerun reuses data, teachers, store")
+    seed_study_arguments(parser)
     args = parser.parse_args()
-    sizes = {"clips": 600, "teacher_epochs": args.teacher_epochs, "student_epochs": args.student_epochs}
-    seeds = args.seeds
-    if args.quick:
-        sizes, seeds = {"clips": 40, "teacher_epochs": 1, "student_epochs": 1}, args.seeds[:1]
+    sizes, seeds = study_sizes(args)
     with tempfile.TemporaryDirectory() as tmp:
         result = run(Path(args.workdir or tmp), seeds=seeds, **sizes)
     print(json.dumps(result))

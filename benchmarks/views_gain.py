@@ -28,7 +28,15 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-from _recipes import PLAN, demo_asc, finetuned_teachers, mean_and_sigma, paired_gain
+from _recipes import (
+    PLAN,
+    demo_asc,
+    finetuned_teachers,
+    mean_and_sigma,
+    paired_gain,
+    seed_study_arguments,
+    study_sizes,
+)
 
 from kd.distill import DistillConfig, TeacherChoice, distill
 from kd.teach import TeachConfig, run_teach
@@ -39,17 +47,11 @@ ONLINE = {"dir_p": 0.4, "roll_seconds": 0.25, "gain_db": 6.0}  # the views' rang
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small data and budget, one seed (< 1 minute)")
+    seed_study_arguments(parser)
     parser.add_argument("--dir", default=None, help="folder of impulse responses (default: a synthetic set)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--student-epochs", type=int, default=PLAN.student_epochs)
-    parser.add_argument("--teacher-epochs", type=int, default=PLAN.teacher_epochs)
-    parser.add_argument("--workdir", default=None, help="keep everything here; a rerun reuses data, teachers, stores")
     args = parser.parse_args()
-    sizes = {"clips": 600, "teacher_epochs": args.teacher_epochs, "student_epochs": args.student_epochs}
-    seeds, irs = args.seeds, args.dir
-    if args.quick:
-        sizes, seeds, irs = {"clips": 40, "teacher_epochs": 1, "student_epochs": 1}, args.seeds[:1], None
+    sizes, seeds = study_sizes(args)
+    irs = None if args.quick else args.dir  # --quick needs nothing outside the repository
     with tempfile.TemporaryDirectory() as tmp:
         result = run(Path(args.workdir or tmp), seeds=seeds, irs=irs, **sizes)
     print(json.dumps(result))
