@@ -87,7 +87,13 @@ def _mlflow(tracking_uri: str | None):
 
     for noisy in ("alembic", "mlflow"):  # database migrations and "creating experiment" chatter
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    user_setting = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(resolve_tracking_uri(tracking_uri))
+    # MLflow also exports the URI to the environment; a later call without a URI must still mean the user's default.
+    if user_setting is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = user_setting
     return mlflow
 
 

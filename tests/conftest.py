@@ -19,6 +19,12 @@ def demo_sed(tmp_path_factory):
     return make_demo_data(tmp_path_factory.mktemp("demo") / "sed", "sed", clips=24, seed=0, seconds=4.0)
 
 
+@pytest.fixture(autouse=True)
+def no_inherited_tracking_uri(monkeypatch):
+    """Every test starts without ``$MLFLOW_TRACKING_URI`` (``mlflow.set_tracking_uri`` exports it process-wide)."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
 @pytest.fixture
 def tracking_uri(tmp_path):
     return f"sqlite:///{tmp_path / 'mlflow.db'}"

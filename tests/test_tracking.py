@@ -53,3 +53,16 @@ def test_tracking_goes_to_mlflow_tracking_uri_unless_told_otherwise(tmp_path, mo
         pass
     assert mlflow.MlflowClient(f"sqlite:///{tmp_path / 'env.db'}").get_run(run.run_id)
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_an_explicit_tracking_uri_is_not_the_next_runs_default(tmp_path, monkeypatch):
+    """MLflow exports the URI it is pointed at; a later run without one must still go to the user's default."""
+    import os
+
+    monkeypatch.chdir(tmp_path)
+    with tracked_run("unit", tracking_uri=f"sqlite:///{tmp_path / 'explicit.db'}"):
+        pass
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+    with tracked_run("unit"):
+        pass
+    assert (tmp_path / "mlflow.db").exists()
