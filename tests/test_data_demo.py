@@ -120,6 +120,7 @@ def log_band_features(x: np.ndarray) -> np.ndarray:
     return np.concatenate([bands.mean(0), bands.std(0)])
 
 
+@pytest.mark.slow
 def test_asc_demo_is_learnable_but_not_trivial(tmp_path):
     """A linear probe on log-band statistics beats chance (10 %) clearly on unseen locations, but is far from
     perfect: what a CNN, KD and device augmentation add remains measurable."""

@@ -9,6 +9,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from PIL import Image
+from rich.console import Console
 
 from cli import main
 from kd import figures
@@ -134,7 +135,7 @@ def test_runs_carry_figures(tracked):
 def test_kd_compare_prints_the_teacher_choice_table(demo_asc, tracked, tmp_path, monkeypatch):
     import mlflow
 
-    monkeypatch.setenv("COLUMNS", "200")
+    monkeypatch.setattr("cli.out", Console(width=200))  # rich sized the module's console when cli was imported
     client = mlflow.MlflowClient(tracked["uri"])
     best = {label: client.get_run(r.run_id).data.metrics["best_accuracy"] for label, r in tracked["runs"].items()}
     seeds = [best["passt-0"], best["passt-1"]]
@@ -306,3 +307,4 @@ def test_agreement_event_roll_and_teach_figures(tmp_path):
     info = {"clips": 10, "num_views": 1, "bytes_per_logit": 0.98,
             "teachers": {"a": {"codec": "q8", "bytes_per_logit": 0.98, "frame_codec": None}}}
     assert _png_size(figures.store_bytes_figure(info), tmp_path / "bytes.png")[0] > 300
+

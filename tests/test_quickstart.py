@@ -2,6 +2,7 @@
 MLflow holds the four distillation runs; the hint for distillation runs cut short."""
 import pytest
 from click.testing import CliRunner
+from rich.console import Console
 
 from cli import main
 from kd.distill import patience_hint
@@ -10,22 +11,32 @@ from teachers import release_path
 
 
 @pytest.mark.slow
-def test_quickstart_runs_the_whole_pipeline(tmp_path):
+def test_quickstart_runs_the_whole_pipeline_and_ends_with_the_teacher_choice_table(tmp_path, monkeypatch):
     import mlflow
 
+    monkeypatch.setattr("cli.out", Console(width=200))  # rich sized the module's console when cli was imported
+    database = tmp_path / "server" / "mlflow.db"  # $MLFLOW_TRACKING_URI wins over OUT/mlflow.db
+    database.parent.mkdir()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{database}")
     out = tmp_path / "qs"
     result = CliRunner().invoke(main, ["quickstart", "--out", str(out), "--clips", "40", "--teacher-epochs", "1",
                                        "--student-epochs", "1"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert (out / "teachers" / "passt" / "best.pt").is_file() and (out / "teachers" / "ast" / "best.pt").is_file()
     assert (out / "store.zarr" / "zarr.json").is_file()
-    assert "mlflow ui --backend-store-uri" in result.output
+    assert not (out / "mlflow.db").exists() and f"mlflow ui --backend-store-uri sqlite:///{database}" in result.output
     for label in ("from passt", "from ast", "from the ensemble", "no teacher"):
         assert label in result.output
-    client = mlflow.MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+
+    client = mlflow.MlflowClient(f"sqlite:///{database}")
     distill_runs = client.search_runs([client.get_experiment_by_name("distill/demo-asc-asc").experiment_id])
     assert sorted(r.data.params["teachers"] for r in distill_runs) == ["ast", "none", "passt", "passt,ast"]
     assert all(r.info.status == "FINISHED" and "accuracy" in r.data.metrics for r in distill_runs)
+    best = {r.data.params["teachers"]: r.data.metrics["best_accuracy"] for r in distill_runs}
+    table = result.output[result.output.index("teacher choice"):]
+    assert "labels only" in table and all(f"{score:.4f}" in table for score in best.values())
+    (compared,) = client.search_runs([client.get_experiment_by_name("compare").experiment_id])
+    assert "teacher_choice.png" in {a.path for a in client.list_artifacts(compared.info.run_id)}
     assert client.get_experiment_by_name("teach") is not None
     teacher_runs = client.search_runs([client.get_experiment_by_name("train-teacher/demo-asc-asc").experiment_id])
     assert sorted(r.data.params["checkpoint"] for r in teacher_runs) == sorted(

@@ -274,6 +274,7 @@ def test_bf16_runs_on_the_cpu_close_to_fp32(demo_asc, tmp_path, scheduler, track
     assert 0 < np.abs(a - b).max() < 0.05 * np.abs(a).max()
 
 
+@pytest.mark.slow
 def test_dashboard_without_bokeh_is_a_one_line_error_before_anything_is_written(demo_asc, tmp_path):
     import importlib.util
     import subprocess
