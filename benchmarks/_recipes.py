@@ -84,13 +84,15 @@ def seed_study_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of a study over seeds on the quick start's data and schedule."""
     parser.add_argument("--quick", action="store_true", help="small data and budget, one seed (< 1 minute)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--clips", type=int, default=600, help="demo ASC clips over both splits (train 70 %%)")
     parser.add_argument("--student-epochs", type=int, default=PLAN.student_epochs)
     parser.add_argument("--teacher-epochs", type=int, default=PLAN.teacher_epochs)
     parser.add_argument("--workdir", default=None, help="keep everything here; a rerun reuses data, teachers, stores")
 
 
-def study_sizes(args: argparse.Namespace, clips: int = 600) -> tuple[dict[str, int], list[int]]:
+def study_sizes(args: argparse.Namespace) -> tuple[dict[str, int], list[int]]:
     """``(sizes, seeds)`` of a study: the full one, or ``--quick``'s 40 clips, one epoch each and one seed."""
     if args.quick:
         return {"clips": 40, "teacher_epochs": 1, "student_epochs": 1}, args.seeds[:1]
-    return {"clips": clips, "teacher_epochs": args.teacher_epochs, "student_epochs": args.student_epochs}, args.seeds
+    return {"clips": args.clips, "teacher_epochs": args.teacher_epochs, "student_epochs": args.student_epochs}, \
+        args.seeds

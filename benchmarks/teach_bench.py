@@ -62,7 +62,7 @@ The last line is one JSON object with ``clips_per_s_1``, ``clips_per_s_2``, ``sc
 per-clip figures.
 
     python benchmarks/teach_bench.py            # 768 train clips, chunks of 32; 512 simulated-device clips
-    python benchmarks/teach_bench.py --quick    # 192 train clips, chunks of 16; 128 simulated-device clips
+    python benchmarks/teach_bench.py --quick    # ~100 train clips, chunks of 16; 64 simulated-device clips
 """
 from __future__ import annotations
 
@@ -236,7 +236,7 @@ def decode_capacity(spec: str, threads: int) -> float:
 def simulated_accelerator(root: Path, quick: bool, batch_size: int) -> dict[str, Any]:
     """``kd teach`` with a device that waits instead of computing, at three device rates around the decode
     capacity; see the module docstring."""
-    rows, chunk = (128, 16) if quick else (512, 32)
+    rows, chunk = (64, 16) if quick else (512, 32)
     threads = os.cpu_count() or 1
     spec = audioset_10s(root, rows, unique=4 if quick else 16)
     per_core = decode_per_core(spec)
@@ -324,7 +324,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8, help="teacher batch size (kd teach --batch-size)")
     parser.add_argument("--sim-batch-size", type=int, default=16, help="batch size on the simulated accelerator")
     args = parser.parse_args()
-    clips, chunk = (240, 16) if args.quick else (960, 32)  # the asc demo's train split is ~80% of the clips
+    clips, chunk = (128, 16) if args.quick else (960, 32)  # the asc demo's train split is ~80% of the clips
     cores = os.cpu_count() or 1
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="teach_bench-") as tmp:

@@ -8,7 +8,7 @@ of output is one JSON object with ``passt_s_clips_per_s``, ``ast_clips_per_s``, 
 ``ast_vs_matmul``.
 
     python benchmarks/teacher_bench.py            # batch 8, 3 timed repetitions
-    python benchmarks/teacher_bench.py --quick    # batch 2, 1 repetition (< 1 minute)
+    python benchmarks/teacher_bench.py --quick    # batch 1, 1 repetition (< 1 minute)
 """
 from __future__ import annotations
 
@@ -70,14 +70,14 @@ def teacher_rate(name: str, batch: int, seconds: float, repetitions: int, device
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="batch 2 and one repetition (< 1 minute)")
-    parser.add_argument("--batch", type=int, default=None, help="clips per batch (default 8, quick 2)")
+    parser.add_argument("--quick", action="store_true", help="batch 1 and one repetition (< 1 minute)")
+    parser.add_argument("--batch", type=int, default=None, help="clips per batch (default 8, quick 1)")
     parser.add_argument("--seconds", type=float, default=10.0, help="clip length")
     parser.add_argument("--matmul-size", type=int, default=2048)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     device = torch.device(args.device)
-    batch = args.batch or (2 if args.quick else 8)
+    batch = args.batch or (1 if args.quick else 8)
     repetitions = 1 if args.quick else 3
 
     results: dict[str, float | int | str] = {"device": str(device), "threads": torch.get_num_threads(), "batch": batch}
