@@ -1,5 +1,11 @@
 """kd quickstart with a reduced budget: every stage runs, the ASC teachers start from the shipped releases, and
 MLflow holds the four distillation runs; the hint for distillation runs cut short."""
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 from click.testing import CliRunner
 from rich.console import Console
@@ -41,6 +47,13 @@ def test_quickstart_runs_the_whole_pipeline_and_ends_with_the_teacher_choice_tab
     teacher_runs = client.search_runs([client.get_experiment_by_name("train-teacher/demo-asc-asc").experiment_id])
     assert sorted(r.data.params["checkpoint"] for r in teacher_runs) == sorted(
         str(release_path(name)) for name in ("passt_tiny", "ast_tiny"))
+
+    if shutil.which("chromium"):  # what the MLflow UI shows of these runs: scripts/mlflow_ui_check.py
+        check = subprocess.run([sys.executable, str(Path(__file__).resolve().parents[1] / "scripts" /
+                                                    "mlflow_ui_check.py"), str(database), "--out", str(tmp_path / "ui")],
+                               capture_output=True, text=True, timeout=900)
+        assert check.returncode == 0, check.stdout[-2000:] + check.stderr[-2000:]
+        assert json.loads(check.stdout.strip().splitlines()[-1])["runs"] == 4
 
 
 def test_asc_plan_fine_tunes_the_releases_and_trains_students_patiently():
