@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import statistics
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -15,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from kd.checkpoints import TeacherSpec  # noqa: E402
 from kd.data import make_demo_data, open_dataset  # noqa: E402
+from kd.distill import DistillConfig, TeacherChoice, distill  # noqa: E402
 from kd.quickstart import PLANS  # noqa: E402
 from kd.train_teacher import TrainTeacherConfig, train_teacher  # noqa: E402
 from teachers import release_path  # noqa: E402
@@ -96,3 +99,39 @@ def study_sizes(args: argparse.Namespace) -> tuple[dict[str, int], list[int]]:
         return {"clips": 40, "teacher_epochs": 1, "student_epochs": 1}, args.seeds[:1]
     return {"clips": args.clips, "teacher_epochs": args.teacher_epochs, "student_epochs": args.student_epochs}, \
         args.seeds
+
+
+def train_students(work: Path, dataset: str, runs: dict[str, dict], seeds: Sequence[int], epochs: int, tracking: str,
+                   metrics: Sequence[str] = ("accuracy", "acc_unseen")) -> dict[str, dict[str, list[float]]]:
+    """For each seed, the quick start's student trained once per entry of ``runs`` (label -> ``DistillConfig``
+    options, ``teachers`` spelled as ``kd distill --teachers`` takes it) on the quick start's schedule; the last
+    epoch's ``metrics`` per label, in seed order. A rerun in the same work folder resumes finished runs."""
+    scores: dict[str, dict[str, list[float]]] = {label: {metric: [] for metric in metrics} for label in runs}
+    for seed in seeds:
+        for label, options in runs.items():
+            options = dict(options)
+            history = distill(DistillConfig(
+                dataset=dataset, student=PLAN.student, out=str(work / f"student_{label}_{seed}_{epochs}ep"),
+                teachers=TeacherChoice.parse(options.pop("teachers")), epochs=epochs, batch_size=32,
+                lr=PLAN.student_lr, seed=seed, tracking_uri=tracking, device="auto", resume=True, **options)).history
+            for metric in metrics:
+                scores[label][metric].append(history[-1][metric])
+            print(f"seed {seed} {label}: " + ", ".join(f"{m} {history[-1][m]:.3f}" for m in metrics), flush=True)
+    return scores
+
+
+def run_study(doc: str, run: Callable[..., dict],
+              extra_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+              options: Callable[[argparse.Namespace], dict] | None = None) -> None:
+    """A seed study's command line: parse the shared options (and ``extra_arguments``), call
+    ``run(work, seeds=..., clips=..., teacher_epochs=..., student_epochs=..., **options(args))`` and print its
+    result as the last line."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    seed_study_arguments(parser)
+    if extra_arguments:
+        extra_arguments(parser)
+    args = parser.parse_args()
+    sizes, seeds = study_sizes(args)
+    with tempfile.TemporaryDirectory() as tmp:
+        result = run(Path(args.workdir or tmp), seeds=seeds, **sizes, **(options(args) if options else {}))
+    print(json.dumps(result))

@@ -6,8 +6,9 @@ from labels alone (``kd distill --teachers none``), then exported by ``kd export
 post-training quantisation calibrated on 256 training clips, quantisation-aware fine-tuning where that drops more
 than a point; the metric drop measured on the whole demo eval split).
 Latency: one clip of the student's usual input length (1 s for the ASC students, 10 s otherwise), waveform to
-logits (frontend included, as the exported file runs it) and spectrogram to logits (the network alone), one thread for PyTorch (``torch.set_num_threads(1)``) and
-for ONNX Runtime (``intra_op_num_threads=1``), median of the timed runs after warm-up. The PyTorch eager figure is
+logits (frontend included, as the exported file runs it) and spectrogram to logits (the network alone), one
+thread for PyTorch (``torch.set_num_threads(1)``) and for ONNX Runtime (``intra_op_num_threads=1``), median of
+the timed runs after warm-up. The PyTorch eager figure is
 the baseline, measured in the same run on the same clip.
 
 Checkpoints, demo data and exported files are kept in ``--workdir`` (default: a temporary folder) and reused when
@@ -144,8 +145,9 @@ def main(argv: list[str] | None = None) -> dict:
         results[family] = row = bench_family(name, spec, checkpoint, work / "exports", repeats)
         print(f"{family:10s} {name:16s} torch {row['torch_ms']:8.2f} ms  ort {row['ort_float32_ms']:8.2f} ms  "
               f"int8 {row['ort_int8_ms']:8.2f} ms  (network {row['network_torch_ms']:.2f} / "
-              f"{row['network_ort_float32_ms']:.2f} / {row['network_ort_int8_ms']:.2f} ms)  {row['metric']} {row['float32_metric']:.4f} -> "
-              f"{row['int8_metric']:.4f}  files {row['float32_bytes']:,} / {row['int8_bytes']:,} bytes", flush=True)
+              f"{row['network_ort_float32_ms']:.2f} / {row['network_ort_int8_ms']:.2f} ms)  "
+              f"{row['metric']} {row['float32_metric']:.4f} -> {row['int8_metric']:.4f}  "
+              f"files {row['float32_bytes']:,} / {row['int8_bytes']:,} bytes", flush=True)
     cp = results["cp_mobile"]
     summary = {"machine": platform.machine(), "threads": 1, "quick": args.quick, "workdir": str(work),
                "ort_vs_torch_latency": cp["ort_vs_torch_latency"], "int8_vs_torch_latency": cp["int8_vs_torch_latency"],

@@ -16,27 +16,13 @@ the same per single teacher (``gain_passt``, ``gain_ast``, ...), the per-seed sc
 """
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
-from _recipes import PLAN, TEACHERS, demo_asc, finetuned_teachers, paired_gain, seed_study_arguments, study_sizes
+from _recipes import TEACHERS, demo_asc, finetuned_teachers, paired_gain, run_study, train_students
 
-from kd.distill import DistillConfig, TeacherChoice, distill
 from kd.teach import TeachConfig, run_teach
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    seed_study_arguments(parser)
-    args = parser.parse_args()
-    sizes, seeds = study_sizes(args)
-    with tempfile.TemporaryDirectory() as tmp:
-        result = run(Path(args.workdir or tmp), seeds=seeds, **sizes)
-    print(json.dumps(result))
 
 
 def run(work: Path, clips: int, teacher_epochs: int, student_epochs: int, seeds: list[int]) -> dict:
@@ -49,17 +35,10 @@ def run(work: Path, clips: int, teacher_epochs: int, student_epochs: int, seeds:
     teach = run_teach(TeachConfig(dataset=data, store=store, teachers=tuple(teachers), tracking_uri=tracking,
                                   chunk_size=128, batch_size=32))
 
-    runs = {"ensemble": ",".join(TEACHERS), **{alias: alias for alias in TEACHERS}, "baseline": "none"}
-    scores: dict[str, list[float]] = {label: [] for label in runs}
-    for seed in seeds:
-        for label, choice in runs.items():
-            history = distill(DistillConfig(
-                dataset=data, student=PLAN.student, out=str(work / f"student_{label}_{seed}_{student_epochs}ep"),
-                store=store if choice != "none" else None, teachers=TeacherChoice.parse(choice),
-                epochs=student_epochs, batch_size=32, lr=PLAN.student_lr, seed=seed, tracking_uri=tracking,
-                device="auto", resume=True)).history
-            scores[label].append(history[-1]["accuracy"])
-            print(f"seed {seed} {label}: accuracy {scores[label][-1]:.3f}", flush=True)
+    runs = {"ensemble": {"teachers": ",".join(TEACHERS), "store": store},
+            **{alias: {"teachers": alias, "store": store} for alias in TEACHERS}, "baseline": {"teachers": "none"}}
+    scores = {label: per_metric["accuracy"] for label, per_metric in
+              train_students(work, data, runs, seeds, student_epochs, tracking, metrics=("accuracy",)).items()}
 
     out = {"kd_accuracy": statistics.mean(scores["ensemble"]),
            "baseline_accuracy": statistics.mean(scores["baseline"])}
@@ -76,4 +55,4 @@ def run(work: Path, clips: int, teacher_epochs: int, student_epochs: int, seeds:
 
 
 if __name__ == "__main__":
-    main()
+    run_study(__doc__, run)

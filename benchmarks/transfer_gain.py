@@ -16,38 +16,23 @@ accuracy, per-seed scores and the sizes of the two sets.
 """
 from __future__ import annotations
 
-import argparse
-import json
-import tempfile
 import time
 from pathlib import Path
 
 from _recipes import (
-    PLAN,
     demo_asc,
     finetuned_teachers,
     manifest_rows,
     mean_and_sigma,
     paired_gain,
-    seed_study_arguments,
-    study_sizes,
+    run_study,
+    train_students,
     write_manifest,
 )
 
-from kd.distill import DistillConfig, TeacherChoice, distill
 from kd.teach import TeachConfig, run_teach
 
 LABELLED_DEVICES = ("a",)
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    seed_study_arguments(parser)
-    args = parser.parse_args()
-    sizes, seeds = study_sizes(args)
-    with tempfile.TemporaryDirectory() as tmp:
-        result = run(Path(args.workdir or tmp), seeds=seeds, **sizes)
-    print(json.dumps(result))
 
 
 def run(work: Path, clips: int, teacher_epochs: int, student_epochs: int, seeds: list[int]) -> dict:
@@ -65,21 +50,9 @@ def run(work: Path, clips: int, teacher_epochs: int, student_epochs: int, seeds:
     teach = run_teach(TeachConfig(dataset=labelled, split="train", store=store, teachers=tuple(teachers),
                                   transfer=(transfer,), tracking_uri=tracking, chunk_size=128, batch_size=32))
     ensemble = ",".join(t.key for t in teachers)
-    runs = {"labels": {"teachers": "none"}, "kd": {"teachers": ensemble},
-            "transfer": {"teachers": ensemble, "transfer": (transfer,)}}
-    scores = {label: {"accuracy": [], "acc_unseen": []} for label in runs}
-    for seed in seeds:
-        for label, options in runs.items():
-            history = distill(DistillConfig(
-                dataset=labelled, student=PLAN.student, out=str(work / f"student_{label}_{seed}_{student_epochs}ep"),
-                store=store if options["teachers"] != "none" else None,
-                teachers=TeacherChoice.parse(options["teachers"]), transfer=options.get("transfer", ()),
-                epochs=student_epochs, batch_size=32, lr=PLAN.student_lr, seed=seed, tracking_uri=tracking,
-                device="auto", resume=True)).history
-            for metric in scores[label]:
-                scores[label][metric].append(history[-1][metric])
-            print(f"seed {seed} {label}: accuracy {history[-1]['accuracy']:.3f}, unseen devices "
-                  f"{history[-1]['acc_unseen']:.3f}", flush=True)
+    runs = {"labels": {"teachers": "none"}, "kd": {"teachers": ensemble, "store": store},
+            "transfer": {"teachers": ensemble, "store": store, "transfer": (transfer,)}}
+    scores = train_students(work, labelled, runs, seeds, student_epochs, tracking)
     out = {f"{label}_accuracy": mean_and_sigma(scores[label]["accuracy"])[0] for label in runs}
     out |= {f"{label}_unseen_accuracy": mean_and_sigma(scores[label]["acc_unseen"])[0] for label in runs}
     out["transfer_gain"], out["transfer_gain_sigma"] = paired_gain(scores["transfer"]["accuracy"],
@@ -98,4 +71,4 @@ def run(work: Path, clips: int, teacher_epochs: int, student_epochs: int, seeds:
 
 
 if __name__ == "__main__":
-    main()
+    run_study(__doc__, run)

@@ -20,41 +20,17 @@ each, the teach cost of K views against one (wall seconds and bytes), the teache
 """
 from __future__ import annotations
 
-import argparse
-import json
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-from _recipes import (
-    PLAN,
-    demo_asc,
-    finetuned_teachers,
-    mean_and_sigma,
-    paired_gain,
-    seed_study_arguments,
-    study_sizes,
-)
+from _recipes import demo_asc, finetuned_teachers, mean_and_sigma, paired_gain, run_study, train_students
 
-from kd.distill import DistillConfig, TeacherChoice, distill
 from kd.teach import TeachConfig, run_teach
 
 VIEWS, KINDS = 4, ("dir", "roll", "gain", "speed")
 ONLINE = {"dir_p": 0.4, "roll_seconds": 0.25, "gain_db": 6.0}  # the views' ranges (kd.views.ViewConfig defaults)
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    seed_study_arguments(parser)
-    parser.add_argument("--dir", default=None, help="folder of impulse responses (default: a synthetic set)")
-    args = parser.parse_args()
-    sizes, seeds = study_sizes(args)
-    irs = None if args.quick else args.dir  # --quick needs nothing outside the repository
-    with tempfile.TemporaryDirectory() as tmp:
-        result = run(Path(args.workdir or tmp), seeds=seeds, irs=irs, **sizes)
-    print(json.dumps(result))
 
 
 def synthetic_impulse_responses(folder: Path, count: int = 24, sample_rate: int = 16000) -> Path:
@@ -88,18 +64,7 @@ def run(work: Path, clips: int, teacher_epochs: int, student_epochs: int, seeds:
     runs = {"clean": {"store": stores["clean"], "teachers": ensemble, "dir_folder": irs, **ONLINE},
             "consistent": {"store": stores["views"], "teachers": ensemble, "dir_folder": irs, "views": "consistent"},
             "labels": {"teachers": "none", "dir_folder": irs, **ONLINE}}
-    scores = {label: {"accuracy": [], "acc_unseen": []} for label in runs}
-    for seed in seeds:
-        for label, options in runs.items():
-            options = dict(options)
-            history = distill(DistillConfig(
-                dataset=demo, student=PLAN.student, out=str(work / f"student_{label}_{seed}_{student_epochs}ep"),
-                teachers=TeacherChoice.parse(options.pop("teachers")), epochs=student_epochs, batch_size=32,
-                lr=PLAN.student_lr, seed=seed, tracking_uri=tracking, device="auto", resume=True, **options)).history
-            for metric in scores[label]:
-                scores[label][metric].append(history[-1][metric])
-            print(f"seed {seed} {label}: accuracy {history[-1]['accuracy']:.3f}, unseen devices "
-                  f"{history[-1]['acc_unseen']:.3f}", flush=True)
+    scores = train_students(work, demo, runs, seeds, student_epochs, tracking)
     out = {f"{label}_accuracy": mean_and_sigma(scores[label]["accuracy"])[0] for label in runs}
     out |= {f"{label}_unseen_accuracy": mean_and_sigma(scores[label]["acc_unseen"])[0] for label in runs}
     out["consistent_gain_over_clean"], out["consistent_gain_over_clean_sigma"] = paired_gain(
@@ -118,4 +83,6 @@ def run(work: Path, clips: int, teacher_epochs: int, student_epochs: int, seeds:
 
 
 if __name__ == "__main__":
-    main()
+    run_study(__doc__, run,
+              extra_arguments=lambda p: p.add_argument("--dir", help="impulse responses (default: a synthetic set)"),
+              options=lambda args: {"irs": None if args.quick else args.dir})  # --quick needs nothing outside
