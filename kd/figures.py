@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from matplotlib.figure import Figure
+from scipy.special import expit, softmax
 from sklearn.metrics import average_precision_score
 
 from kd.metrics import class_psds, merge_overlapping
@@ -52,10 +53,7 @@ _BLUE, _ORANGE, _GREY = "#1f77b4", "#ff7f0e", "#7f7f7f"
 def probabilities(logits: np.ndarray, single_label: bool) -> np.ndarray:
     """Softmax over the last axis (single-label tasks) or independent sigmoids."""
     x = np.asarray(logits, np.float64)
-    if single_label:
-        e = np.exp(x - x.max(axis=-1, keepdims=True))
-        return e / e.sum(axis=-1, keepdims=True)
-    return 1.0 / (1.0 + np.exp(-x))
+    return softmax(x, axis=-1) if single_label else expit(x)
 
 
 def _figure(width: float, height: float) -> Figure:

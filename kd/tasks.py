@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from scipy.special import expit
 
 from kd_errors import KdError
 
@@ -111,7 +112,7 @@ class Task:
         if self.single_label:
             labels = np.array([c.labels[0] for c in clips])
             return metrics.asc_metrics(logits, labels, [c.device or "" for c in clips], seen_devices=data.seen_devices)
-        probs = 1.0 / (1.0 + np.exp(-np.asarray(logits, np.float64)))
+        probs = expit(np.asarray(logits, np.float64))  # 1 / (1 + e^-x) without overflow warnings
         if self.frame_level:
             return metrics.sed_metrics(data, clips, probs, frames_per_second)
         return metrics.tagging_metrics(probs, np.stack([data.targets(c) for c in clips]))

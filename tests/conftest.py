@@ -1,7 +1,20 @@
 """Shared fixtures: small demo datasets written once per test session (each test copies what it modifies)."""
+import os
+
 import pytest
+import torch
 
 from kd.data import make_demo_data
+
+
+def pytest_configure(config):
+    """Under pytest-xdist, each worker gets its share of the cores: torch's default (every core in every worker)
+    oversubscribes the machine, and OpenMP threads that spin waiting for a descheduled peer waste most of it."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    if workers > 1:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        torch.set_num_threads(threads)
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)  # scripts the tests start
 
 
 @pytest.fixture(scope="session")
