@@ -15,7 +15,6 @@ PaSSTs of different seeds and augmentation as teachers A and B.
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from kd.data import make_demo_data
 from kd.distill import DistillConfig, TeacherChoice, distill
 from kd.job import TrainingResult
 from kd.teach import TeachConfig, TeachSummary, run_teach
+from kd.tracking import resolve_tracking_uri
 from kd.train_teacher import TrainTeacherConfig, train_teacher
 from kd_errors import KdError
 from teachers import release_path
@@ -107,7 +107,7 @@ def quickstart(cfg: QuickstartConfig, on_step: Callable[[str], None] | None = No
     out = Path(cfg.out).expanduser().resolve()
     if out.exists() and any(out.iterdir()) and not cfg.overwrite:
         raise KdError(f"{out} is not empty; choose another --out or pass --overwrite")
-    tracking = cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{out / 'mlflow.db'}"
+    tracking = resolve_tracking_uri(cfg.tracking_uri, folder=out)
     step = on_step or (lambda message: None)
 
     step(f"writing demo data ({cfg.task})")

@@ -76,9 +76,10 @@ def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str
     return flat
 
 
-def resolve_tracking_uri(tracking_uri: str | None = None) -> str:
-    """``tracking_uri``, else ``$MLFLOW_TRACKING_URI``, else ``./mlflow.db`` (SQLite, as MLflow 3 defaults to)."""
-    return tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+def resolve_tracking_uri(tracking_uri: str | None = None, folder: Path | None = None) -> str:
+    """``tracking_uri``, else ``$MLFLOW_TRACKING_URI``, else ``mlflow.db`` in ``folder`` (default: the working
+    directory; SQLite, as MLflow 3 defaults to)."""
+    return tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(folder or Path.cwd()) / 'mlflow.db'}"
 
 
 def _mlflow(tracking_uri: str | None):
