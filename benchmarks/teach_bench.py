@@ -294,7 +294,7 @@ def precision_error(spec: str, quick: bool) -> dict[str, Any]:
     from store_bench import target_error
 
     data = open_dataset(spec)
-    clips = data.clips[: 2 if quick else 4]
+    clips = data.clips[: 1 if quick else 4]
     out: dict[str, Any] = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)

@@ -14,7 +14,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import average_precision_score
 
 from kd_errors import KdError
 
@@ -47,6 +46,8 @@ def mean_average_precision(scores: np.ndarray, targets: np.ndarray) -> float:
     Classes without positives have no defined AP and are left out, as AudioSet evaluations do.
     ``scores`` and ``targets`` are ``[N, C]`` (or ``[N, T, C]``, flattened to frames).
     """
+    from sklearn.metrics import average_precision_score  # 1-2 s to import: not in every kd teach worker
+
     scores, targets = _as_2d(scores), _as_2d(targets) > 0.5
     present = targets.any(axis=0)
     if not present.any():

@@ -5,7 +5,6 @@ Everything is plain numpy driven by a ``numpy.random.Generator``, so a seed repr
 from __future__ import annotations
 
 import numpy as np
-from scipy.signal import fftconvolve
 
 __all__ = [
     "DeviceResponse",
@@ -137,11 +136,19 @@ def babble(rng: np.random.Generator, n: int, sr: int, syllable_hz: float, talker
     return _normalise(out)
 
 
+def full_convolution(x: np.ndarray, h: np.ndarray) -> np.ndarray:
+    """``scipy.signal.fftconvolve(x, h, mode="full")``, with scipy.signal imported on first use: it costs about a
+    second at import, which every process importing :mod:`kd.data` (each ``kd teach`` worker) would pay."""
+    from scipy.signal import fftconvolve
+
+    return fftconvolve(x, h, mode="full")
+
+
 def reverberate(rng: np.random.Generator, x: np.ndarray, sr: int, rt60_s: float, wet: float) -> np.ndarray:
     """Adds a room: convolution with exponentially decaying noise (reverberation time ``rt60_s``)."""
     n = int(rt60_s * sr)
     ir = rng.standard_normal(n) * np.exp(-6.9 * np.arange(n) / n)
-    tail = fftconvolve(x, ir / np.sqrt(np.sum(ir**2)), mode="full")[: len(x)]
+    tail = full_convolution(x, ir / np.sqrt(np.sum(ir**2)))[: len(x)]
     return ((1 - wet) * x + wet * tail).astype(np.float32)
 
 
@@ -193,7 +200,7 @@ class DeviceResponse:
 
     def __call__(self, rng: np.random.Generator, x: np.ndarray) -> np.ndarray:
         delay = len(self.ir) // 2
-        y = fftconvolve(x, self.ir, mode="full")[delay:delay + len(x)]
+        y = full_convolution(x, self.ir)[delay:delay + len(x)]
         if self.compress:
             y = self._compressor(y)
         y = y + rng.standard_normal(len(y)) * rms(y) * 10 ** (self.noise_db / 20)
