@@ -12,12 +12,14 @@ import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from kd.checkpoints import TeacherSpec  # noqa: E402
 from kd.data import make_demo_data, open_dataset  # noqa: E402
 from kd.distill import DistillConfig, TeacherChoice, distill  # noqa: E402
+from kd.job import TrainingResult  # noqa: E402
 from kd.quickstart import PLANS  # noqa: E402
 from kd.train_teacher import TrainTeacherConfig, train_teacher  # noqa: E402
 from teachers import release_path  # noqa: E402
@@ -70,6 +72,32 @@ def finetuned_teachers(work: Path, data: str, epochs: int, tracking: str, train_
         accuracy[alias] = result.history[-1]["accuracy"]
         print(f"teacher {alias}: accuracy {accuracy[alias]:.3f} on the eval split after fine-tuning", flush=True)
         specs.append(TeacherSpec(name, result.checkpoint, alias))
+    return specs, accuracy
+
+
+def cnn_teachers(work: Path, data: str, teacher_clips: int, pretrain_epochs: int, finetune_epochs: int,
+                 tracking: str, **augment: Any) -> tuple[list[TeacherSpec], dict[str, float]]:
+    """Two CP-ResNets that know more than the student (the CNN half of CP-JKU's DCASE'23 teacher ensemble; a
+    student checkpoint serves as a teacher): trained from labels on a larger demo ASC set of other recording
+    locations (another generator seed: same scenes and devices), the stand-in for real teachers' pretraining,
+    then fine-tuned on the training split of ``data``. ``augment`` (``DistillConfig`` options such as
+    ``dir_folder``) applies to both stages. A rerun in the same work folder reuses them; their specs for
+    ``kd teach`` and their eval accuracy (best epoch)."""
+    folder = work / "demo-asc-teachers"
+    if not (folder / "meta.csv").is_file():
+        make_demo_data(folder, "asc", clips=teacher_clips, seed=1)
+    specs, accuracy = [], {}
+    for i, alias in enumerate(("cpr_a", "cpr_b")):
+        def train(dataset: str, out: str, epochs: int, **options: Any) -> TrainingResult:
+            return distill(DistillConfig(
+                dataset=dataset, student="cp_resnet", out=str(work / "teachers" / out), epochs=epochs, batch_size=32,
+                seed=100 + i, tracking_uri=tracking, device="auto", resume=True, log_model=False, **augment,
+                **options))
+        pretrained = train(f"tau22:{folder}", f"{alias}_pretrained", pretrain_epochs, lr=PLAN.student_lr)
+        result = train(data, alias, finetune_epochs, pretrained=pretrained.checkpoint, lr=PLAN.student_lr / 4)
+        accuracy[alias] = result.best
+        print(f"teacher {alias}: accuracy {accuracy[alias]:.3f} on the eval split after fine-tuning", flush=True)
+        specs.append(TeacherSpec("cp_resnet", result.checkpoint, alias))
     return specs, accuracy
 
 
