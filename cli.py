@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from typing import Self
 
 import click
 from rich.console import Console
@@ -151,7 +152,7 @@ class TrainingProgress:
                                  TimeRemainingColumn(), console=console, transient=True)
         self.task = None
 
-    def __enter__(self) -> TrainingProgress:
+    def __enter__(self) -> Self:
         self.progress.start()
         return self
 

@@ -16,13 +16,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from kd.checkpoints import TeacherSpec  # noqa: E402
-from kd.data import make_demo_data, open_dataset  # noqa: E402
-from kd.distill import DistillConfig, TeacherChoice, distill  # noqa: E402
-from kd.job import TrainingResult  # noqa: E402
-from kd.quickstart import PLANS  # noqa: E402
-from kd.train_teacher import TrainTeacherConfig, train_teacher  # noqa: E402
-from teachers import release_path  # noqa: E402
+from kd.checkpoints import TeacherSpec
+from kd.data import make_demo_data, open_dataset
+from kd.distill import DistillConfig, TeacherChoice, distill
+from kd.job import TrainingResult
+from kd.quickstart import PLANS
+from kd.train_teacher import TrainTeacherConfig, train_teacher
+from teachers import release_path
 
 PLAN = PLANS["asc"]
 TEACHERS = {alias: name for alias, name in (PLAN.teacher_a, PLAN.teacher_b)}
@@ -86,15 +86,16 @@ def cnn_teachers(work: Path, data: str, teacher_clips: int, pretrain_epochs: int
     folder = work / "demo-asc-teachers"
     if not (folder / "meta.csv").is_file():
         make_demo_data(folder, "asc", clips=teacher_clips, seed=1)
+
+    def train(dataset: str, out: str, epochs: int, seed: int, **options: Any) -> TrainingResult:
+        return distill(DistillConfig(
+            dataset=dataset, student="cp_resnet", out=str(work / "teachers" / out), epochs=epochs, batch_size=32,
+            seed=seed, tracking_uri=tracking, device="auto", resume=True, log_model=False, **augment, **options))
+
     specs, accuracy = [], {}
-    for i, alias in enumerate(("cpr_a", "cpr_b")):
-        def train(dataset: str, out: str, epochs: int, **options: Any) -> TrainingResult:
-            return distill(DistillConfig(
-                dataset=dataset, student="cp_resnet", out=str(work / "teachers" / out), epochs=epochs, batch_size=32,
-                seed=100 + i, tracking_uri=tracking, device="auto", resume=True, log_model=False, **augment,
-                **options))
-        pretrained = train(f"tau22:{folder}", f"{alias}_pretrained", pretrain_epochs, lr=PLAN.student_lr)
-        result = train(data, alias, finetune_epochs, pretrained=pretrained.checkpoint, lr=PLAN.student_lr / 4)
+    for seed, alias in enumerate(("cpr_a", "cpr_b"), start=100):
+        pretrained = train(f"tau22:{folder}", f"{alias}_pretrained", pretrain_epochs, seed, lr=PLAN.student_lr)
+        result = train(data, alias, finetune_epochs, seed, pretrained=pretrained.checkpoint, lr=PLAN.student_lr / 4)
         accuracy[alias] = result.best
         print(f"teacher {alias}: accuracy {accuracy[alias]:.3f} on the eval split after fine-tuning", flush=True)
         specs.append(TeacherSpec("cp_resnet", result.checkpoint, alias))

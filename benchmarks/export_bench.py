@@ -38,12 +38,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kd.checkpoints import load_student  # noqa: E402
-from kd.data import make_demo_data  # noqa: E402
-from kd.distill import DistillConfig, TeacherChoice, distill  # noqa: E402
-from kd.export import ExportConfig, export_student  # noqa: E402
-from kd.onnx_runtime import OnnxStudent  # noqa: E402
-from students import student_cfg  # noqa: E402
+from kd.checkpoints import load_student
+from kd.data import make_demo_data
+from kd.distill import DistillConfig, TeacherChoice, distill
+from kd.export import ExportConfig, export_student
+from kd.onnx_runtime import OnnxStudent
+from students import student_cfg
 
 # family: (student, task, epochs, learning rate)
 FAMILIES = {

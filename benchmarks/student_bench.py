@@ -22,8 +22,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kd.complexity import complexity  # noqa: E402
-from students import create_student  # noqa: E402
+from kd.complexity import complexity
+from students import create_student
 
 FAMILIES = {"mobilenet": "mn04", "dymn": "dymn04", "cp_mobile": "cp_mobile", "cp_resnet": "cp_resnet_dcase",
             "sed": "fmn04_gru"}

@@ -23,7 +23,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from teachers import create_teacher  # noqa: E402
+from teachers import create_teacher
 
 TEACHERS = {"passt_s": "passt_s_swa_p16_128_ap476", "ast": "ast_audioset_10_10_0_4593"}
 

@@ -28,7 +28,7 @@ def model_frames(model: nn.Module, seconds: float) -> int | None:
     was_training = model.training
     model.eval()
     param = next(model.parameters())
-    out = model(torch.zeros(1, int(round(seconds * model.sample_rate)), device=param.device))
+    out = model(torch.zeros(1, round(seconds * model.sample_rate), device=param.device))
     model.train(was_training)
     return SED.logits(out).shape[1]
 

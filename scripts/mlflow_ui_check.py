@@ -107,13 +107,13 @@ def main() -> None:
     pages |= {
         "experiment": (f"{base}/#/experiments/{experiment.experiment_id}/runs?{TRAINING}", WIDE),
         "artifact": (f"{run_page}/artifacts/{figure}", TALL),
-        "compare": (f"{base}/#/compare-runs?runs={urllib.parse.quote(ids)}"
-                    f"&experiments={urllib.parse.quote(json.dumps([experiment.experiment_id]))}", TALL),
+        "compare": ((f"{base}/#/compare-runs?runs={urllib.parse.quote(ids)}"
+                     f"&experiments={urllib.parse.quote(json.dumps([experiment.experiment_id]))}"), TALL),
     }
     if compare_runs:
         choice = compare_runs[0]
-        pages["teacher_choice"] = (f"{base}/#/experiments/{compare_experiment.experiment_id}/runs/"
-                                   f"{choice.info.run_id}/artifacts/teacher_choice.png", TALL)
+        pages["teacher_choice"] = ((f"{base}/#/experiments/{compare_experiment.experiment_id}/runs/"
+                                    f"{choice.info.run_id}/artifacts/teacher_choice.png"), TALL)
     texts = {}
     try:
         wait_for(base)

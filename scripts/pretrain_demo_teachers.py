@@ -46,14 +46,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from kd.augment import mix, mixup_params, random_gain  # noqa: E402
-from kd.data import demo, synth  # noqa: E402
-from kd.forward import AugmentedForward  # noqa: E402
-from kd.losses import DistillLoss, LossTerms  # noqa: E402
-from kd.tasks import ASC  # noqa: E402
-from kd.train import OptimConfig, Trainer  # noqa: E402
-from layers import sha256_file  # noqa: E402
-from teachers import create_teacher  # noqa: E402
+from kd.augment import mix, mixup_params, random_gain
+from kd.data import demo, synth
+from kd.forward import AugmentedForward
+from kd.losses import DistillLoss, LossTerms
+from kd.tasks import ASC
+from kd.train import OptimConfig, Trainer
+from layers import sha256_file
+from teachers import create_teacher
 
 SOURCE_RATE = demo.DEMO_DEFAULTS["asc"]["sample_rate"]  # rendered as the demo renders (44.1 kHz), then resampled
 RATES = {"passt_tiny": 32000, "ast_tiny": 16000}

@@ -34,7 +34,7 @@ class Student(nn.Module, abc.ABC):
 
     def spectrogram_shape(self, seconds: float) -> tuple[int, int, int]:
         """``(1, F, T)`` of the spectrogram ``frontend`` makes of ``seconds`` of audio (without running it)."""
-        samples = int(round(seconds * self.sample_rate))
+        samples = round(seconds * self.sample_rate)
         return 1, self.frontend.n_mels, self.frontend.num_frames(samples)
 
 

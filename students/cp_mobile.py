@@ -27,7 +27,7 @@ from layers.blocks import ConvNormAct, make_divisible
 from ._base import Student, init_mobile_weights, strip_prefixes
 from ._registry import register_student
 
-__all__ = ["CPMobile", "CPMobileBlock", "GRN", "checkpoint_filter_fn", "dcase23_frontend"]
+__all__ = ["GRN", "CPMobile", "CPMobileBlock", "checkpoint_filter_fn", "dcase23_frontend"]
 
 DCASE23_FRONTEND = {"n_mels": 256, "sample_rate": 32000, "win_length": 3072, "hop_length": 500, "n_fft": 4096,
                     "freqm": 48, "timem": 0, "fmin_aug_range": 1, "fmax_aug_range": 1000}

@@ -26,7 +26,7 @@ from layers.blocks import ConcurrentSE, ConvNormAct, make_divisible
 from ._base import Student, init_mobile_weights, strip_prefixes
 from ._registry import register_student
 
-__all__ = ["MobileNet", "InvertedResidual", "checkpoint_filter_fn", "mobilenet_features"]
+__all__ = ["InvertedResidual", "MobileNet", "checkpoint_filter_fn", "mobilenet_features"]
 
 Pair = int | tuple[int, int]
 EFFICIENTAT_NORM = partial(nn.BatchNorm2d, eps=0.001, momentum=0.01)

@@ -61,7 +61,7 @@ class Teacher(nn.Module, abc.ABC):
 
     @property
     def context_samples(self) -> int:
-        return int(round(self.clip_seconds * self.sample_rate))
+        return round(self.clip_seconds * self.sample_rate)
 
     def frame_window_hop_samples(self) -> int:
         """Hop between consecutive windows for frame-wise teachers (default: the whole context)."""
@@ -97,7 +97,7 @@ class Teacher(nn.Module, abc.ABC):
 
     def _forward_overlapping_windows(self, waveform: torch.Tensor) -> TeacherOutput:
         window = self.context_samples
-        hop = max(1, int(round(self.window_hop_seconds * self.sample_rate)))
+        hop = max(1, round(self.window_hop_seconds * self.sample_rate))
         pad = window // 2
         padded = nn.functional.pad(waveform.unsqueeze(1), (pad, pad), mode="reflect").squeeze(1)
         starts = list(range(0, padded.shape[-1] - window + 1, hop))

@@ -108,7 +108,7 @@ class AST(SpectrogramTransformer):
         )
         self.sample_rate, self.clip_seconds = 16000, clip_seconds
         self.window_hop_seconds = window_hop_seconds or clip_seconds / 4
-        self.input_tdim = input_tdim or int(round(clip_seconds * _FRAMES_PER_SECOND))
+        self.input_tdim = input_tdim or round(clip_seconds * _FRAMES_PER_SECOND)
         self.input_fdim = input_fdim
         self.frontend = ASTFrontend(self.input_tdim, input_fdim, freqm=freqm, timem=timem)
         if self.frontend.fbank.num_frames(self.context_samples) > self.input_tdim:

@@ -15,7 +15,7 @@ def test_import_contracts_hold():
     lint = shutil.which("lint-imports")
     if lint is None:
         pytest.fail("import-linter is not installed (pip install -e '.[test]')")
-    result = subprocess.run([lint, "--no-cache"], cwd=ROOT, capture_output=True, text=True)
+    result = subprocess.run([lint, "--no-cache"], cwd=ROOT, capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout[-3000:]
     assert "0 broken" in result.stdout
 

@@ -1,5 +1,6 @@
 """kd distill end to end: teach -> distill -> MLflow, exact resume, refusal of stores that do not fit."""
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -98,10 +99,10 @@ def test_store_missing_clips_is_refused_or_dropped(demo_asc, tmp_path, tracking_
     store = tmp_path / "partial.zarr"
     victim = open_dataset(f"tau22:{data_dir}").clips[5]
     victim_source = victim.source
-    original = open(victim_source, "rb").read()
-    open(victim_source, "wb").write(b"broken")
+    original = Path(victim_source).read_bytes()
+    Path(victim_source).write_bytes(b"broken")
     _teach(f"tau22:{data_dir}", store, tracking_uri, ("passt_tiny",))
-    open(victim_source, "wb").write(original)  # the clip is readable now, but has no logits
+    Path(victim_source).write_bytes(original)  # the clip is readable now, but has no logits
     demo = {"spec": f"tau22:{data_dir}"}
     with pytest.raises(KdError, match=rf"1 of \d+ training clips \(train split and transfer sets\) have no logits .*"
                                       rf"{victim.id}"):

@@ -36,7 +36,7 @@ def test_torchrun_distill_trains_one_model_and_one_mlflow_run(demo_asc, tmp_path
                "--student", "cp_mobile_tiny", "--epochs", "2", "--batch-size", "8", "--device", "cpu",
                "--out", str(out), "--tracking-uri", tracking_uri]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, check=False, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     state = torch.load(out / "last.pt", weights_only=True)
     assert state["epoch"] == 2 and len(state["history"]) == 2

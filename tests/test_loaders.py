@@ -1,6 +1,7 @@
 """Training batches: audio joined with stored logits by id, through worker processes, and the epoch's draw."""
 import shutil
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -58,7 +59,7 @@ def test_an_undecodable_clip_leaves_its_batch_and_raises_alone(demo_asc, tmp_pat
     folder = tmp_path / "asc"
     shutil.copytree(demo_asc["path"], folder)
     data = open_dataset(f"tau22:{folder}", split="train")
-    open(data.clips[1].source, "wb").write(b"not audio")
+    Path(data.clips[1].source).write_bytes(b"not audio")
     dataset = ClipDataset(data, data.clips[:4], sample_rate=16000, seconds=1.0)
     with pytest.warns(UserWarning, match=f"skipping clip {data.clips[1].id}"):
         batch = dataset.__getitems__([0, 1, 2])

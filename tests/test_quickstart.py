@@ -51,7 +51,7 @@ def test_quickstart_runs_the_whole_pipeline_and_ends_with_the_teacher_choice_tab
     if shutil.which("chromium"):  # what the MLflow UI shows of these runs: scripts/mlflow_ui_check.py
         check = subprocess.run([sys.executable, str(Path(__file__).resolve().parents[1] / "scripts" /
                                                     "mlflow_ui_check.py"), str(database), "--out", str(tmp_path / "ui")],
-                               capture_output=True, text=True, timeout=900)
+                               capture_output=True, text=True, check=False, timeout=900)
         assert check.returncode == 0, check.stdout[-2000:] + check.stderr[-2000:]
         assert json.loads(check.stdout.strip().splitlines()[-1])["runs"] == 4
 

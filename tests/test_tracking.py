@@ -16,10 +16,9 @@ def test_tracked_run_logs_params_metrics_and_marks_failures(tmp_path):
                      tracking_uri=uri) as run:
         run.log_metrics({"acc/a": 0.5, "loss": 1.0}, step=0)
         ok_id = run.run_id
-    with pytest.raises(RuntimeError):
-        with tracked_run("unit", run_name="bad", tracking_uri=uri) as run:
-            bad_id = run.run_id
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), tracked_run("unit", run_name="bad", tracking_uri=uri) as run:
+        bad_id = run.run_id
+        raise RuntimeError("boom")
     client = mlflow.MlflowClient(uri)
     ok = client.get_run(ok_id)
     assert ok.data.params["student.name"] == "mn04" and ok.data.tags["store"] == "x"

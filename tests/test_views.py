@@ -163,8 +163,8 @@ def test_views_resume_alike_and_refuse_another_impulse_response_set(demo_asc, ir
     other = tmp_path / "other-irs"
     other.mkdir()
     sf.write(other / "x.wav", np.r_[1.0, np.zeros(99)].astype(np.float32), 16000)
-    options = dict(dataset=demo_asc["spec"], student="cp_mobile_tiny", out=str(tmp_path / "r"), store=str(path),
-                   teachers=TeacherChoice.parse("passt_tiny"), device="cpu", epochs=1)
+    options = {"dataset": demo_asc["spec"], "student": "cp_mobile_tiny", "out": str(tmp_path / "r"), "store": str(path),
+               "teachers": TeacherChoice.parse("passt_tiny"), "device": "cpu", "epochs": 1}
     with pytest.raises(KdError, match="not the impulse-response set the store's views were drawn from"):
         distill(DistillConfig(dir_folder=str(other), **options))
     with pytest.raises(KdError, match="pass the folder they came from with --dir"):
