@@ -370,7 +370,8 @@ def main() -> None:
     print(f"data: clip {clip.shape}, frame {frame.shape} in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
     root = Path(tempfile.mkdtemp(prefix="store_bench-", dir=args.workdir))
     try:
-        few = clip_batches[:201]  # h5py+gzip is slow; its rate settles within a few hundred batches
+        # h5py+gzip is slow; its rate settles within a few hundred batches (--quick: a rough figure)
+        few = clip_batches[:41 if args.quick else 201]
         baselines = {"memmap": bench_memmap(root, clip, frame, few, frame_batches[:11]),
                      "h5py_gzip": bench_h5py(root, clip, frame, few, frame_batches[:11])}
         print(f"baselines: {json.dumps(baselines)}", file=sys.stderr)
