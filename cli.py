@@ -302,10 +302,11 @@ def _print_teach_summary(summary) -> None:
                    "only); folder:DIR takes every audio file below DIR. Repeat for several.")
 @click.option("--transfer-ratio", type=float, default=1.0, show_default=True,
               help="Transfer clips per labelled clip in each batch.")
-@click.option("--views", type=click.Choice(["consistent", "clean", "random"]), default=None,
+@click.option("--views", type=click.Choice(["consistent", "clean", "random", "clean-targets"]), default=None,
               help="Which stored view a clip trains on, for stores taught with --views K: consistent (the view's "
                    "augmentation replayed, its logits the target; the default there), clean (view 0 with online "
-                   "augmentations) or random (a random view's logits for the clean input).")
+                   "augmentations), random (a random view's logits for the clean input) or clean-targets (the "
+                   "view's augmentation replayed, the clean clip's logits the target).")
 @click.option("--log-model/--no-log-model", default=True, show_default=True,
               help="Log the student as an MLflow model (PyTorch flavour, takes waveforms; about 2 s on a CPU).")
 @training_options(batch_size=32, lr=1e-3)

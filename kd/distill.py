@@ -7,8 +7,9 @@ alone: the baseline to compare against.
 
 Stores taught on views (``kd teach --views K``): each time a clip is drawn, the student trains on one of its
 stored views, by default ``consistent``ly (the view's augmentation replayed on the waveform, the view's
-logits as the target: the teachers' exact input, see :mod:`kd.views`); ``clean`` and ``random`` are the
-baselines (see :class:`kd.loaders.ClipDataset`). A distillation whose options contradict the stored views
+logits as the target: the teachers' exact input, see :mod:`kd.views`); ``clean``, ``random`` and
+``clean-targets`` (the same replayed inputs, the clean clip's logits) are the baselines (see
+:class:`kd.loaders.ClipDataset`). A distillation whose options contradict the stored views
 (another impulse-response set, online roll or gain on top of replayed views) is refused.
 
 Transfer sets (Hinton et al.'s term): clips without labels that the teachers have labelled in the store
@@ -36,7 +37,7 @@ from kd.job import (
     open_splits,
     run_job,
 )
-from kd.loaders import VIEW_CHOICES, TeacherTargets
+from kd.loaders import REPLAYED_VIEWS, VIEW_CHOICES, TeacherTargets
 from kd.losses import DistillLoss
 from kd.tasks import Task
 from kd.tracking import DatasetInput
@@ -88,7 +89,7 @@ class DistillConfig(TrainingOptions):
         missing: training clips without stored logits are an ``error`` or are ``drop``ped.
         transfer: ``FORMAT:PATH`` of datasets whose clips the store holds logits for, used without labels.
         transfer_ratio: transfer clips per labelled clip in each batch.
-        views: which stored view a clip trains on (``consistent``, ``clean``, ``random``); default
+        views: which stored view a clip trains on (``consistent``, ``clean``, ``random``, ``clean-targets``); default
             ``consistent`` for stores with views, ``clean`` otherwise.
         log_model: log the student as an MLflow model (PyTorch flavour, about 2 s per run on a CPU).
     """
@@ -208,11 +209,11 @@ def choose_views(cfg: DistillConfig, store: LogitStore) -> tuple[str, ImpulseRes
         raise KdError(f"--dir {cfg.dir_folder} is not the impulse-response set the store's views were drawn from "
                       f"({len(views.impulse_responses)} files, sha256 {views.ir_fingerprint[:12]}...); pass that "
                       "folder, or distil with --views clean")
-    if mode == "consistent":
+    if mode in REPLAYED_VIEWS:
         if "dir" in views.kinds and irs is None:
             raise KdError("the store's views convolve impulse responses: pass the folder they came from with --dir")
         if cfg.roll_seconds or cfg.gain_db:
-            raise KdError("--views consistent replays the stored views exactly; --roll/--gain would change the "
+            raise KdError(f"--views {mode} replays the stored views exactly; --roll/--gain would change the "
                           "input the teachers heard (drop them, or distil with --views clean)")
     return mode, irs
 
@@ -229,7 +230,7 @@ def prepare_distillation(cfg: DistillConfig) -> TrainingJob:
     cfg = cfg.with_task_defaults(task)
     join = join_store(cfg, train_data, transfer_sets(cfg, train_data)) if cfg.teachers.names else None
     student = build_student(cfg, train_data.num_classes)
-    replayed = join is not None and join.targets.views == "consistent" and join.targets.num_views > 1
+    replayed = join is not None and join.targets.views in REPLAYED_VIEWS and join.targets.num_views > 1
     options = replace(cfg, dir_folder=None) if replayed else cfg  # the stored views bring their impulse responses
     seconds = cfg.seconds or (join and join.clip_seconds) or train_data.clip_seconds()
     loss = DistillLoss(task, kd_lambda=cfg.kd_lambda if join else 1.0, temperature=cfg.temperature)

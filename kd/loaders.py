@@ -46,11 +46,12 @@ class TeacherTargets:
     activation: str = "sigmoid"
     level: str = "clip"
     frames_per_second: float | None = None  # of the stored frame logits, for alignment
-    views: str = "clean"  # which stored view each clip trains on: clean, consistent or random (see ViewChoice)
+    views: str = "clean"  # which stored view each clip trains on (VIEW_CHOICES, see ClipDataset._views)
     num_views: int = 1
 
 
-VIEW_CHOICES = ("consistent", "clean", "random")
+VIEW_CHOICES = ("consistent", "clean", "random", "clean-targets")
+REPLAYED_VIEWS = ("consistent", "clean-targets")  # the modes that replay a stored view's augmentation
 
 
 class ClipDataset(torch.utils.data.Dataset):
@@ -115,7 +116,12 @@ class ClipDataset(torch.utils.data.Dataset):
         return self._with_teacher(items)
 
     def _views(self, indices: Sequence[int]) -> list[tuple[int, np.ndarray | None]]:
-        """The stored view each clip trains on, and the parameters to replay (``consistent`` only)."""
+        """The stored view whose logits each clip trains on, and the parameters of the view to replay.
+
+        ``consistent``: a random view, replayed, its logits the target. ``clean-targets``: a random view replayed
+        with the clean view's logits (the consistent run's inputs with offline KD's targets: what matching the
+        view's logits adds). ``random``: a random view's logits for the clean input. ``clean``: view 0.
+        """
         t = self.teacher
         if t is None or t.views == "clean" or t.num_views == 1:
             return [(0, None)] * len(indices)
@@ -123,7 +129,8 @@ class ClipDataset(torch.utils.data.Dataset):
         if t.views == "random":
             return [(int(k), None) for k in picks]
         params = self.store.view_params(self.ids[list(indices)], views=picks)
-        return [(int(k), p) for k, p in zip(picks, params)]
+        targets = picks if t.views == "consistent" else np.zeros_like(picks)
+        return [(int(k), p) for k, p in zip(targets, params)]
 
     def _item(self, index: int, view: int = 0, params: np.ndarray | None = None) -> dict[str, Any]:
         clip = self.clips[index]

@@ -140,8 +140,23 @@ def test_distill_replays_exactly_the_views_the_teachers_heard(demo_asc, irs, tmp
         expected = store.read([clip_id], teachers=["passt_tiny"], views=np.array([view]))[0]
         np.testing.assert_array_equal(item["teacher"].numpy(), expected)
         kinds_seen |= params[store.rows_of([clip_id])[0], view] != CLEAN
-    teacher_side.close()
     assert kinds_seen.all()
+    # clean-targets: the same replayed inputs, the clean view's logits (offline KD's target) for every view
+    job = prepare_distillation(DistillConfig(
+        dataset=demo_asc["spec"], student="cp_mobile_tiny", out=str(tmp_path / "run2"), store=str(tmp_path / "s.zarr"),
+        teachers=TeacherChoice.parse("passt_tiny"), dir_folder=str(irs.folder), device="cpu", epochs=1,
+        views="clean-targets"))
+    dataset, replayed = job.train_loader.dataset, set()
+    for index in range(len(dataset)):
+        item = dataset[index]
+        clip_id = dataset.clips[index].id
+        heard, _ = teacher_side.decode(clip_id)
+        (view,) = [k for k in range(len(heard)) if np.array_equal(item["audio"].numpy(), heard[k])]
+        replayed.add(view)
+        clean = store.read([clip_id], teachers=["passt_tiny"], views=np.array([0]))[0]
+        np.testing.assert_array_equal(item["teacher"].numpy(), clean)
+    teacher_side.close()
+    assert replayed - {0}
 
 
 @pytest.mark.slow
