@@ -88,7 +88,8 @@ def run(work: Path, clips: int, teacher_epochs: int, student_epochs: int, seeds:
         scores["consistent"]["acc_unseen"], scores["clean"]["acc_unseen"])
     return {
         **out, "teach_cost_views_vs_one": None if reused else teach_seconds["views"] / teach_seconds["clean"],
-        "store_bytes_views_vs_one": teach_bytes["views"] / teach_bytes["clean"], "teach_seconds": None if reused else teach_seconds,
+        "store_bytes_views_vs_one": teach_bytes["views"] / teach_bytes["clean"],
+        "teach_seconds": None if reused else teach_seconds,
         "teacher_accuracy": teacher_accuracy, "views": VIEWS, "kinds": list(KINDS), "impulse_responses": irs,
         "seeds": seeds, "per_seed": scores, "student_epochs": student_epochs, "teacher_clips": teacher_clips,
         "pretrain_epochs": pretrain_epochs, "finetune_epochs": teacher_epochs,
