@@ -26,10 +26,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import soundfile as sf
 import soxr
 
-from kd.data import Event, fit_length
+from kd.data import AudioError, Event, decode_audio, fit_length
 from kd_errors import KdError
 
 __all__ = [
@@ -67,12 +66,11 @@ class ImpulseResponses:
         for f in files:
             blob = f.read_bytes()
             digest.update(f.name.encode() + b"\0" + blob)
-            data, rate = sf.read(f, dtype="float32", always_2d=True)
-            ir = data.mean(axis=1)
-            peak = float(np.abs(ir).max()) if len(ir) else 0.0
-            if not np.isfinite(peak) or peak == 0:
-                raise KdError(f"impulse response {f.name} is silent or not finite")
-            self._raw.append((ir / peak, int(rate)))
+            try:
+                ir, rate = decode_audio(blob)  # the bytes just hashed: each file read once
+            except AudioError as e:  # empty, corrupt, silent or non-finite
+                raise KdError(f"impulse response {f}: {e.reason}") from None
+            self._raw.append((ir / np.abs(ir).max(), rate))
         self.fingerprint = digest.hexdigest()
 
     def __len__(self) -> int:

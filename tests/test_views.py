@@ -94,6 +94,22 @@ def test_bad_view_options_are_one_line_errors(irs):
     assert ViewConfig.from_dict(config.to_dict()) == config
 
 
+@pytest.mark.parametrize(("content", "reason"), [(b"", "empty"), (b"RIFF not a wave", "unreadable"),
+                                                 (np.zeros(64, np.float32), "silent")])
+def test_a_bad_impulse_response_file_is_named_in_one_line(irs, tmp_path, content, reason):
+    folder = tmp_path / "irs"
+    folder.mkdir()
+    for name in irs.names:
+        (folder / name).write_bytes((irs.folder / name).read_bytes())
+    bad = folder / "a_first.wav"  # sorted first
+    if isinstance(content, bytes):
+        bad.write_bytes(content)
+    else:
+        sf.write(bad, content, SR)
+    with pytest.raises(KdError, match=rf"^impulse response {bad}: {reason}"):
+        ImpulseResponses(folder)
+
+
 # --- kd teach --views and kd distill --views, end to end ---------------------------------------------------------
 def _teach_views(spec, store, irs_folder, tmp_path, **kw):
     from kd.checkpoints import TeacherSpec
