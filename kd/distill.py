@@ -89,8 +89,8 @@ class DistillConfig(TrainingOptions):
         missing: training clips without stored logits are an ``error`` or are ``drop``ped.
         transfer: ``FORMAT:PATH`` of datasets whose clips the store holds logits for, used without labels.
         transfer_ratio: transfer clips per labelled clip in each batch.
-        views: which stored view a clip trains on (``consistent``, ``clean``, ``random``, ``clean-targets``); default
-            ``consistent`` for stores with views, ``clean`` otherwise.
+        views: which stored view a clip trains on (``consistent``, ``clean``, ``random``, ``clean-targets``);
+            default ``consistent`` for stores with views, ``clean`` otherwise.
         log_model: log the student as an MLflow model (PyTorch flavour, about 2 s per run on a CPU).
     """
 

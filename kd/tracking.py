@@ -79,7 +79,8 @@ def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str
 def resolve_tracking_uri(tracking_uri: str | None = None, folder: Path | None = None) -> str:
     """``tracking_uri``, else ``$MLFLOW_TRACKING_URI``, else ``mlflow.db`` in ``folder`` (default: the working
     directory; SQLite, as MLflow 3 defaults to)."""
-    return tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(folder or Path.cwd()) / 'mlflow.db'}"
+    default = f"sqlite:///{(folder or Path.cwd()) / 'mlflow.db'}"
+    return tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default
 
 
 def _mlflow(tracking_uri: str | None):

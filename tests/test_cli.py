@@ -21,6 +21,13 @@ def test_help_lists_every_command_group():
         assert command in result.output
 
 
+def test_distill_offers_every_view_mode_the_library_has():
+    from kd.loaders import VIEW_CHOICES
+
+    (views,) = [p for p in main.commands["distill"].params if p.name == "views"]
+    assert tuple(views.type.choices) == VIEW_CHOICES  # cli lists them without importing torch for --help
+
+
 def test_user_mistakes_end_in_one_line(tmp_path):
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("taken")

@@ -169,7 +169,8 @@ def test_killed_teach_resumes_without_losing_or_recomputing_chunks(demo_asc, tmp
 
 def test_bad_teacher_options_are_one_line_errors(demo_asc, tmp_path):
     result = subprocess.run(CLI + ["teach", "--dataset", demo_asc["spec"], "--teacher", "passt_tiny=missing.pt",
-                                   "--store", str(tmp_path / "s.zarr")], capture_output=True, text=True, check=False, cwd=tmp_path)
+                                   "--store", str(tmp_path / "s.zarr")], capture_output=True, text=True, check=False,
+                            cwd=tmp_path)
     assert result.returncode == 2 and "error:" in result.stderr and "Traceback" not in result.stderr
     with pytest.raises(KdError, match="unique"):
         TeachConfig(dataset="x:y", store="s", teachers=(TeacherSpec("a"), TeacherSpec("a")))
