@@ -24,9 +24,9 @@ from torch import nn
 from kd_errors import KdError
 from layers import CheckpointError, load_state_dict_strict
 from students import Student, create_student
-from teachers import Teacher, TeacherInputError, TeacherOutput, create_teacher, list_teachers
+from teachers import StudentAsTeacher, create_teacher, list_teachers
 
-__all__ = ["StudentAsTeacher", "TeacherSpec", "build_teacher", "checkpoint_meta", "load_student", "seeded"]
+__all__ = ["TeacherSpec", "build_teacher", "checkpoint_meta", "load_student", "seeded"]
 
 
 @dataclass(frozen=True)
@@ -125,7 +125,8 @@ def build_teacher(spec: TeacherSpec, num_classes: int | None = None, **overrides
         elif meta and meta.get("kind") == "student":
             if meta["name"] != spec.name:
                 raise KdError(f"{spec.checkpoint} holds a {meta['name']} student, not {spec.name}")
-            model = StudentAsTeacher.load(spec.checkpoint)
+            student, meta = load_student(spec.checkpoint)
+            model = StudentAsTeacher(student, meta["name"], meta["seconds"])
         else:
             model = create_teacher(spec.name, checkpoint=spec.checkpoint, **overrides)
     if num_classes is not None and model.num_classes != num_classes:
@@ -134,43 +135,3 @@ def build_teacher(spec: TeacherSpec, num_classes: int | None = None, **overrides
             "fine-tune it on this label set first (kd train-teacher)"
         )
     return model.eval()
-
-
-class StudentAsTeacher(Teacher):
-    """A clip-level student checkpoint of ``kd distill`` in the teacher contract, so ``kd teach`` can run it.
-
-    The students pool globally over time, so an input of any length goes through in one pass (the way
-    EfficientAT runs its CNNs on long audio); ``clip_seconds`` is the length the student was trained on.
-    """
-
-    def __init__(self, student: nn.Module, name: str, clip_seconds: float) -> None:
-        super().__init__()
-        if student.frames_per_second is not None:
-            raise KdError(f"{name} is a frame-wise student; only clip-level students can serve as teachers")
-        self.student, self.name = student, name
-        self.sample_rate, self.num_classes = student.sample_rate, student.num_classes
-        self.clip_seconds = self.window_hop_seconds = float(clip_seconds)
-
-    @classmethod
-    def load(cls, checkpoint: str | os.PathLike) -> StudentAsTeacher:
-        student, meta = load_student(checkpoint)
-        return cls(student, meta["name"], meta["seconds"])
-
-    @property
-    def frontend(self) -> nn.Module:
-        return self.student.frontend
-
-    def forward_spectrogram(self, spec: torch.Tensor) -> TeacherOutput:
-        return TeacherOutput(self.student.forward_spectrogram(spec))
-
-    def forward(self, waveform: torch.Tensor) -> TeacherOutput:
-        if waveform.dim() != 2:
-            raise TeacherInputError(f"expected a waveform batch [B, N], got shape {tuple(waveform.shape)}")
-        return self.forward_spectrogram(self.frontend(waveform))
-
-    def frontend_config(self) -> dict[str, Any]:
-        mel = self.frontend
-        settings = {k: getattr(mel, k) for k in ("n_fft", "win_length", "hop_length", "n_mels", "fmin", "fmax")
-                    if hasattr(mel, k)}
-        return {"frontend": type(mel).__name__, "student": self.name, "sample_rate": self.sample_rate, **settings,
-                "context_seconds": self.clip_seconds, "long_input": "one pass, global pooling over time"}

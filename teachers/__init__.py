@@ -22,21 +22,25 @@ Checkpoints (official release files or ones saved from these models) load strict
 fine-tuning on a new label set. Release files that ship with kd (the pretrained demo teachers ``passt_tiny``
 and ``ast_tiny``, made by ``scripts/pretrain_demo_teachers.py``) are registered with their sha256 and load the
 same way: ``create_teacher(name, pretrained=True)`` or ``checkpoint=release_path(name)``. Families: ``passt``
-(PaSST releases, frame-wise PaSST, ``passt_tiny``), ``ast`` (AST releases, ``ast_tiny``).
+(PaSST releases, frame-wise PaSST, ``passt_tiny``), ``ast`` (AST releases, ``ast_tiny``), ``cnn`` (student
+architectures trained to teach: ``cp_resnet``, and ``kd distill`` checkpoints through ``StudentAsTeacher``).
 """
-from . import ast, passt
+from . import ast, cnn, passt
 from ._base import Teacher, TeacherInputError, TeacherOutput
 from ._registry import RELEASES, TEACHERS, create_teacher, list_teachers, register_teacher, release_path, teacher_cfg
+from .cnn import StudentAsTeacher
 from .ensemble import TeacherEnsemble
 
 __all__ = [
     "RELEASES",
     "TEACHERS",
+    "StudentAsTeacher",
     "Teacher",
     "TeacherEnsemble",
     "TeacherInputError",
     "TeacherOutput",
     "ast",
+    "cnn",
     "create_teacher",
     "list_teachers",
     "passt",
