@@ -175,7 +175,7 @@ class ExportFrontend(nn.Module):
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
         mel = self.mel
-        x = F.conv1d(waveform.float().unsqueeze(1), mel.preemphasis).squeeze(1)
+        x = mel.preemphasize(waveform)
         spec = torch.stft(x, mel.n_fft, hop_length=mel.hop_length, win_length=mel.win_length, window=mel.window,
                           center=True, normalized=False, return_complex=True)
         power = torch.view_as_real(spec).square().sum(dim=-1)
