@@ -95,6 +95,9 @@ def training_options(*, batch_size: int, lr: float):
                      help="Clip length fed to the model (default: the store's, else the dataset's; for a teacher, "
                           "its context, which this also sets for the tiny teachers)."),
         click.option("--epochs", type=int, default=10, show_default=True),
+        click.option("--eval-every", type=int, default=1, show_default=True,
+                     help="Evaluate after every N-th epoch and the last (each evaluation also re-estimates "
+                          "BatchNorm statistics; on small data that costs as much as an epoch of training)."),
         click.option("--batch-size", type=int, default=batch_size, show_default=True),
         click.option("--lr", type=float, default=lr, show_default=True, help="Peak learning rate (AdamW)."),
         click.option("--mixup", type=float, default=0.3, show_default=True, help="Mixup Beta alpha; 0 disables."),
@@ -544,10 +547,11 @@ def store_verify(store) -> None:
               help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else OUT/mlflow.db).")
 @click.option("--overwrite", is_flag=True, help="Reuse a non-empty OUT.")
 def quickstart_cmd(**options) -> None:
-    """The whole pipeline on built-in demo data: fine-tune two teachers, teach, distil four students, compare.
+    """The whole pipeline on built-in demo data: fine-tune the teachers, teach them into one store, distil one student
+    from each teacher, from their ensemble and from labels alone, and compare the runs.
 
-    ASC starts from the pretrained demo teachers that ship with kd (as real work starts from released
-    checkpoints); tagging and SED train their teachers from scratch.
+    ASC starts from the pretrained demo teachers that ship with kd (a PaSST, an AST and a CP-ResNet, as real work
+    starts from released checkpoints); tagging and SED train two teachers from scratch.
     """
     from kd.quickstart import QuickstartConfig, quickstart
 

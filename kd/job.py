@@ -53,6 +53,7 @@ class TrainingOptions:
         dir_folder: device impulse responses convolved into clips of the reference device with probability ``dir_p``.
         roll_seconds: maximum circular time shift; ``gain_db``: maximum random gain.
         decode_workers: DataLoader worker processes that decode audio (and read stored logits) for the model.
+        eval_every: evaluate after every ``eval_every``-th epoch and the last (see :class:`kd.train.OptimConfig`).
         resume: continue from ``out/last.pt`` with the same options.
     """
 
@@ -62,6 +63,7 @@ class TrainingOptions:
     eval_split: str = "eval"
     seconds: float | None = None
     epochs: int = 10
+    eval_every: int = 1
     batch_size: int = 32
     lr: float = 1e-3
     weight_decay: float = 1e-2
@@ -84,7 +86,7 @@ class TrainingOptions:
 
     def optim(self) -> OptimConfig:
         return OptimConfig(epochs=self.epochs, lr=self.lr, weight_decay=self.weight_decay,
-                           warmup_epochs=self.warmup_epochs)
+                           warmup_epochs=self.warmup_epochs, eval_every=self.eval_every)
 
 
 @dataclass
@@ -232,9 +234,10 @@ def training_step(options: TrainingOptions, task: Task, model: nn.Module, loss: 
 
 def run_job(job: TrainingJob, on_epoch: EpochCallback | None = None,
             on_batch: BatchCallback | None = None) -> TrainingResult:
-    """Train, evaluate every epoch and track the run in MLflow (from rank 0 only).
+    """Train, evaluate every ``eval_every`` epochs and track the run in MLflow (from rank 0 only).
 
-    ``on_epoch(epoch, metrics)`` follows each evaluation, ``on_batch(done, batches_per_epoch)`` each step.
+    ``on_epoch(epoch, metrics)`` follows each epoch (with the eval metrics after an evaluation),
+    ``on_batch(done, batches_per_epoch)`` each step.
     """
     trainer, options = job.trainer, job.options
     main = trainer.dist.is_main

@@ -94,10 +94,17 @@ class OptimConfig:
     grad_clip: float = 5.0
     amp: bool = True
     bn_recalibration_batches: int = 32
+    eval_every: int = 1
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.lr <= 0:
             raise KdError(f"epochs must be >= 1 and lr > 0, got epochs={self.epochs}, lr={self.lr}")
+        if self.eval_every < 1:
+            raise KdError(f"eval_every must be >= 1, got {self.eval_every}")
+
+    def evaluates_after(self, epoch: int) -> bool:
+        """Whether the run evaluates after its ``epoch``-th epoch (counted from 1)."""
+        return epoch % self.eval_every == 0 or epoch == self.epochs
 
 
 class WarmupRampDown:
@@ -233,10 +240,11 @@ class Trainer:
                 if hasattr(sampler, "set_epoch"):
                     sampler.set_epoch(self.epoch)
             record = self.train_epoch(loader, step, on_batch)
-            self._recalibrate_batchnorm(loader, step)
-            self.model.eval()
-            with torch.inference_mode():
-                record.update(evaluate(self.model))
+            if self.cfg.evaluates_after(self.epoch + 1):
+                self._recalibrate_batchnorm(loader, step)
+                self.model.eval()
+                with torch.inference_mode():
+                    record.update(evaluate(self.model))
             self.epoch += 1
             record["epoch"] = float(self.epoch)
             self.history.append(record)

@@ -26,10 +26,10 @@ def _problem():
     return DataLoader(TensorDataset(x, y), batch_size=16, shuffle=True, num_workers=0)
 
 
-def _trainer(tmp_path, epochs=3):
+def _trainer(tmp_path, epochs=3, eval_every=1):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Dropout(0.2), nn.Linear(16, 3))
-    cfg = OptimConfig(epochs=epochs, lr=1e-2, warmup_epochs=0.5)
+    cfg = OptimConfig(epochs=epochs, lr=1e-2, warmup_epochs=0.5, eval_every=eval_every)
     return Trainer(model, cfg, steps_per_epoch=4, out_dir=tmp_path, primary_metric="accuracy", meta={"name": "mlp"})
 
 
@@ -55,6 +55,21 @@ def test_training_learns_and_writes_checkpoints(tmp_path):
     assert (tmp_path / "last.pt").is_file() and (tmp_path / "best.pt").is_file()
     state = torch.load(tmp_path / "best.pt", weights_only=True)
     assert state["meta"] == {"name": "mlp"} and state["best"] == max(h["accuracy"] for h in history)
+
+
+def test_eval_every_evaluates_every_nth_epoch_and_the_last(tmp_path):
+    loader = _problem()
+    evaluated = []
+
+    def evaluate(model):
+        evaluated.append(len(evaluated))
+        return _evaluate(loader)(model)
+
+    history = _trainer(tmp_path, epochs=5, eval_every=2).fit(loader, _step, evaluate)
+    assert [h["epoch"] for h in history if "accuracy" in h] == [2, 4, 5]
+    assert len(evaluated) == 3 and all("train_loss" in h for h in history)
+    state = torch.load(tmp_path / "best.pt", weights_only=True)
+    assert state["best"] == max(h["accuracy"] for h in history if "accuracy" in h)
 
 
 def test_resume_after_an_interruption_matches_an_uninterrupted_run(tmp_path):
