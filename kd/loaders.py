@@ -50,6 +50,7 @@ class TeacherTargets:
     num_views: int = 1
 
 
+AUDIO_CACHE_BYTES = 1 << 30  # decoded clips a dataset keeps in the training process (see ClipDataset)
 VIEW_CHOICES = ("consistent", "clean", "random", "clean-targets")
 REPLAYED_VIEWS = ("consistent", "clean-targets")  # the modes that replay a stored view's augmentation
 
@@ -65,6 +66,10 @@ class ClipDataset(torch.utils.data.Dataset):
     A clip whose audio cannot be decoded is left out of its batch with a warning (``kd teach`` already
     recorded such clips, and ``kd distill`` drops clips without logits before training); indexing it alone
     raises its :class:`kd.data.AudioError`.
+
+    Decoded clips are kept in memory, up to ``audio_cache_bytes``, when the training process decodes them itself
+    (no DataLoader workers, whose copies would end with each epoch): every epoch, the precise-BN pass and every
+    evaluation decode and resample the same clips again, a tenth of a small model's step on a CPU.
     """
 
     def __init__(
@@ -79,6 +84,7 @@ class ClipDataset(torch.utils.data.Dataset):
         teacher: TeacherTargets | None = None,
         num_classes: int | None = None,
         impulse_responses: ImpulseResponses | None = None,
+        audio_cache_bytes: int = AUDIO_CACHE_BYTES,
     ) -> None:
         self.data, self.clips = data, list(clips)
         self.num_classes = data.num_classes if num_classes is None else num_classes
@@ -87,10 +93,13 @@ class ClipDataset(torch.utils.data.Dataset):
         self.teacher, self.impulse_responses = teacher, impulse_responses
         self.ids = np.array([c.id for c in self.clips])  # a NumPy id array takes the store's vectorised lookup
         self._store = None
+        self.audio_cache_bytes = audio_cache_bytes
+        self._audio_cache: dict[int, np.ndarray] = {}
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_store"] = None  # each worker process opens its own handle
+        state["_audio_cache"] = {}
         return state
 
     @property
@@ -132,9 +141,20 @@ class ClipDataset(torch.utils.data.Dataset):
         targets = picks if t.views == "consistent" else np.zeros_like(picks)
         return [(int(k), p) for k, p in zip(targets, params)]
 
+    def _audio(self, index: int) -> np.ndarray:
+        """The decoded clip (a copy of the cached one where the cache holds it)."""
+        cached = self._audio_cache.get(index)
+        if cached is not None:
+            return cached.copy()
+        audio = self.data.load_audio(self.clips[index], self.sample_rate, self.seconds)
+        in_worker = torch.utils.data.get_worker_info() is not None
+        if not in_worker and audio.nbytes * (len(self._audio_cache) + 1) <= self.audio_cache_bytes:
+            self._audio_cache[index] = audio.copy()
+        return audio
+
     def _item(self, index: int, view: int = 0, params: np.ndarray | None = None) -> dict[str, Any]:
         clip = self.clips[index]
-        audio = self.data.load_audio(clip, self.sample_rate, self.seconds)
+        audio = self._audio(index)
         if params is not None:
             audio = apply_view(audio, params, self.sample_rate, self.impulse_responses)
             clip = replace(clip, events=tuple(view_events(clip.events, params, self.seconds)))

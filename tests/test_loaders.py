@@ -55,6 +55,21 @@ def test_every_clip_meets_its_own_logits_in_shuffled_batches(asc_with_store, wor
     assert (dataset._store is None) == (workers > 0)  # with workers, each opened its own handle, not the parent
 
 
+@pytest.mark.parametrize("cache_bytes, decodes", [(1 << 30, 1), (0, 2)])
+def test_the_training_process_decodes_each_clip_once(asc_with_store, monkeypatch, cache_bytes, decodes):
+    """Every epoch, the precise-BN pass and each evaluation read the same clips: kept decoded, handed out as copies."""
+    data, store_path = asc_with_store
+    dataset = ClipDataset(data, data.clips, sample_rate=16000, seconds=1.0, audio_cache_bytes=cache_bytes)
+    calls = []
+    decode = data.load_audio
+    monkeypatch.setattr(data, "load_audio", lambda *args, **kwargs: calls.append(args[0].id) or decode(*args, **kwargs))
+    first = dataset[3]["audio"]
+    first.zero_()  # a batch changed in place must not reach the next epoch
+    again = dataset[3]["audio"]
+    assert len(calls) == decodes and again.abs().sum() > 0
+    torch.testing.assert_close(again, torch.from_numpy(decode(data.clips[3], 16000, 1.0)))
+
+
 def test_an_undecodable_clip_leaves_its_batch_and_raises_alone(demo_asc, tmp_path):
     folder = tmp_path / "asc"
     shutil.copytree(demo_asc["path"], folder)
