@@ -6,6 +6,8 @@ import abc
 import torch
 from torch import nn
 
+from layers.probe import PROBE_LIMIT_SECONDS, shortest_input
+
 __all__ = ["Student", "init_mobile_weights"]
 
 
@@ -31,6 +33,16 @@ class Student(nn.Module, abc.ABC):
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
         """Logits for a batch of waveforms ``[B, N]`` at ``sample_rate``."""
         return self.forward_spectrogram(self.frontend(waveform))
+
+    def min_input_samples(self) -> int:
+        """The fewest samples this student takes: shorter clips are padded with zeros up to it.
+
+        Measured once, on silence (:func:`layers.probe.shortest_input`): CP-ResNet's pooling stack needs 17 frames,
+        the MobileNets' centred STFT just over half an FFT window.
+        """
+        if "_min_input_samples" not in self.__dict__:
+            self._min_input_samples = shortest_input(self, limit=PROBE_LIMIT_SECONDS * self.sample_rate)
+        return self._min_input_samples
 
     def spectrogram_shape(self, seconds: float) -> tuple[int, int, int]:
         """``(1, F, T)`` of the spectrogram ``frontend`` makes of ``seconds`` of audio (without running it)."""

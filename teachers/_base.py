@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from kd_errors import KdError
+from layers.probe import PROBE_LIMIT_SECONDS, shortest_input
 
 __all__ = ["Teacher", "TeacherInputError", "TeacherOutput"]
 
@@ -62,6 +63,16 @@ class Teacher(nn.Module, abc.ABC):
     @property
     def context_samples(self) -> int:
         return round(self.clip_seconds * self.sample_rate)
+
+    def min_input_samples(self) -> int:
+        """The fewest samples this teacher takes in one pass: shorter clips are padded with zeros up to it.
+
+        Measured once, on silence (:func:`layers.probe.shortest_input`), because the frontend and the network set
+        it together: PaSST needs one 16-frame patch, a CNN enough frames for its pooling stack.
+        """
+        if "_min_input_samples" not in self.__dict__:
+            self._min_input_samples = shortest_input(self, limit=PROBE_LIMIT_SECONDS * self.sample_rate)
+        return self._min_input_samples
 
     def frame_window_hop_samples(self) -> int:
         """Hop between consecutive windows for frame-wise teachers (default: the whole context)."""

@@ -120,6 +120,11 @@ class AST(SpectrogramTransformer):
     def positional_parameters(self) -> list[nn.Parameter]:
         return [self.pos_embed]
 
+    def min_input_samples(self) -> int:
+        """One fbank frame: the frontend pads the fbank to ``input_tdim`` frames, so every input that makes a frame
+        fits (and probing would run the whole transformer on its full input for each length tried)."""
+        return self.frontend.fbank.frame_length
+
     def frontend_config(self) -> dict[str, Any]:
         fb = self.frontend.fbank
         return {
