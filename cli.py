@@ -196,8 +196,10 @@ class TrainingProgress:
 @click.option("--batch-size", type=int, default=8, show_default=True)
 @click.option("--chunk-size", type=int, default=256, show_default=True, help="Clips per store chunk (new stores).")
 @click.option("--seconds", type=float, default=None,
-              help="Audio length fed to the teachers (default: the metadata's clip length, else the 90th "
-                   "percentile of a decoded sample of clips; longer clips are windowed by the teachers).")
+              help="Audio length every clip is cropped or padded to, as the student will see it (default: the "
+                   "metadata's clip length, else the 90th percentile of a decoded sample of clips, each clip fed at "
+                   "its own length where lengths vary; never shorter than the teachers take; longer clips are "
+                   "windowed by the teachers).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N (in every worker).")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
               help="Teacher arithmetic (autocast): auto is fp16 on GPUs with tensor cores, else fp32; a clip whose "
@@ -215,14 +217,17 @@ class TrainingProgress:
 @click.option("--dir", "dir_folder", type=click.Path(exists=True, file_okay=False), default=None,
               help="Folder of device impulse responses for --augment dir.")
 @click.option("--view-seed", type=int, default=0, show_default=True, help="Seed of the per-clip view draws.")
+@click.option("--max-failed", "max_failed", type=float, default=0.05, show_default=True, metavar="FRACTION",
+              help="Exit with an error when more than this fraction of the clips has no logits (unreadable, silent, "
+                   "too short to be a recording); what was taught is kept either way.")
 def teach_cmd(dataset, split, teachers, store, codec, workers, decode_workers, scheduler, batch_size, chunk_size,
               seconds, device, precision, dashboard, tracking_uri, transfer, views, augment, dir_folder,
-              view_seed) -> None:
+              view_seed, max_failed) -> None:
     """Run teachers once over a dataset and store their logits (resumable: rerun to continue)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from kd.checkpoints import TeacherSpec
-    from kd.teach import TeachConfig, run_teach
+    from kd.teach import TeachConfig, check_failed_share, run_teach
 
     cfg = TeachConfig(
         dataset=dataset, split=split, teachers=tuple(TeacherSpec.parse(t) for t in teachers), store=store,
@@ -230,6 +235,7 @@ def teach_cmd(dataset, split, teachers, store, codec, workers, decode_workers, s
         chunk_size=chunk_size, seconds=seconds, device=device, precision=precision, dashboard=dashboard,
         tracking_uri=tracking_uri, transfer=tuple(transfer), views=views,
         augment=tuple(k for k in augment.split(",") if k.strip()), dir_folder=dir_folder, view_seed=view_seed,
+        max_failed_fraction=max_failed,
     )
     columns = (TextColumn("teaching"), BarColumn(), MofNCompleteColumn(), TextColumn("clips"),
                TextColumn("{task.fields[rate]}"), TimeRemainingColumn())
@@ -245,6 +251,7 @@ def teach_cmd(dataset, split, teachers, store, codec, workers, decode_workers, s
                             on_warning=lambda m: console.print(f"[bold yellow]warning:[/] {m}", highlight=False),
                             on_status=lambda m: console.print(m, highlight=False, soft_wrap=True))
     _print_teach_summary(summary)
+    check_failed_share(summary, cfg.max_failed_fraction)
 
 
 def _print_teach_summary(summary) -> None:
@@ -262,7 +269,8 @@ def _print_teach_summary(summary) -> None:
     for name, count in summary.written.items():
         table.add_row(f"written by {name}", str(count))
     kinds = ", ".join(f"{n} {kind}" for kind, n in summary.failure_kinds.items())
-    table.add_row("failed clips", f"{len(summary.failures)}" + (f" ({kinds})" if kinds else ""))
+    failed = f"{len(summary.failures)} ({summary.failed_fraction:.1%})" if summary.failures else "0"
+    table.add_row("failed clips", failed + (f": {kinds}" if kinds else ""))
     if summary.devices:
         table.add_row("devices", ", ".join(summary.devices))
     if summary.decode_clips_per_s_per_thread:
@@ -279,10 +287,12 @@ def _print_teach_summary(summary) -> None:
         table.add_row("MLflow run", summary.run_id)
     out.print(table)
     if summary.failures:
-        failed = Table("clip", "reason", title="clips without logits (not stored)")
-        for clip_id, reason in list(summary.failures.items())[:20]:
-            failed.add_row(clip_id, reason)
-        out.print(failed)
+        from kd.failures import group_failures
+
+        groups = Table("kind", "clips", "for example", "what fixes it", title="clips without logits, by reason")
+        for group in group_failures(summary.failures):
+            groups.add_row(group.kind, str(group.count), f"{group.example_id}: {group.example_reason}", group.fix)
+        out.print(groups)
 
 
 @main.command("distill")

@@ -19,6 +19,7 @@ join them. Their labels, if a transfer set has any (an AudioSet split), are igno
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -27,6 +28,7 @@ import torch
 
 from kd.complexity import complexity
 from kd.data import Dataset, open_dataset
+from kd.failures import describe_failures
 from kd.job import (
     BatchCallback,
     EpochCallback,
@@ -138,6 +140,7 @@ class StoreJoin:
     clip_seconds: float | None
     provenance: dict[str, Any]
     impulse_responses: ImpulseResponses | None = None
+    pad_to_seconds: float = 0.0  # kd teach padded shorter clips with zeros up to this (its teachers' shortest input)
 
 
 def transfer_sets(cfg: DistillConfig, data: Dataset) -> list[Dataset]:
@@ -164,16 +167,15 @@ def join_store(cfg: DistillConfig, data: Dataset, transfer: list[Dataset]) -> St
         if not all(rates.values()) or len(set(rates.values())) != 1:
             raise KdError(f"{task} distillation needs frame-wise teachers with one frame rate; got {rates}")
         fps = next(iter(rates.values()))
-    usable = set(store.clip_ids) - set().union(*(store.failures(t) for t in cfg.teachers.names))
+    failures = {k: v for t in cfg.teachers.names for k, v in store.failures(t).items()}
+    usable = set(store.clip_ids) - set(failures)
     parts = [(data, data.labelled_clips), *((t, t.clips) for t in transfer)]
     missing = [c.id for _, clips in parts for c in clips if c.id not in usable]
     if missing and cfg.missing == "error":
         total = sum(len(clips) for _, clips in parts)
-        shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
-        raise KdError(
-            f"{len(missing)} of {total} training clips ({data.split} split and transfer sets) have no logits in "
-            f"{cfg.store} ({shown}); teach them first, or pass --missing drop"
-        )
+        raise KdError(f"{len(missing)} of {total} training clips ({data.split} split and transfer sets) have no "
+                      f"logits in {cfg.store}: {why_missing(store, missing, failures)}; or pass --missing drop to "
+                      "train without them")
     keep = [c for c in data.labelled_clips if c.id in usable]
     if not keep:
         raise KdError(f"no labelled {data.split} clip of {cfg.dataset} has logits in {cfg.store}")
@@ -191,7 +193,20 @@ def join_store(cfg: DistillConfig, data: Dataset, transfer: list[Dataset]) -> St
                   "transfer_sets": {t.spec: t.fingerprint() for t, _ in kept_transfer},
                   "views": {"mode": mode, "count": store.num_views, **(store.views or {})}}
     return StoreJoin(keep, kept_transfer, targets, infos[cfg.teachers.names[0]].get("clip_seconds"), provenance,
-                     irs)
+                     irs, store.user_attrs.get("clip_lengths", {}).get("pad_to_seconds", 0.0))
+
+
+def why_missing(store: LogitStore, missing: Sequence[str], failures: Mapping[str, str]) -> str:
+    """Why ``missing`` clips have no logits: the store's failure records grouped by kind (each with an example and
+    its fix), and the clips the store does not hold."""
+    held = set(store.clip_ids)
+    recorded = {i: failures[i] for i in missing if i in failures}
+    outside = [i for i in missing if i not in held]
+    parts = [describe_failures(recorded)] if recorded else []
+    if outside:
+        parts.append(f"{len(outside)} not in the store (e.g. {outside[0]}): it was taught without them (another "
+                     "split, or without this --transfer set); teach a store that holds them")
+    return "; ".join(parts)
 
 
 def choose_views(cfg: DistillConfig, store: LogitStore) -> tuple[str, ImpulseResponses | None]:
@@ -223,6 +238,29 @@ def build_student(cfg: DistillConfig, num_classes: int) -> Student:
     return create_student(cfg.student, num_classes, pretrained=cfg.pretrained)
 
 
+def student_seconds(cfg: DistillConfig, join: StoreJoin | None, data: Dataset, student: Student) -> float:
+    """The clip length the student trains and is evaluated at: ``--seconds``, else the store's (padded as
+    ``kd teach`` padded short clips), else the dataset's; every clip is cropped or padded to it, and it is never
+    shorter than the student takes (:meth:`students.Student.min_input_samples`).
+
+    Raises:
+        KdError: ``--seconds`` is shorter than the student takes.
+    """
+    shortest = student.min_input_samples() / student.sample_rate
+    if cfg.seconds is not None:
+        if cfg.seconds < shortest:
+            raise KdError(f"--seconds {cfg.seconds:g} is shorter than {cfg.student} takes ({shortest:.4g} s, what "
+                          f"its frontend and network need); pass at least --seconds {_milliseconds_up(shortest):g}")
+        return cfg.seconds
+    if join is not None and join.clip_seconds:
+        return max(join.clip_seconds, join.pad_to_seconds, shortest)
+    return max(data.clip_seconds(), shortest)
+
+
+def _milliseconds_up(seconds: float) -> float:
+    return math.ceil(seconds * 1000) / 1000
+
+
 def prepare_distillation(cfg: DistillConfig) -> TrainingJob:
     """Open the data, join the store, build the student and its job (resumed with ``cfg.resume``)."""
     train_data, eval_data = open_splits(cfg)
@@ -232,7 +270,7 @@ def prepare_distillation(cfg: DistillConfig) -> TrainingJob:
     student = build_student(cfg, train_data.num_classes)
     replayed = join is not None and join.targets.views in REPLAYED_VIEWS and join.targets.num_views > 1
     options = replace(cfg, dir_folder=None) if replayed else cfg  # the stored views bring their impulse responses
-    seconds = cfg.seconds or (join and join.clip_seconds) or train_data.clip_seconds()
+    seconds = student_seconds(cfg, join, train_data, student)
     loss = DistillLoss(task, kd_lambda=cfg.kd_lambda if join else 1.0, temperature=cfg.temperature)
     # parameters: the choices that distinguish runs, the same keys for every run (MLflow's parallel-coordinates plot
     # opens on the first parameters, in name order, whose values differ); bookkeeping goes in tags

@@ -23,11 +23,16 @@ A local cluster on a machine with GPUs starts one worker per visible GPU, each p
 ``--scheduler`` cluster whose workers declare ``GPU`` resources, each chunk asks for ``1 / CHUNKS_PER_WORKER``
 of one.
 
-**Clip length**: ``--seconds``, else the dataset's policy (:meth:`kd.data.Dataset.clip_lengths`: metadata
-durations, else the 90th percentile of a decoded sample). When the lengths vary and every teacher is clip-level
-(those take any length), each clip is fed at its own length, cropped to the chosen one, in batches of similar
-length (no clip padded by more than ``LENGTH_TOLERANCE``); otherwise every clip is cropped or padded to it.
-A clip shorter than :attr:`~kd.data.ClipLengths.min_seconds`, or silent, is flagged, never padded into a target.
+**Clip length**: with ``--seconds``, every clip is cropped or padded to it, as the student will see it. Without
+it, the dataset's policy chooses (:meth:`kd.data.Dataset.clip_lengths`: metadata durations, else the 90th
+percentile of a decoded sample); when the lengths vary and every teacher is clip-level, each clip is fed at its
+own length, cropped to the chosen one, in batches of similar length (no clip padded by more than
+``LENGTH_TOLERANCE``); otherwise every clip is cropped or padded to it. Either way no clip is fed shorter than the
+longest of the teachers' shortest inputs (:meth:`teachers.Teacher.min_input_samples`: a CNN's pooling stack, a
+transformer's patch): a short clip is padded with zeros up to it, and the store records that length
+(``clip_lengths.pad_to_seconds``) for ``kd distill``. A clip shorter than :attr:`~kd.data.ClipLengths.min_seconds`
+(half the dataset's short end: too short to be one of its recordings), or silent, is flagged, never padded into a
+target.
 
 **Views** (``--views K --augment dir,roll,gain,speed``, see :mod:`kd.views`): every clip is decoded once and
 turned into its ``K`` views in the decode thread (view 0 the clip itself), each view a row of the chunk for the
@@ -38,18 +43,20 @@ replays. A clip fails (for a teacher) if any of its views does.
 split's, taught like any other; their labels, if any, are ignored (the store's vocabulary is the labelled
 dataset's). One store so covers a distillation's labelled clips and its transfer sets.
 
-**Failures** are per clip wherever the data is at fault, recorded (clip id and reason) in the store and never
-stored as logits; a bug still ends the job with its traceback:
+**Failures** are per clip only where the clip is at fault, recorded (clip id and reason) in the store and never
+stored as logits (:mod:`kd.failures` sorts them into kinds); everything else ends the job with its traceback:
 
 * decoding: :class:`kd.data.AudioError` (missing, empty, unreadable, silent, non-finite, too short) always;
   any other :data:`DATA_ERRORS` raised while reading, decoding or resampling one clip is recorded as
-  ``decode error: Type: message``;
-* teachers: a batch on which a teacher raises one of :data:`DATA_ERRORS` is retried clip by clip for that
-  teacher; a clip that fails alone is recorded as ``teacher NAME failed: Type: message`` (that teacher only);
-  a clip whose logits are not finite in fp16/bf16 is run again in fp32, and recorded if they still are not;
-* a stage that has not worked on a single clip in this worker (every clip failing, a teacher raising on
-  everything) is broken, not fed bad data: its first error propagates. So do all other exception types
-  (TypeError, AttributeError, KeyError, NotImplementedError, ...) and CUDA device faults.
+  ``decode error: Type: message``; all other exception types (TypeError, KeyError, ...) are bugs;
+* teachers: an error a teacher raises is never the clip's (it decoded fine and was padded to what every teacher
+  takes): it stops the job as :class:`TeacherFailed`, with the teacher's own error and traceback as its cause.
+  A clip whose logits are not finite in fp16/bf16 is run again in fp32, and recorded if they still are not;
+* a stage that has not worked on a single clip in this worker (every clip failing to decode, a teacher's logits
+  never finite) is broken, not fed bad data: its first error propagates.
+
+A job whose failed clips exceed ``max_failed_fraction`` (``--max-failed``) of the store still keeps everything it
+wrote, but :func:`check_failed_share` then refuses it, so ``kd teach`` exits non-zero.
 """
 from __future__ import annotations
 
@@ -64,7 +71,7 @@ import threading
 import time
 import warnings
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -77,6 +84,7 @@ from distributed.system import MEMORY_LIMIT
 from kd.checkpoints import TeacherSpec, build_teacher
 from kd.data import AudioError, ClipLengths, Dataset, open_dataset
 from kd.data.base import LENGTH_TOLERANCE
+from kd.failures import FAILURE_KINDS, describe_failures, failure_kind
 from kd.metrics import UndefinedMetric
 from kd.tracking import DatasetInput, RunLogger, tracked_run
 from kd.train import select_device
@@ -86,7 +94,7 @@ from kd_errors import KdError
 from layers import sha256_file
 from layers.resample import resample
 from logit_store import LogitStore, StoreNotFound
-from teachers import Teacher, TeacherInputError
+from teachers import Teacher
 
 __all__ = [
     "CHUNKS_PER_WORKER",
@@ -95,7 +103,10 @@ __all__ = [
     "ChunkResult",
     "TeachConfig",
     "TeachSummary",
+    "TeacherFailed",
+    "TooManyFailedClips",
     "WorkerPlan",
+    "check_failed_share",
     "chunk_resources",
     "failure_kind",
     "length_batches",
@@ -108,28 +119,25 @@ __all__ = [
 CHUNKS_PER_WORKER = 2  # chunks a worker holds at once: one on the device while the next decodes
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-# What one bad clip makes decoders and models raise: soundfile (LibsndfileError is a RuntimeError), soxr and
-# numpy (ValueError), h5py (OSError), torch (RuntimeError for shapes and padding, IndexError), teachers
-# (TeacherInputError). These subclasses of them are bugs, never data:
-DATA_ERRORS = (AudioError, TeacherInputError, OSError, EOFError, RuntimeError, ValueError, ArithmeticError, IndexError)
+# What one bad file makes decoders raise while reading, decoding, resampling or cutting it: soundfile
+# (LibsndfileError is a RuntimeError), soxr and numpy (ValueError), h5py (OSError). These subclasses of them are
+# bugs, never data:
+DATA_ERRORS = (AudioError, OSError, EOFError, RuntimeError, ValueError, ArithmeticError, IndexError)
 _NEVER_DATA = (NotImplementedError, RecursionError)
-FAILURE_KINDS = ("undecodable", "too short", "silent", "teacher error")
+MAX_FAILED_FRACTION = 0.05  # kd teach's default --max-failed
 
 
 def _is_data_error(error: BaseException) -> bool:
-    return (isinstance(error, DATA_ERRORS) and not isinstance(error, _NEVER_DATA)
-            and not str(error).startswith("CUDA error"))  # a device fault poisons the context: not one clip's
+    return isinstance(error, DATA_ERRORS) and not isinstance(error, _NEVER_DATA)
 
 
-def failure_kind(reason: str) -> str:
-    """The kind of a recorded failure reason: ``too short``, ``silent``, ``teacher error`` or ``undecodable``."""
-    if reason.startswith("too short"):
-        return "too short"
-    if reason.startswith("silent"):
-        return "silent"
-    if reason.startswith("teacher "):
-        return "teacher error"
-    return "undecodable"
+class TeacherFailed(RuntimeError):
+    """A teacher raised on clips that decoded fine: not the clips' fault, so the job stops (the teacher's own
+    error, with its traceback, is the ``__cause__``)."""
+
+
+class TooManyFailedClips(KdError):
+    """More of a store's clips failed than ``--max-failed`` allows; what was taught is kept."""
 
 
 @dataclass(frozen=True)
@@ -154,6 +162,7 @@ class TeachConfig:
     dir_folder: str | None = None
     view_seed: int = 0
     transfer: tuple[str, ...] = ()
+    max_failed_fraction: float = MAX_FAILED_FRACTION
 
     def __post_init__(self) -> None:
         if not self.teachers:
@@ -176,15 +185,19 @@ class TeachConfig:
             raise KdError(f"--views must be >= 1, got {self.views}")
         if self.scheduler and self.workers is not None:
             raise KdError("--workers starts a local cluster; with --scheduler the cluster's own workers run the job")
+        if not 0 <= self.max_failed_fraction <= 1:
+            raise KdError(f"--max-failed is a fraction of the clips, from 0 to 1; got {self.max_failed_fraction:g}")
 
 
 @dataclass(frozen=True)
 class _Job:
-    """What the client decided for every worker: the clip length, how clips are fed, the device and precision."""
+    """What the client decided for every worker: the clip length, how clips are fed (``pad_samples``: the fewest
+    samples at the decode rate that every teacher takes), the device and precision."""
 
     seconds: float
     min_seconds: float
     variable: bool
+    pad_samples: int
     device: str
     precision: str
     decode_workers: int | None
@@ -222,6 +235,11 @@ class TeachSummary:
     decode_clips_per_s_per_thread: float | None = None  # wall clock, under the run's load
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     run_id: str | None = None
+
+    @property
+    def failed_fraction(self) -> float:
+        """The share of the store's clips without logits (for any teacher)."""
+        return len(self.failures) / self.clips if self.clips else 0.0
 
 
 # --- precision and workers ------------------------------------------------------------------------------------------
@@ -331,7 +349,7 @@ class _Context:
             if not _is_data_error(e):
                 raise
             return e, time.perf_counter() - start
-        return views, time.perf_counter() - start
+        return [_padded_to(view, job.pad_samples) for view in views], time.perf_counter() - start
 
     def view_params(self, clip_id: str) -> np.ndarray:
         """The ``[K, P]`` parameters of a clip's views (drawn from its id: the same in every process and rerun)."""
@@ -360,6 +378,11 @@ class _Context:
         self.decode_pool.shutdown(wait=False, cancel_futures=True)
 
 
+def _padded_to(audio: np.ndarray, samples: int) -> np.ndarray:
+    """``audio`` with zeros appended up to ``samples`` (unchanged if it is that long already)."""
+    return audio if len(audio) >= samples else np.pad(audio, (0, samples - len(audio)))
+
+
 _CONTEXTS: dict[tuple[TeachConfig, _Job], _Context] = {}
 _CONTEXT_LOCK = threading.Lock()
 
@@ -374,14 +397,38 @@ def _context(cfg: TeachConfig, job: _Job) -> _Context:
         return _CONTEXTS[cfg, job]
 
 
-def teach_lengths(cfg: TeachConfig, data: Dataset) -> ClipLengths:
-    """Audio length fed to the teachers: ``--seconds``, else the dataset's clip-length policy.
+def shortest_inputs(models: dict[str, Teacher]) -> dict[str, float]:
+    """Each teacher's shortest input in seconds (:meth:`teachers.Teacher.min_input_samples`)."""
+    return {name: model.min_input_samples() / model.sample_rate for name, model in models.items()}
+
+
+def teach_lengths(cfg: TeachConfig, data: Dataset, shortest: Mapping[str, float] | None = None) -> ClipLengths:
+    """Audio length fed to the teachers: ``--seconds``, else the dataset's clip-length policy, raised to the
+    longest of the teachers' ``shortest`` inputs (seconds by teacher, see :func:`shortest_inputs`) where the
+    dataset's clips are shorter.
 
     Not the teachers' context: a 1 s TAU22 clip padded to PaSST's 10 s would be 90 % silence, which the
     teacher never saw in training. Shorter clips give fewer time tokens (as in the DCASE'23 fine-tuning on 1 s);
     clips longer than a teacher's context are windowed by the teacher itself.
+
+    Raises:
+        KdError: ``--seconds`` is shorter than a teacher takes.
     """
-    return data.clip_lengths(seconds=cfg.seconds)
+    lengths = data.clip_lengths(seconds=cfg.seconds)
+    if not shortest:
+        return lengths
+    name, floor = max(shortest.items(), key=lambda item: item[1])
+    if cfg.seconds is not None and cfg.seconds < floor:
+        raise KdError(f"--seconds {cfg.seconds:g} is shorter than teacher {name} takes ({floor:.4g} s, what its "
+                      f"frontend and network need); pass at least --seconds {math.ceil(floor * 1000) / 1000:g}")
+    return replace(lengths, seconds=floor, chosen_by="shortest input") if lengths.seconds < floor else lengths
+
+
+def _pad_samples(models: dict[str, Teacher]) -> int:
+    """The fewest samples at the decode rate (the highest teacher rate) that every teacher takes once resampled
+    (:func:`layers.resample.resample` returns ``ceil(n * new / orig)`` samples)."""
+    rate = max(m.sample_rate for m in models.values())
+    return max(math.ceil(m.min_input_samples() * rate / m.sample_rate) for m in models.values())
 
 
 def length_batches(lengths: Sequence[int], batch_size: int, tolerance: float = LENGTH_TOLERANCE) -> list[list[int]]:
@@ -483,8 +530,12 @@ def _autocast(ctx: _Context, precision: str):
 
 def _launch(ctx: _Context, names: Sequence[str], audio: Sequence[np.ndarray],
             precision: str | None = None) -> dict[str, Any]:
-    """Each teacher's outputs for a batch (on CUDA, launched and still being computed), or the data error it
-    raised on the batch, at ``precision`` (default: the job's). The caller holds the device lock."""
+    """Each teacher's outputs for a batch (on CUDA, launched and still being computed) at ``precision`` (default:
+    the job's). The caller holds the device lock.
+
+    Raises:
+        TeacherFailed: a teacher raised; the clips decoded fine, so the error is never theirs.
+    """
     wave = ctx.stage(audio).to(ctx.device, non_blocking=True)
     by_rate: dict[int, torch.Tensor] = {}
     out: dict[str, Any] = {}
@@ -496,10 +547,14 @@ def _launch(ctx: _Context, names: Sequence[str], audio: Sequence[np.ndarray],
                     by_rate[teacher.sample_rate] = resample(wave, ctx.sample_rate, teacher.sample_rate)
                 with _autocast(ctx, precision or ctx.precision):
                     out[name] = teacher(by_rate[teacher.sample_rate])
-            except Exception as e:  # sorted into data problems and bugs by _is_data_error
-                if not _is_data_error(e):
-                    raise
-                out[name] = e
+            except Exception as e:
+                shortest, longest = min(len(a) for a in audio), max(len(a) for a in audio)
+                lengths = f"{shortest}" if shortest == longest else f"{shortest}-{longest}"
+                raise TeacherFailed(
+                    f"teacher {name} raised {type(e).__name__} on a batch of {len(audio)} clips that decoded fine "
+                    f"({lengths} samples at {ctx.sample_rate} Hz, no fewer than the {ctx.job.pad_samples} every "
+                    f"teacher takes): not the clips' fault, so the job stops: {e}"
+                ) from e
     return out
 
 
@@ -532,8 +587,8 @@ def _collect_or_retry(ctx: _Context, state: _ChunkState, batch: list[tuple[int, 
     audio = dict(batch)
     for name, row in _collect(ctx, state, [row for row, _ in batch], outputs):
         if ctx.precision != "fp32":
-            again = _launch(ctx, [name], [audio[row]], precision="fp32")[name]
-            if not isinstance(again, BaseException) and not _collect(ctx, state, [row], {name: again}):
+            again = _launch(ctx, [name], [audio[row]], precision="fp32")
+            if not _collect(ctx, state, [row], again):
                 continue
         state.fail(name, row, f"teacher {name} returned non-finite logits", KdError(
             f"teacher {name} returned non-finite logits on every clip so far (precision {ctx.precision})"))
@@ -541,22 +596,13 @@ def _collect_or_retry(ctx: _Context, state: _ChunkState, batch: list[tuple[int, 
 
 def _run_device(ctx: _Context, state: _ChunkState, batches: Iterator[list[tuple[int, np.ndarray]]]) -> None:
     """Run the teachers batch by batch; batch ``k + 1`` is launched before batch ``k``'s logits are copied back
-    (on CUDA the host stages the next batch while the device computes). A teacher that raises on a batch is
-    retried on it clip by clip, so only the clips it fails on alone are lost (to that teacher)."""
+    (on CUDA the host stages the next batch while the device computes)."""
     previous: tuple[list[tuple[int, np.ndarray]], dict[str, Any]] | None = None
     for batch in batches:
         outputs = _launch(ctx, state.names, [a for _, a in batch])
-        raised = [name for name, out in outputs.items() if isinstance(out, BaseException)]
         if previous is not None:
             _collect_or_retry(ctx, state, *previous)
-        previous = (batch, {n: o for n, o in outputs.items() if n not in raised})
-        for name in raised:
-            for row, audio in batch:
-                alone = _launch(ctx, [name], [audio])[name]
-                if isinstance(alone, BaseException):
-                    state.fail(name, row, f"teacher {name} failed: {_reason(alone)}", alone)
-                else:
-                    _collect_or_retry(ctx, state, [(row, audio)], {name: alone})
+        previous = (batch, outputs)
     if previous is not None:
         _collect_or_retry(ctx, state, *previous)
 
@@ -666,7 +712,7 @@ def prepare_store(cfg: TeachConfig, on_warning: Callable[[str], None] | None = N
     store.check_dataset(fingerprint)
     store.check_views(views and views.to_dict(), views and VIEW_PARAMS)
     store.check_classes(data.classes)
-    lengths = teach_lengths(cfg, data)
+    lengths = teach_lengths(cfg, data, shortest_inputs(models))
     for spec in cfg.teachers:
         model = models[spec.key]
         frames = (model.num_output_frames(round(lengths.seconds * model.sample_rate))
@@ -686,11 +732,17 @@ def prepare_store(cfg: TeachConfig, on_warning: Callable[[str], None] | None = N
     return data, store, models, lengths
 
 
-def _fed_as(lengths: ClipLengths, variable: bool) -> str:
+def feeds_own_length(cfg: TeachConfig, lengths: ClipLengths, models: dict[str, Teacher]) -> bool:
+    """Whether each clip is fed at its own length: lengths vary, no ``--seconds`` asks for one length as the
+    student will see it, and every teacher is clip-level (frame-wise ones store a fixed number of frames)."""
+    return cfg.seconds is None and lengths.variable and all(m.frames_per_second is None for m in models.values())
+
+
+def _fed_as(lengths: ClipLengths, variable: bool, pad_to_seconds: float) -> str:
     if variable:
-        return (f"each clip at its own length up to {lengths.seconds:g} s, batched by length "
-                f"(padding <= {LENGTH_TOLERANCE:.0%})")
-    return f"every clip cropped or padded to {lengths.seconds:g} s"
+        return (f"each clip at its own length up to {lengths.seconds:.4g} s and at least {pad_to_seconds:.4g} s "
+                f"(the teachers' shortest input), batched by length (padding <= {LENGTH_TOLERANCE:.0%})")
+    return f"every clip cropped or padded to {lengths.seconds:.4g} s"
 
 
 def run_teach(
@@ -706,8 +758,9 @@ def run_teach(
     start = time.perf_counter()
     _check_dashboard(cfg)  # before anything is created
     data, store, models, lengths = prepare_store(cfg, on_warning)
-    variable = lengths.variable and all(m.frames_per_second is None for m in models.values())
-    fed_as = _fed_as(lengths, variable)
+    variable = feeds_own_length(cfg, lengths, models)
+    pad_to_seconds = max(shortest_inputs(models).values())
+    fed_as = _fed_as(lengths, variable, pad_to_seconds)
     if on_status:
         on_status(f"clip length {lengths.describe()}; {fed_as}")
     names = [s.key for s in cfg.teachers]
@@ -718,8 +771,9 @@ def run_teach(
         run.log_inputs([DatasetInput.of_dataset(taught[0], "taught"),
                         *(DatasetInput.of_dataset(t, "transfer") for t in taught[1:])])
         pending = [c for c in range(store.num_chunks) if not all(store.done_chunks(n)[c] for n in names)]
-        job = _Job(seconds=lengths.seconds, min_seconds=lengths.min_seconds, variable=variable, device=cfg.device,
-                   precision=cfg.precision, decode_workers=cfg.decode_workers, views=view_config(cfg))
+        job = _Job(seconds=lengths.seconds, min_seconds=lengths.min_seconds, variable=variable,
+                   pad_samples=_pad_samples(models), device=cfg.device, precision=cfg.precision,
+                   decode_workers=cfg.decode_workers, views=view_config(cfg))
         results = _run_on_dask(cfg, job, pending, on_progress, on_status, total_clips=len(store.clip_ids))
         store = type(store).open(cfg.store, mode="r+")
         failures = {k: v for n in names for k, v in store.failures(n).items()}
@@ -736,7 +790,7 @@ def run_teach(
         decode_seconds = sum(r.decode_seconds for r in results)
         if decode_seconds > 0:
             summary.decode_clips_per_s_per_thread = sum(r.clips for r in results if r.decode_seconds) / decode_seconds
-        store.set_attrs({"clip_lengths": {**lengths.as_dict(), "fed_as": fed_as,
+        store.set_attrs({"clip_lengths": {**lengths.as_dict(), "fed_as": fed_as, "pad_to_seconds": pad_to_seconds,
                                           "too_short": kinds["too short"], "silent": kinds["silent"]}})
         if summary.devices:
             store.set_attrs({"teach_devices": summary.devices})
@@ -751,6 +805,21 @@ def run_teach(
         _log_figures(run, summary, data)
         summary.run_id = run.run_id
     return summary
+
+
+def check_failed_share(summary: TeachSummary, max_fraction: float = MAX_FAILED_FRACTION) -> None:
+    """Refuse a job that lost more than ``max_fraction`` of its clips; the store keeps what was taught.
+
+    Raises:
+        TooManyFailedClips: one line with the failures by kind, an example of each and its fix.
+    """
+    if summary.failed_fraction <= max_fraction:
+        return
+    raise TooManyFailedClips(
+        f"{len(summary.failures)} of {summary.clips} clips ({summary.failed_fraction:.1%}) have no logits, more than "
+        f"--max-failed {max_fraction:g} allows: {describe_failures(summary.failures)}. The other clips' logits are "
+        "stored: kd distill --missing drop trains without these"
+    )
 
 
 def _log_figures(run: RunLogger, summary: TeachSummary, data: Dataset) -> None:
@@ -877,7 +946,8 @@ def _run_params(cfg: TeachConfig, store, lengths: ClipLengths,
 
 def _run_metrics(summary: TeachSummary) -> dict[str, float]:
     flat = {f"{view}.{k}": v for view, m in summary.metrics.items() for k, v in m.items()}
-    flat.update({"clips": summary.clips, "failed_clips": len(summary.failures), "wall_seconds": summary.wall_seconds})
+    flat.update({"clips": summary.clips, "failed_clips": len(summary.failures),
+                 "failed_fraction": summary.failed_fraction, "wall_seconds": summary.wall_seconds})
     flat.update({f"failed_{kind.replace(' ', '_')}": n for kind, n in summary.failure_kinds.items()})
     bpl = summary.store_info.get("bytes_per_logit")
     if bpl is not None and math.isfinite(bpl):

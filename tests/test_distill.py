@@ -105,7 +105,8 @@ def test_store_missing_clips_is_refused_or_dropped(demo_asc, tmp_path, tracking_
     Path(victim_source).write_bytes(original)  # the clip is readable now, but has no logits
     demo = {"spec": f"tau22:{data_dir}"}
     with pytest.raises(KdError, match=rf"1 of \d+ training clips \(train split and transfer sets\) have no logits .*"
-                                      rf"{victim.id}"):
+                                      rf"1 undecodable \(e.g. {victim.id}: unreadable.*fix or remove them.*"
+                                      r"--missing drop"):
         distill(_cfg(demo, str(store), tmp_path / "r", tracking_uri, teachers="passt_tiny", epochs=1))
     result = distill(_cfg(demo, str(store), tmp_path / "r", tracking_uri, teachers="passt_tiny", epochs=1,
                           missing="drop"))

@@ -143,7 +143,7 @@ def test_distill_replays_exactly_the_views_the_teachers_heard(demo_asc, irs, tmp
         teachers=TeacherChoice.parse("passt_tiny"), dir_folder=str(irs.folder), device="cpu", epochs=1))
     dataset = job.train_loader.dataset
     assert dataset.teacher.views == "consistent" and dataset.sample_rate == 32000
-    teach_job = _Job(seconds=1.0, min_seconds=0.0, variable=False, device="cpu", precision="fp32",
+    teach_job = _Job(seconds=1.0, min_seconds=0.0, variable=False, pad_samples=0, device="cpu", precision="fp32",
                      decode_workers=1, views=ViewConfig.from_dict(store.views))
     teacher_side = _Context(cfg, teach_job)
     kinds_seen = np.zeros(4, bool)

@@ -34,7 +34,8 @@ class ClipLengths:
 
     Attributes:
         seconds: The length clips are taught and trained at.
-        chosen_by: ``p90`` (the 90th percentile of the lengths) or ``--seconds`` (given by the user).
+        chosen_by: ``p90`` (the 90th percentile of the lengths), ``--seconds`` (given by the user) or ``shortest
+            input`` (``kd teach`` raised the 90th percentile to the shortest input its teachers take).
         source: Where the lengths come from: ``metadata`` (every clip), or a decoded sample of clips.
         count: How many lengths the statistics are over; ``unusable``: sampled clips that did not decode to
             usable audio (unreadable, empty, silent).
@@ -66,13 +67,14 @@ class ClipLengths:
 
     def describe(self) -> str:
         """One line: what was chosen, how, and the spread of the lengths."""
-        how = "given by --seconds" if self.chosen_by == "--seconds" else "the 90th percentile"
+        how = {"--seconds": "given by --seconds", "p90": "the 90th percentile",
+               "shortest input": "the teachers' shortest input, above the 90th percentile"}[self.chosen_by]
         if self.p10 is None:
-            return f"{self.seconds:g} s ({how}; no clip length known from the data)"
+            return f"{self.seconds:.4g} s ({how}; no clip length known from the data)"
         middle = f"{self.p90:g} s" if self.p10 == self.p90 else f"{self.p10:g}-{self.p90:g} s"
         spread = f"lengths {self.min:g}-{self.max:g} s, 80 % of them {middle}, median {self.median:g} s"
         skipped = f", {self.unusable} unusable" if self.unusable else ""
-        return f"{self.seconds:g} s ({how}; {spread}; from {self.source}{skipped})"
+        return f"{self.seconds:.4g} s ({how}; {spread}; from {self.source}{skipped})"
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "variable": self.variable, "min_seconds": self.min_seconds}
