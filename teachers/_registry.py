@@ -18,10 +18,10 @@ RELEASES = Path(__file__).resolve().parent / "releases"  # release files shipped
 # generators with another seed than any quick start, other recording locations and other simulated devices.
 DEMO_PRETRAINING = {
     "corpus": "synthetic acoustic scenes from kd demo-data's generators (the demo's 10 scene classes), seed 2024: "
-              "11 400 training clips of 1 140 recording locations through 46 simulated devices, none of them one "
-              "of the demo's 9 devices or one of its clips; held out: 600 clips of 60 other locations and 2 other "
-              "devices",
-    "clips": 11400,
+              "22 800 training clips of 2 280 recording locations through 91 simulated devices, none of them one "
+              "of the demo's 9 devices or one of its clips; held out: 1 200 clips of 120 other locations and 5 "
+              "other devices",
+    "clips": 22800,
     "script": "scripts/pretrain_demo_teachers.py",
 }
 
