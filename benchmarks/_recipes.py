@@ -20,12 +20,10 @@ from kd.checkpoints import TeacherSpec
 from kd.data import make_demo_data, open_dataset
 from kd.distill import DistillConfig, TeacherChoice, distill
 from kd.job import TrainingResult
-from kd.quickstart import PLANS
-from kd.train_teacher import TrainTeacherConfig, train_teacher
-from teachers import release_path
+from kd.quickstart import PLANS, train_teachers
 
 PLAN = PLANS["asc"]
-TEACHERS = {alias: name for alias, name in (PLAN.teacher_a, PLAN.teacher_b)}
+TEACHERS = dict(PLAN.teachers)
 
 
 def demo_asc(work: Path, clips: int, seed: int = 0) -> str:
@@ -63,16 +61,12 @@ def finetuned_teachers(work: Path, data: str, epochs: int, tracking: str, train_
                        eval_split: str = "eval") -> tuple[list[TeacherSpec], dict[str, float]]:
     """The shipped pretrained teachers fine-tuned on ``data`` as ``kd quickstart`` does (a rerun in the same
     work folder reuses them); their specs for ``kd teach`` and their eval accuracy."""
-    specs, accuracy = [], {}
-    for i, (alias, name) in enumerate(TEACHERS.items()):
-        result = train_teacher(TrainTeacherConfig(
-            dataset=data, teacher=name, checkpoint=str(release_path(name)), out=str(work / "teachers" / alias),
-            epochs=epochs, batch_size=32, lr=PLAN.teacher_lr, seconds=PLAN.clip_seconds, seed=i, mixstyle_p=0.4 * i,
-            train_split=train_split, eval_split=eval_split, tracking_uri=tracking, device="auto", resume=True))
-        accuracy[alias] = result.history[-1]["accuracy"]
-        print(f"teacher {alias}: accuracy {accuracy[alias]:.3f} on the eval split after fine-tuning", flush=True)
-        specs.append(TeacherSpec(name, result.checkpoint, alias))
-    return specs, accuracy
+    trained = train_teachers(PLAN, data, work / "teachers", epochs=epochs, tracking_uri=tracking,
+                             train_split=train_split, eval_split=eval_split, resume=True)
+    accuracy = {alias: result.history[-1]["accuracy"] for alias, (_, result) in trained.items()}
+    for alias, score in accuracy.items():
+        print(f"teacher {alias}: accuracy {score:.3f} on the eval split after fine-tuning", flush=True)
+    return [spec for spec, _ in trained.values()], accuracy
 
 
 def cnn_teachers(work: Path, data: str, teacher_clips: int, pretrain_epochs: int, finetune_epochs: int,

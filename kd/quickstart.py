@@ -1,14 +1,15 @@
 """``kd quickstart``: the whole pipeline on built-in demo data, in minutes on a CPU.
 
-demo data -> ``train-teacher`` for a tiny PaSST and a tiny AST -> ``teach`` both into one store ->
-``distill`` one low-complexity student four times (from teacher A, from teacher B, from the ensemble, from
-labels alone) -> a table comparing the four runs, all tracked in one MLflow database under ``out``.
+demo data -> ``train-teacher`` for each teacher -> ``teach`` them into one store -> ``distill`` one
+low-complexity student from each teacher alone, from their ensemble and from labels alone -> the teacher-choice
+table of ``kd compare``, all tracked in one MLflow database under ``out``.
 
-ASC follows the recipe users follow with real checkpoints (CP-JKU's DCASE'23 "good teacher" recipe): both
-teachers start from releases that ship with kd (``passt_tiny`` and ``ast_tiny`` pretrained on a large synthetic
-scene corpus, see ``scripts/pretrain_demo_teachers.py``), are fine-tuned on the demo's training split, and the
-students train long enough for the soft targets to pay. Tagging and SED have no pretrained demo teachers: their
-teachers train from scratch on the demo data, and are weaker than the students (see BENCHMARKS.md).
+ASC follows the recipe users follow with real checkpoints (CP-JKU's DCASE'23 "good teacher" recipe, whose
+ensemble mixes PaSSTs and CP-ResNets): the teachers start from releases that ship with kd (``passt_tiny``,
+``ast_tiny`` and ``cp_resnet`` pretrained on a large synthetic scene corpus, see
+``scripts/pretrain_demo_teachers.py``), are fine-tuned on the demo's training split, and the students train
+long enough for the soft targets to pay. Tagging and SED have no pretrained demo teachers: their teachers train
+from scratch on the demo data, and are weaker than the students (see BENCHMARKS.md).
 
 SED needs frame-wise teachers, and AST has no frame-wise head, so the SED quick start trains two frame-wise
 PaSSTs of different seeds and augmentation as teachers A and B.
@@ -30,7 +31,7 @@ from kd.train_teacher import TrainTeacherConfig, train_teacher
 from kd_errors import KdError
 from teachers import release_path
 
-__all__ = ["QuickstartConfig", "QuickstartResult", "quickstart"]
+__all__ = ["PLANS", "QuickstartConfig", "QuickstartResult", "TaskPlan", "quickstart", "train_teachers"]
 
 
 @dataclass(frozen=True)
@@ -38,11 +39,11 @@ class TaskPlan:
     """One task's quick start: teachers, student, clip length, and the schedules that suit them.
 
     ``pretrained`` teachers are fine-tuned from the release that ships with kd (``teachers.release_path``);
-    the others train from scratch.
+    the others train from scratch. Students evaluate every ``eval_every`` epochs (and after the last): on the
+    demo's few hundred clips the precise-BN pass and the evaluation cost as much as an epoch of training.
     """
 
-    teacher_a: tuple[str, str]  # (store alias, registered name)
-    teacher_b: tuple[str, str]
+    teachers: tuple[tuple[str, str], ...]  # (store alias, registered name)
     student: str
     clip_seconds: float
     teacher_lr: float
@@ -50,14 +51,15 @@ class TaskPlan:
     teacher_epochs: int
     student_epochs: int
     pretrained: bool = False
+    eval_every: int = 1
 
 
 PLANS = {
-    "asc": TaskPlan(("passt", "passt_tiny"), ("ast", "ast_tiny"), "cp_mobile", 1.0, 3e-4, 4e-3,
-                    teacher_epochs=4, student_epochs=24, pretrained=True),
-    "tagging": TaskPlan(("passt", "passt_tiny"), ("ast", "ast_tiny"), "mn04", 3.0, 1e-3, 2e-3, 8, 10),
-    "sed": TaskPlan(("passt_a", "passt_tiny_frame"), ("passt_b", "passt_tiny_frame"), "fmn04_gru", 4.0, 1e-3, 2e-3,
-                    8, 10),
+    "asc": TaskPlan((("passt", "passt_tiny"), ("ast", "ast_tiny"), ("cpr", "cp_resnet")), "cp_mobile", 1.0,
+                    3e-4, 4e-3, teacher_epochs=4, student_epochs=24, pretrained=True, eval_every=4),
+    "tagging": TaskPlan((("passt", "passt_tiny"), ("ast", "ast_tiny")), "mn04", 3.0, 1e-3, 2e-3, 8, 10),
+    "sed": TaskPlan((("passt_a", "passt_tiny_frame"), ("passt_b", "passt_tiny_frame")), "fmn04_gru", 4.0, 1e-3,
+                    2e-3, 8, 10),
 }
 
 
@@ -97,10 +99,38 @@ class QuickstartResult:
         return f"mlflow ui --backend-store-uri {self.tracking_uri} --host 127.0.0.1 --port 5000"
 
 
+def train_teachers(
+    plan: TaskPlan, dataset: str, out: Path, *, epochs: int, batch_size: int = 32, seed: int = 0,
+    tracking_uri: str | None = None, train_split: str = "train", eval_split: str = "eval", resume: bool = False,
+    on_step: Callable[[str], None] | None = None, on_epoch: Callable[[int, dict], None] | None = None,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> dict[str, tuple[TeacherSpec, TrainingResult]]:
+    """The plan's teachers fine-tuned from their releases (or trained from scratch) on ``dataset``, each in
+    ``out/ALIAS``: by alias, the spec ``kd teach`` takes and the training result.
+
+    Teacher ``i`` trains with seed ``seed + i`` and every second one with Freq-MixStyle, so that two members of
+    one family still differ. Each evaluates once, after its last epoch.
+    """
+    trained = {}
+    for i, (alias, name) in enumerate(plan.teachers):
+        release = str(release_path(name)) if plan.pretrained else None
+        if on_step:
+            on_step(f"fine-tuning the pretrained teacher {alias} ({name}, {Path(release).name})" if release
+                    else f"training teacher {alias} ({name}) from scratch")
+        result = train_teacher(TrainTeacherConfig(
+            dataset=dataset, teacher=name, checkpoint=release, out=str(out / alias), epochs=epochs,
+            eval_every=epochs, batch_size=batch_size, lr=plan.teacher_lr, seconds=plan.clip_seconds, seed=seed + i,
+            mixstyle_p=0.4 * (i % 2), train_split=train_split, eval_split=eval_split, tracking_uri=tracking_uri,
+            device="auto", resume=resume,
+        ), on_epoch=on_epoch, on_batch=on_batch)
+        trained[alias] = (TeacherSpec(name, result.checkpoint, alias), result)
+    return trained
+
+
 def quickstart(cfg: QuickstartConfig, on_step: Callable[[str], None] | None = None,
                on_epoch: Callable[[int, dict], None] | None = None,
                on_batch: Callable[[int, int], None] | None = None) -> QuickstartResult:
-    """Run the pipeline; returns the four distillation results, the store and the ``mlflow ui`` command."""
+    """Run the pipeline; returns the distillation results, the store and the ``mlflow ui`` command."""
     plan = PLANS[cfg.task]
     teacher_epochs = cfg.teacher_epochs or plan.teacher_epochs
     student_epochs = cfg.student_epochs or plan.student_epochs
@@ -114,33 +144,25 @@ def quickstart(cfg: QuickstartConfig, on_step: Callable[[str], None] | None = No
     demo = make_demo_data(out / f"demo-{cfg.task}", cfg.task, clips=cfg.clips, seed=cfg.seed, overwrite=cfg.overwrite)
     spec = demo["spec"]
 
-    checkpoints = {}
-    for i, (alias, name) in enumerate((plan.teacher_a, plan.teacher_b)):
-        release = str(release_path(name)) if plan.pretrained else None
-        step(f"fine-tuning the pretrained teacher {alias} ({name}, {Path(release).name})" if release
-             else f"training teacher {alias} ({name}) from scratch")
-        result = train_teacher(TrainTeacherConfig(
-            dataset=spec, teacher=name, checkpoint=release, out=str(out / "teachers" / alias),
-            epochs=teacher_epochs, batch_size=cfg.batch_size, lr=plan.teacher_lr, seconds=plan.clip_seconds,
-            seed=cfg.seed + i, mixstyle_p=0.4 * i, tracking_uri=tracking, device="auto",
-        ), on_epoch=on_epoch, on_batch=on_batch)
-        checkpoints[alias] = (name, result.checkpoint)
+    trained = train_teachers(plan, spec, out / "teachers", epochs=teacher_epochs, batch_size=cfg.batch_size,
+                             seed=cfg.seed, tracking_uri=tracking, on_step=step, on_epoch=on_epoch, on_batch=on_batch)
+    teachers = tuple(spec_ for spec_, _ in trained.values())
 
-    step("teaching both teachers into one store")
+    step(f"teaching the {len(teachers)} teachers into one store")
     store = str(out / "store.zarr")
-    teachers = tuple(TeacherSpec(name, ckpt, alias) for alias, (name, ckpt) in checkpoints.items())
     teach = run_teach(TeachConfig(dataset=spec, store=store, teachers=teachers, tracking_uri=tracking,
                                   chunk_size=128, batch_size=32))
 
-    a, b = plan.teacher_a[0], plan.teacher_b[0]
-    runs = {f"from {a}": a, f"from {b}": b, "from the ensemble": f"{a},{b}", "no teacher": "none"}
+    aliases = [alias for alias, _ in plan.teachers]
+    runs = {**{f"from {a}": a for a in aliases}, "from the ensemble": ",".join(aliases), "no teacher": "none"}
     results = {}
     for label, choice in runs.items():
         step(f"distilling {plan.student} {label}")
         results[label] = distill(DistillConfig(
             dataset=spec, student=plan.student, out=str(out / "students" / label.replace(" ", "_")),
             store=store if choice != "none" else None, teachers=TeacherChoice.parse(choice),
-            epochs=student_epochs, batch_size=cfg.batch_size, lr=plan.student_lr, seed=cfg.seed,
+            epochs=student_epochs, eval_every=plan.eval_every, batch_size=cfg.batch_size, lr=plan.student_lr,
+            seed=cfg.seed,
             tracking_uri=tracking, device="auto",
         ), on_epoch=on_epoch, on_batch=on_batch)
     table = compare_runs(run_ids=[r.run_id for r in results.values()], tracking_uri=tracking)
