@@ -2,10 +2,10 @@
 
 The recipe users follow with real checkpoints (CP-JKU's DCASE'23 "good teacher" recipe), on the quick start's
 data and schedule (``kd.quickstart.PLANS["asc"]``): the pretrained demo teachers that ship with kd
-(``passt_tiny`` and ``ast_tiny``, pretrained on a large synthetic scene corpus of other locations and devices,
-``scripts/pretrain_demo_teachers.py``) are fine-tuned on the demo ASC training split with ``kd train-teacher``
-and taught into one store with ``kd teach``. Then, for each seed, ``cp_mobile`` trains four times with the same
-budget: from the ensemble, from each teacher alone, and from labels alone (``--teachers none``). Scores are
+(``passt_tiny``, ``ast_tiny`` and ``cp_resnet``, pretrained on a large synthetic scene corpus of other locations
+and devices, ``scripts/pretrain_demo_teachers.py``) are fine-tuned on the demo ASC training split with
+``kd train-teacher`` and taught into one store with ``kd teach``. Then, for each seed, ``cp_mobile`` trains with
+the same budget from the ensemble, from each teacher alone, and from labels alone (``--teachers none``). Scores are
 last-epoch eval accuracies (no selection on the eval split).
 
 The last line is one JSON object: ``kd_accuracy`` and ``baseline_accuracy`` (ensemble-distilled and label-only,
