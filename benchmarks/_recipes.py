@@ -135,8 +135,8 @@ def train_students(work: Path, dataset: str, runs: dict[str, dict], seeds: Seque
             options = dict(options)
             history = distill(DistillConfig(
                 dataset=dataset, student=PLAN.student, out=str(work / f"student_{label}_{seed}_{epochs}ep"),
-                teachers=TeacherChoice.parse(options.pop("teachers")), epochs=epochs, batch_size=32,
-                lr=PLAN.student_lr, seed=seed, tracking_uri=tracking, device="auto", resume=True, log_model=False,
+                teachers=TeacherChoice.parse(options.pop("teachers")), epochs=epochs, eval_every=PLAN.eval_every,
+                batch_size=32, lr=PLAN.student_lr, seed=seed, tracking_uri=tracking, device="auto", resume=True, log_model=False,
                 **options)).history
             for metric in metrics:
                 scores[label][metric].append(history[-1][metric])
