@@ -17,13 +17,21 @@ from torch import nn
 
 from kd_errors import KdError
 
-__all__ = ["PROBE_LIMIT_SECONDS", "REFUSALS", "shortest_input"]
+__all__ = ["PROBE_LIMIT_SECONDS", "REFUSALS", "min_input_samples", "shortest_input"]
 
 PROBE_LIMIT_SECONDS = 60  # a model that takes no input up to a minute long is broken, not picky
 
 # What a model raises on an input too short for it: torch's shape checks (RuntimeError: pooling, padding, conv
 # kernels larger than the input), a frontend's own checks (ValueError) and kd's (KdError: TeacherInputError).
 REFUSALS = (RuntimeError, ValueError, IndexError, KdError)
+
+
+def min_input_samples(model: nn.Module) -> int:
+    """:func:`shortest_input` of a model with a ``sample_rate``, up to :data:`PROBE_LIMIT_SECONDS`, measured on the
+    first call and kept on the model (the teachers' and students' ``min_input_samples``)."""
+    if "_min_input_samples" not in model.__dict__:
+        model._min_input_samples = shortest_input(model, limit=PROBE_LIMIT_SECONDS * model.sample_rate)
+    return model._min_input_samples
 
 
 def shortest_input(model: nn.Module, limit: int) -> int:

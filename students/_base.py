@@ -6,7 +6,7 @@ import abc
 import torch
 from torch import nn
 
-from layers.probe import PROBE_LIMIT_SECONDS, shortest_input
+from layers.probe import min_input_samples
 
 __all__ = ["Student", "init_mobile_weights"]
 
@@ -40,9 +40,7 @@ class Student(nn.Module, abc.ABC):
         Measured once, on silence (:func:`layers.probe.shortest_input`): CP-ResNet's pooling stack needs 17 frames,
         the MobileNets' centred STFT just over half an FFT window.
         """
-        if "_min_input_samples" not in self.__dict__:
-            self._min_input_samples = shortest_input(self, limit=PROBE_LIMIT_SECONDS * self.sample_rate)
-        return self._min_input_samples
+        return min_input_samples(self)
 
     def spectrogram_shape(self, seconds: float) -> tuple[int, int, int]:
         """``(1, F, T)`` of the spectrogram ``frontend`` makes of ``seconds`` of audio (without running it)."""

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from kd_errors import KdError
-from layers.probe import PROBE_LIMIT_SECONDS, shortest_input
+from layers.probe import min_input_samples
 
 __all__ = ["Teacher", "TeacherInputError", "TeacherOutput"]
 
@@ -70,9 +70,7 @@ class Teacher(nn.Module, abc.ABC):
         Measured once, on silence (:func:`layers.probe.shortest_input`), because the frontend and the network set
         it together: PaSST needs one 16-frame patch, a CNN enough frames for its pooling stack.
         """
-        if "_min_input_samples" not in self.__dict__:
-            self._min_input_samples = shortest_input(self, limit=PROBE_LIMIT_SECONDS * self.sample_rate)
-        return self._min_input_samples
+        return min_input_samples(self)
 
     def frame_window_hop_samples(self) -> int:
         """Hop between consecutive windows for frame-wise teachers (default: the whole context)."""
