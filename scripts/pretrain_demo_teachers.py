@@ -54,7 +54,7 @@ from kd.losses import DistillLoss, LossTerms
 from kd.tasks import ASC
 from kd.train import OptimConfig, Trainer
 from layers import sha256_file
-from teachers import create_teacher
+from teachers import create_teacher, release_path
 
 SOURCE_RATE = demo.DEMO_DEFAULTS["asc"]["sample_rate"]  # rendered as the demo renders (44.1 kHz), then resampled
 RATES = {"passt_tiny": 32000, "ast_tiny": 16000, "cp_resnet": 32000}
@@ -147,10 +147,12 @@ def generate(corpus: Corpus, workdir: Path, workers: int) -> dict[int, np.ndarra
 
 
 class CorpusClips(torch.utils.data.Dataset):
-    """Items of the corpus in kd's training-batch layout (``audio``, one-hot ``target``, ``index``, ``device``)."""
+    """Items of the corpus in kd's training-batch layout (``audio``, one-hot ``target``, ``index``, ``device``),
+    with the teacher's ``logits`` of the clip where ``logits`` (``[clips, classes]``, by corpus row) is given."""
 
-    def __init__(self, audio: np.ndarray, labels: np.ndarray, indices: np.ndarray) -> None:
-        self.audio, self.labels, self.indices = audio, labels, indices
+    def __init__(self, audio: np.ndarray, labels: np.ndarray, indices: np.ndarray,
+                 logits: np.ndarray | None = None) -> None:
+        self.audio, self.labels, self.indices, self.logits = audio, labels, indices, logits
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -159,8 +161,11 @@ class CorpusClips(torch.utils.data.Dataset):
         row = int(self.indices[i])
         target = np.zeros(len(SCENES), np.float32)
         target[self.labels[row]] = 1.0
-        return {"audio": torch.from_numpy(np.asarray(self.audio[row], np.float32)), "target": torch.from_numpy(target),
+        item = {"audio": torch.from_numpy(np.asarray(self.audio[row], np.float32)), "target": torch.from_numpy(target),
                 "index": i, "device": ""}
+        if self.logits is not None:
+            item["logits"] = torch.from_numpy(self.logits[row])
+        return item
 
 
 @torch.inference_mode()
@@ -174,13 +179,33 @@ def accuracy(model: torch.nn.Module, loader: torch.utils.data.DataLoader, device
     return {"accuracy": right / total}
 
 
+@torch.inference_mode()
+def release_logits(name: str, audio: np.ndarray, workdir: Path, device: torch.device) -> np.ndarray:
+    """The logits ``[clips, classes]`` of release ``name`` on every corpus clip, computed once and cached."""
+    model = create_teacher(name, pretrained=True).to(device).eval()
+    path = workdir / f"logits-{name}-{sha256_file(release_path(name))[:12]}-n{len(audio)}.npy"
+    if path.is_file():
+        return np.load(path)
+    logits = np.concatenate([
+        model(torch.from_numpy(np.asarray(audio[i:i + 256], np.float32)).to(device)).clip.float().cpu().numpy()
+        for i in range(0, len(audio), 256)])
+    np.save(path.with_suffix(".tmp.npy"), logits)
+    path.with_suffix(".tmp.npy").rename(path)
+    return logits
+
+
 def pretrain(name: str, audio: np.ndarray, labels: np.ndarray, train_rows: np.ndarray, heldout_rows: np.ndarray,
-             args: argparse.Namespace, device: torch.device) -> tuple[torch.nn.Module, list[dict[str, float]]]:
-    """Train ``name`` from scratch on the corpus; returns the model at its best held-out epoch and the history."""
+             args: argparse.Namespace, device: torch.device,
+             logits: np.ndarray | None = None) -> tuple[torch.nn.Module, list[dict[str, float]]]:
+    """Train ``name`` on the corpus, from scratch or from ``args.init``, on the labels and, where ``logits`` is
+    given, on a teacher's soft targets as well; returns the model at its best held-out epoch and the history."""
     torch.manual_seed(args.seed)
     model = create_teacher(name, num_classes=len(SCENES), clip_seconds=1.0, **PRETRAINING_KWARGS[name])
-    out = args.workdir / name
-    train = torch.utils.data.DataLoader(CorpusClips(audio, labels, train_rows), batch_size=args.batch_size,
+    if args.init:
+        state = torch.load(args.init, map_location="cpu", weights_only=True)
+        model.load_state_dict(state.get("model", state))  # a stage's best.pt or a release
+    out = args.workdir / (f"{name}-{args.stage}" if args.stage else name)
+    train = torch.utils.data.DataLoader(CorpusClips(audio, labels, train_rows, logits), batch_size=args.batch_size,
                                         shuffle=True, drop_last=True)
     heldout = torch.utils.data.DataLoader(CorpusClips(audio, labels, heldout_rows), batch_size=128)
     optim = OptimConfig(epochs=args.epochs or EPOCHS[name], lr=args.lr, warmup_epochs=args.warmup_epochs)
@@ -188,14 +213,17 @@ def pretrain(name: str, audio: np.ndarray, labels: np.ndarray, train_rows: np.nd
                       primary_metric="accuracy", meta={"kind": "pretraining", "name": name}, seed=args.seed,
                       device=device, train_module=AugmentedForward(model, ASC, mixstyle_p=args.mixstyle_p))
     trainer.resume()
-    loss = DistillLoss(ASC, kd_lambda=1.0)
+    loss = DistillLoss(ASC, kd_lambda=1.0 if logits is None else args.kd_lambda, temperature=args.temperature)
 
     def step(module: torch.nn.Module, batch: dict) -> LossTerms:
         wave, hard = batch["audio"].to(device), batch["target"].to(device)
+        soft = loss.targets(batch["logits"].to(device)) if logits is not None else None
         if args.gain_db > 0:
             wave = random_gain(wave, args.gain_db)
         params = mixup_params(len(wave), args.mixup, device) if args.mixup > 0 else None
-        return loss(module(wave, params), mix(hard, params) if params is not None else hard)
+        if params is not None:
+            hard, soft = mix(hard, params), mix(soft, params) if soft is not None else None
+        return loss(module(wave, params), hard, soft)
 
     def report(epoch: int, record: dict[str, float]) -> None:
         print(f"{name} epoch {epoch}: train loss {record['train_loss']:.3f}, held-out accuracy "
@@ -233,6 +261,13 @@ def main() -> None:
                         help="Freq-MixStyle probability (the corpus already varies the devices)")
     parser.add_argument("--gain-db", type=float, default=6.0)
     parser.add_argument("--seed", type=int, default=0, help="training seed")
+    parser.add_argument("--init", type=Path, default=None,
+                        help="weights to start from (a previous stage's best.pt, or a release)")
+    parser.add_argument("--stage", default="", help="name of this stage (its checkpoints go to WORKDIR/NAME-STAGE)")
+    parser.add_argument("--soft-targets", default=None, choices=list(RATES),
+                        help="also learn the soft targets of this teacher's shipped release (DeiT's CNN teacher)")
+    parser.add_argument("--kd-lambda", type=float, default=0.5, help="weight of the label loss with --soft-targets")
+    parser.add_argument("--temperature", type=float, default=2.0, help="temperature of --soft-targets")
     parser.add_argument("--teachers", nargs="+", default=list(RATES), choices=list(RATES))
     parser.add_argument("--workers", type=int, default=2, help="processes generating the corpus")
     parser.add_argument("--generate-only", action="store_true",
@@ -265,8 +300,11 @@ def main() -> None:
               "teachers": {}}
     for name in args.teachers:
         t0 = time.perf_counter()
+        logits = None
+        if args.soft_targets:
+            logits = release_logits(args.soft_targets, audio[RATES[args.soft_targets]], args.workdir, device)
         model, history = pretrain(name, audio[RATES[name]], labels, np.flatnonzero(~held_out),
-                                  np.flatnonzero(held_out), args, device)
+                                  np.flatnonzero(held_out), args, device, logits)
         path = write_release(model, name, args.out)
         timings[f"{name}_s"] = round(time.perf_counter() - t0, 1)
         result["teachers"][name] = {"epochs": len(history), "file": path.name, "sha256": sha256_file(path),
