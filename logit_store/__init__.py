@@ -6,7 +6,8 @@ logits of several views (augmented versions) of every clip, with each view's par
 numcodecs only (no torch; remote URLs go through Zarr's ``FsspecStore``), so DataLoader workers and dask
 workers can import it cheaply.
 """
-from logit_store.codecs import CODECS, Codec, get_codec
+from logit_store.codecs import Codec
+from logit_store.registry import CODECS, get_codec
 from logit_store.errors import (
     DatasetMismatch,
     IncompatibleStore,

@@ -57,7 +57,7 @@ import numpy as np
 from logit_store.errors import StoreError
 from logit_store.schema import FRAME_BLOCK
 
-__all__ = ["CODECS", "Codec", "F16Codec", "F32Codec", "Q8Codec", "QbCodec", "default_frame_codec", "get_codec"]
+__all__ = ["Codec", "F16Codec", "F32Codec", "Q8Codec", "QbCodec", "round_outwards_f16", "saturate_f16"]
 
 
 class Codec(ABC):
@@ -86,6 +86,18 @@ class Codec(ABC):
     def config(self) -> dict[str, Any]:
         return {"name": self.name}
 
+    def for_classes(self, num_classes: int) -> Codec:
+        """This codec for logits of ``num_classes`` classes (``topk`` records the count; the others need not)."""
+        return self
+
+    def stored_width(self, num_classes: int) -> int:
+        """Stored values per row of ``num_classes`` logits (the last axis of the stored array)."""
+        return num_classes
+
+    def decoded_width(self, stored_width: int) -> int:
+        """Logits per row decoded from ``stored_width`` stored values."""
+        return stored_width
+
 
 class F32Codec(Codec):
     name, dtype = "f32", np.dtype("float32")
@@ -101,7 +113,7 @@ class F16Codec(Codec):
     name, dtype = "f16", np.dtype("float16")
 
     def encode(self, x, axis, block):
-        return _saturate_f16(x).astype(np.float16), None
+        return saturate_f16(x).astype(np.float16), None
 
     def decode(self, stored, ranges, axis, block):
         return np.asarray(stored, np.float32)
@@ -110,9 +122,9 @@ class F16Codec(Codec):
 F16_MAX = float(np.finfo(np.float16).max)  # 65504: the largest finite float16
 
 
-def _saturate_f16(x) -> np.ndarray:
+def saturate_f16(x) -> np.ndarray:
     """``x`` as float32, clipped to the finite float16 range."""
-    return np.clip(np.asarray(x, np.float32), -F16_MAX, F16_MAX)
+    return np.clip(np.asarray(x), -F16_MAX, F16_MAX).astype(np.float32)
 
 
 def _block_reduce(fn: np.ufunc, x: np.ndarray, axis: int, block: int) -> np.ndarray:
@@ -120,7 +132,7 @@ def _block_reduce(fn: np.ufunc, x: np.ndarray, axis: int, block: int) -> np.ndar
     return fn.reduceat(x, np.arange(0, x.shape[axis], block), axis=axis)
 
 
-def _round_outwards_f16(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def round_outwards_f16(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     lo16, hi16 = lo.astype(np.float16), hi.astype(np.float16)
     with np.errstate(over="ignore"):  # nextafter(+-65504) is infinite, but |lo|, |hi| <= 65504 never select it
         lo16 = np.where(lo16.astype(np.float32) > lo, np.nextafter(lo16, np.float16(-np.inf)), lo16)
@@ -148,8 +160,8 @@ class Q8Codec(Codec):
         return u_lo, (u_hi - u_lo) / self.LEVELS
 
     def encode(self, x, axis, block):
-        x = _saturate_f16(x)  # the ranges are float16: they must stay finite
-        lo, hi = _round_outwards_f16(_block_reduce(np.minimum, x, axis, block), _block_reduce(np.maximum, x, axis, block))
+        x = saturate_f16(x)  # the ranges are float16: they must stay finite
+        lo, hi = round_outwards_f16(_block_reduce(np.minimum, x, axis, block), _block_reduce(np.maximum, x, axis, block))
         ranges = np.stack([lo, hi])
         u_lo, step = self._u_span(ranges, axis, block, x.shape[axis])
         u = np.arcsinh(x / self.scale)
@@ -228,7 +240,7 @@ class QbCodec(Codec):
                              f"not an array of shape {x.shape} along axis {axis}")
 
     def encode(self, x, axis, block):
-        x = _saturate_f16(x)
+        x = saturate_f16(x)
         self._check_frames(x, axis)
         n, t, c = x.shape
         g = -(-t // block)
@@ -246,7 +258,7 @@ class QbCodec(Codec):
     # --- encoding ----------------------------------------------------------------------------------------------
     def _encode_rows(self, x: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
         """Absolute codes and ``(lo, hi, levels)`` ranges of the clips ``x``, every block within the KL budget."""
-        lo, hi = _round_outwards_f16(_block_reduce(np.minimum, x, 1, block), _block_reduce(np.maximum, x, 1, block))
+        lo, hi = round_outwards_f16(_block_reduce(np.minimum, x, 1, block), _block_reduce(np.maximum, x, 1, block))
         u_lo, u_hi = (np.arcsinh(r.astype(np.float32) / self.scale) for r in (lo, hi))
         span = (u_hi - u_lo).astype(np.float64)
         probs = [_softmax(x / np.float32(t)) for t in self.temperatures]
@@ -346,24 +358,3 @@ class QbCodec(Codec):
         for _, frames, u_lo, step, _ in self._blocks(ranges, codes.shape[1], block):
             out[:, frames] = self.scale * np.sinh(u_lo + codes[:, frames] * step)
         return out
-
-
-CODECS: dict[str, type[Codec]] = {c.name: c for c in (F32Codec, F16Codec, Q8Codec, QbCodec)}
-
-
-def get_codec(config: str | dict[str, Any]) -> Codec:
-    """A codec from its name or its recorded ``config()``."""
-    cfg = {"name": config} if isinstance(config, str) else dict(config)
-    name = cfg.pop("name", None)
-    if name not in CODECS:
-        raise StoreError(f"unknown codec {name!r}; choose one of {', '.join(CODECS)}")
-    try:
-        return CODECS[name](**cfg)
-    except TypeError as e:  # a config key this codec does not take
-        raise StoreError(f"codec {name!r} cannot take the settings {cfg}: {e}") from e
-
-
-def default_frame_codec(codec: str | dict[str, Any]) -> str | dict[str, Any]:
-    """The frame codec of a new teacher whose clip codec is ``codec``: ``qb`` for ``q8``, else the same."""
-    name = codec if isinstance(codec, str) else codec.get("name")
-    return "qb" if name == "q8" else codec

@@ -8,7 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from logit_store.codecs import Codec, get_codec
+from logit_store.codecs import Codec
+from logit_store.registry import get_codec
 from logit_store.schema import codec_config
 
 __all__ = ["DecodedCache", "Reader"]
@@ -27,7 +28,8 @@ class Reader:
         self.views = views
         self.rows_per_chunk = data.chunks[0]
         self.num_rows = data.shape[0]
-        row_bytes = int(np.prod(data.shape[1:])) * 4
+        self.shape = (*data.shape[:-1], codec.decoded_width(data.shape[-1]))  # of the decoded logits
+        row_bytes = int(np.prod(self.shape[1:])) * 4
         self.resident = self.num_rows * row_bytes <= budget
         self.cost = self.num_rows * row_bytes if self.resident else budget
         self.capacity = max(1, budget // max(1, self.rows_per_chunk * row_bytes))
@@ -67,7 +69,7 @@ class Reader:
                 return self.full.take(rows, axis=0)
             flat = self.full.reshape(-1, *self.full.shape[2:])  # a view: row r, view v is flat row r * V + v
             return flat.take(rows * self.views + views, axis=0)
-        out = np.empty((len(rows), *self.data.shape[1 if views is None else 2:]), np.float32)
+        out = np.empty((len(rows), *self.shape[1 if views is None else 2:]), np.float32)
         chunk_of = rows // self.rows_per_chunk
         for chunk in np.unique(chunk_of):
             block = self._chunk(int(chunk))
@@ -77,7 +79,7 @@ class Reader:
         return out
 
     def _decode_all(self) -> np.ndarray:
-        full = np.empty(self.data.shape, np.float32)
+        full = np.empty(self.shape, np.float32)
         step = self.rows_per_chunk * max(1, 64 * 1024**2 // max(1, self.rows_per_chunk * full[0].nbytes))
         for start in range(0, self.num_rows, step):
             stop = min(self.num_rows, start + step)

@@ -29,7 +29,8 @@ import numpy as np
 
 from logit_store import ensemble, progress, schema, storage, writer
 from logit_store import views as views_module
-from logit_store.codecs import F32Codec, default_frame_codec, get_codec
+from logit_store.codecs import F32Codec
+from logit_store.registry import default_frame_codec, get_codec
 from logit_store.errors import (
     DatasetMismatch,
     IncompatibleStore,
@@ -369,7 +370,7 @@ class LogitStore:
         """
         self._require_writable()
         schema.check_teacher_name(name)
-        codec_obj = get_codec(codec)
+        codec_obj = get_codec(codec).for_classes(len(self.classes))
         if not codec_obj.clip_level:
             raise StoreError(f"codec {codec_obj.name!r} stores frame logits only; pass it as frame_codec")
         frame_codec_obj = get_codec(default_frame_codec(codec) if frame_codec is None else frame_codec)
@@ -547,6 +548,12 @@ class LogitStore:
         group = self._teacher_group(teacher)
         return self._decoded.reader(teacher, level, lambda budget: Reader.of_teacher(group, info, level, budget))
 
+    def _logit_shape(self, teacher: str, level: str) -> tuple[int, ...]:
+        """The shape of ``level``'s decoded logits (a ``topk`` clip array stores fewer values per row)."""
+        stored = self._teacher_group(teacher)[level].shape
+        codec = get_codec(schema.codec_config(self.teacher_info(teacher), level))
+        return (*stored[:-1], codec.decoded_width(stored[-1]))
+
     def _readable_rows(self, teacher: str) -> np.ndarray | None:
         """Mask of the readable rows of ``teacher``, or ``None`` once all are (done records never change)."""
         if teacher not in self._valid_cache:
@@ -629,14 +636,15 @@ class LogitStore:
             group = self._teacher_group(name)
             done = self.done_chunks(name)
             rows_done = sum(self.chunk_rows(i).stop - self.chunk_rows(i).start for i in np.nonzero(done)[0])
-            per_row = sum(int(np.prod(group[level].shape[1:])) for level in info["levels"])
+            shapes = {level: self._logit_shape(name, level) for level in info["levels"]}
+            per_row = sum(int(np.prod(shape[1:])) for shape in shapes.values())
             data_bytes = sum(self._level_bytes(name, level) for level in info["levels"])
             logits = rows_done * per_row
             total_logits, total_bytes = total_logits + logits, total_bytes + data_bytes
             teachers[name] = {
                 "codec": info["codec"],
                 "frame_codec": schema.codec_config(info, "frame")["name"] if info["frames"] else None,
-                "shapes": {level: list(group[level].shape) for level in info["levels"]},
+                "shapes": {level: list(shape) for level, shape in shapes.items()},
                 "frames_per_second": info["frames_per_second"], "fraction_done": float(done.mean()),
                 "chunks_done": int(done.sum()), "failed_clips": len(self.failures(name)),
                 "bytes_on_disk": self.bytes_on_disk(name),

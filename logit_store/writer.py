@@ -45,7 +45,8 @@ def create_level_arrays(group, codecs: dict[str, Codec], num_clips: int, num_cla
     n, c, chunk = num_clips, num_classes, chunk_size
     v = () if views == 1 else (views,)
     codec = codecs["clip"]
-    storage.create_codec_array(group, "clip", (n, *v, c), codec.dtype, (chunk, *v, c), codec.zstd_level)
+    width = codec.stored_width(c)
+    storage.create_codec_array(group, "clip", (n, *v, width), codec.dtype, (chunk, *v, width), codec.zstd_level)
     if codec.uses_ranges:
         storage.create_codec_array(group, "clip_range", (codec.range_fields, -(-n // block), *v, c), np.float16,
                                    (codec.range_fields, chunk // block, *v, c))
