@@ -30,11 +30,17 @@ logits moved by noise of 0.5 as an augmentation would; 20 000 clips, 50 000 at f
 against ``store.read(ids)`` of a single-view q8 store of view 0 (same clips, same batches), and the bytes per
 view-logit of both. The same rounds time the bare gathers on float32 arrays (``[n * 4, C].take(rows * 4 + v)``
 against ``[n, C].take(rows)``): the part of the difference that comes from holding 4x the decoded rows.
+Top-k views (``bench_topk``, a quarter of those clips at K = 4): the ``topk`` codec keeping 20 of 527 logits a
+view, its bytes per view on disk (records and class profiles after zstd), the binary KL per class of the
+tagging targets, and on scene-like logits (10 classes, CP-ResNet-shaped, 5 kept) the softmax KL at T = 1 and 2;
+for each way of reading back the other classes (``rest`` sigmoid or softmax, with the class profile or an even
+floor).
 The last line is one JSON object: the default codec's (q8) ``bytes_per_logit``, ``max_abs_dsigmoid``,
 ``kl_t1``, ``kl_t2``, ``read_vs_memmap`` (ids as a list of str), ``read_vs_memmap_id_array``,
 ``read_vs_h5py`` and the default frame codec's (qb) ``frame_bytes_per_logit``, ``frame_max_abs_dsigmoid``,
 ``frame_kl_t1``, ``frame_kl_t2``, ``frame_read_vs_memmap``, ``frame_write_mb_s`` and ``frame_decode_mb_s``
-and the K = 4 store's ``views_read_vs_single`` and ``views_bytes_per_logit_vs_single`` at the top level, the same and more per codec under ``codecs`` and ``frame_codecs``, and the baselines
+and the K = 4 store's ``views_read_vs_single`` and ``views_bytes_per_logit_vs_single``, and ``topk_bytes_per_view``
+and ``topk_kl`` (the larger of the tagging and the scene KL of the choices ``kd teach`` makes) at the top level, the same and more per codec under ``codecs`` and ``frame_codecs``, and the baselines
 under ``baselines``.
 
     python benchmarks/store_bench.py            # full sizes (several minutes, ~6 GB of RAM)
@@ -54,7 +60,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from logit_store import LogitStore
+from logit_store import LogitStore, get_codec
 
 CODECS = ("f32", "f16", "q8")
 FRAME_CODECS = ("f32", "f16", "q8", "qb")
@@ -249,14 +255,78 @@ def bench_frame_store(root: Path, codec: str, frame: np.ndarray, frame_batches, 
     return out
 
 
+def scene_like(n: int, c: int = 10, seed: int = 5) -> np.ndarray:
+    """Logits of a trained scene classifier, shaped like CP-ResNet's on held-out scenes: the scene near +5, one
+    confusable scene near +2, the others near -1."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(-1.0, 0.3, (n, c)).astype(np.float32)
+    rows = np.arange(n)
+    scene = rng.integers(0, c, n)
+    confusable = (scene + rng.integers(1, c, n)) % c
+    x[rows, scene] += rng.normal(6.1, 1.2, n).astype(np.float32)
+    x[rows, confusable] += rng.normal(2.6, 1.3, n).astype(np.float32)
+    return x
+
+
+def augmented_views(clip: np.ndarray, count: int, seed: int = 4) -> np.ndarray:
+    """``[n, count, C]``: view 0 the clip's logits, the others moved by noise of 0.5 as an augmentation would."""
+    rng = np.random.default_rng(seed)
+    views = np.repeat(clip[:, None, :], count, axis=1)
+    views[:, 1:] += rng.normal(0, 0.5, views[:, 1:].shape).astype(np.float32)
+    return views
+
+
+def binary_kl(ref: np.ndarray, got: np.ndarray) -> float:
+    """Mean over clips and classes of KL(sigmoid(ref) || sigmoid(got)) per class: by how much the BCE soft loss
+    of tagging students moves."""
+    a, b = ref.astype(np.float64), got.astype(np.float64)
+    # KL(p || q) of Bernoulli variables from logits: softplus(b) - softplus(a) - p (b - a), stable at any z
+    softplus = lambda z: np.logaddexp(0.0, z)  # noqa: E731
+    return float((softplus(b) - softplus(a) - (0.5 * (1 + np.tanh(a / 2))) * (b - a)).mean())
+
+
+def bench_topk(root: Path, clip: np.ndarray, k: int = 20, scene_k: int = 5) -> dict:
+    """The topk codec at ``k`` of 527 classes on ``VIEWS`` views per clip: bytes per view on disk and the error of
+    the targets (binary KL per class for tagging; softmax KL at T=1 and 2 for scene logits at ``scene_k`` of
+    10), for both ways of reading back the other classes (``rest``) with and without the class profile."""
+    n, c = clip.shape
+    views = augmented_views(clip, VIEWS)
+    scenes = scene_like(n).reshape(n // VIEWS, VIEWS, 10) if n % VIEWS == 0 else scene_like(n)[:, None]
+    ids, classes = [f"Y{i:07d}" for i in range(n)], [f"class{i}" for i in range(c)]
+    checked = min(n, 5000)
+    out = {}
+    for rest in ("sigmoid", "softmax"):
+        for profile in (True, False):
+            codec = {"name": "topk", "k": k, "rest": rest, "profile": profile}
+            url = str(root / f"topk-{rest}-{profile}.zarr")
+            store = LogitStore.create(url, ids, classes, dataset="synthetic", dataset_fingerprint="synthetic",
+                                      chunk_size=1024, overwrite=True, views={"count": VIEWS}, view_param_names=["seed"])
+            store.add_teacher("t", codec=codec)
+            start = time.perf_counter()
+            for chunk in range(store.num_chunks):
+                rows = store.chunk_rows(chunk)
+                store.write_chunk("t", chunk, views[rows], view_params=np.zeros((rows.stop - rows.start, VIEWS, 1)))
+            write_s = time.perf_counter() - start
+            got = LogitStore.open(url).read(ids[:checked], ["t"], views=np.arange(checked) % VIEWS)
+            scene_codec = get_codec({**codec, "k": scene_k}).for_classes(10)
+            stored, side = scene_codec.encode(scenes, 0, 128)
+            scene_err = target_error(scenes, scene_codec.decode(stored, side, 0, 128))
+            out[f"rest_{rest}{'' if profile else '_even'}"] = {
+                "bytes_per_view": _level_bytes(url, "t", "clip") / (n * VIEWS),
+                "tagging_binary_kl": binary_kl(views[np.arange(checked), np.arange(checked) % VIEWS], got),
+                "scene_kl_t1": scene_err["kl_t1"], "scene_kl_t2": scene_err["kl_t2"],
+                "write_views_s": n * VIEWS / write_s,
+            }
+            shutil.rmtree(url)
+    return {"k": k, "scene_k": scene_k, "classes": c, "views": VIEWS, "clips": n, **out}
+
+
 def bench_views(root: Path, clip: np.ndarray, view_batches: list[np.ndarray], rounds: int) -> dict:
     """A q8 store of ``VIEWS`` views per clip against a single-view q8 store of view 0: the per-id view read
     of training against the plain read (paired), and bytes per view-logit."""
     n, c = clip.shape
     rng = np.random.default_rng(4)
-    views = np.repeat(clip[:, None, :], VIEWS, axis=1)
-    for v in range(1, VIEWS):  # an augmented view moves the logits a little
-        views[:, v] += rng.normal(0, 0.5, (n, c)).astype(np.float32)
+    views = augmented_views(clip, VIEWS)
     params = rng.uniform(-1, 1, (n, VIEWS, 4)).astype(np.float32)
     ids = [f"Y{i:07d}" for i in range(n)]
     classes = [f"class{i}" for i in range(c)]
@@ -392,6 +462,8 @@ def main() -> None:
             print(f"frames {codec}: {json.dumps(r)}", file=sys.stderr)
         views = bench_views(root, clip[:nv], view_batches, rounds=9)
         print(f"views: {json.dumps(views)}", file=sys.stderr)
+        topk = bench_topk(root, clip[:nv // VIEWS])
+        print(f"topk: {json.dumps(topk)}", file=sys.stderr)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     top = {k: codecs[DEFAULT_CODEC][k] for k in ("bytes_per_logit", "max_abs_dsigmoid", "kl_t1", "kl_t2",
@@ -403,9 +475,14 @@ def main() -> None:
     print(json.dumps({"default_codec": DEFAULT_CODEC, **top, "default_frame_codec": DEFAULT_FRAME_CODEC, **frame_top,
                       "views_read_vs_single": views["views_read_vs_single"],
                       "views_bytes_per_logit_vs_single": views["views_bytes_per_logit_vs_single"],
+                      # what kd teach --codec topk stores: tagging rest=sigmoid with the class profile, scenes
+                      # rest=softmax with an even floor (the better of each pair on each kind of logits)
+                      "topk_bytes_per_view": topk["rest_sigmoid"]["bytes_per_view"],
+                      "topk_kl": max(topk["rest_sigmoid"]["tagging_binary_kl"],
+                                     topk["rest_softmax_even"]["scene_kl_t1"]),
                       "read_compares": COMPARES, "clips": n, "frame_clips": nf, "batch": args.batch,
                       "frame_batch": args.frame_batch, "codecs": codecs, "frame_codecs": frame_codecs,
-                      "views": views, "baselines": baselines}))
+                      "views": views, "topk": topk, "baselines": baselines}))
 
 
 if __name__ == "__main__":
