@@ -58,7 +58,7 @@ def main() -> None:
 @click.option("--overwrite", is_flag=True, help="Write into a non-empty folder.")
 def demo_data(out, task, clips, seconds, seed, overwrite) -> None:
     """Write a small synthetic dataset in a real dataset's exact layout, for trying kd out."""
-    from kd.data import make_demo_data
+    from kd.demo.data import make_demo_data
 
     info = make_demo_data(out, task, clips=clips, seed=seed, seconds=seconds, overwrite=overwrite)
     splits = ", ".join(f"{n} {s}" for s, n in info["splits"].items())
@@ -87,7 +87,7 @@ def list_teachers_cmd(pattern) -> None:
 
 
 def training_options(*, batch_size: int, lr: float):
-    """The options every training command shares (:class:`kd.job.TrainingOptions`), with the command's defaults."""
+    """The options every training command shares (:class:`kd.train.job.TrainingOptions`), with the command's defaults."""
     options = [
         click.option("--train-split", default="train", show_default=True),
         click.option("--eval-split", default="eval", show_default=True),
@@ -137,7 +137,7 @@ def training_options(*, batch_size: int, lr: float):
 @training_options(batch_size=16, lr=1e-4)
 def train_teacher_cmd(**options) -> None:
     """Fine-tune a teacher on a labelled dataset (CE for scenes, BCE for tags, frame BCE for SED)."""
-    from kd.train_teacher import TrainTeacherConfig, train_teacher
+    from kd.train.teacher import TrainTeacherConfig, train_teacher
 
     with TrainingProgress() as bar:
         result = train_teacher(TrainTeacherConfig(**options), on_epoch=bar.on_epoch, on_batch=bar.on_batch)
@@ -226,8 +226,8 @@ def teach_cmd(dataset, split, teachers, store, codec, workers, decode_workers, s
     """Run teachers once over a dataset and store their logits (resumable: rerun to continue)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from kd.checkpoints import TeacherSpec
-    from kd.teach import TeachConfig, check_failed_share, run_teach
+    from kd.core.checkpoints import TeacherSpec
+    from kd.teach.run import TeachConfig, check_failed_share, run_teach
 
     cfg = TeachConfig(
         dataset=dataset, split=split, teachers=tuple(TeacherSpec.parse(t) for t in teachers), store=store,
@@ -287,7 +287,7 @@ def _print_teach_summary(summary) -> None:
         table.add_row("MLflow run", summary.run_id)
     out.print(table)
     if summary.failures:
-        from kd.failures import group_failures
+        from kd.core.failures import group_failures
 
         groups = Table("kind", "clips", "for example", "what fixes it", title="clips without logits, by reason")
         for group in group_failures(summary.failures):
@@ -325,7 +325,7 @@ def _print_teach_summary(summary) -> None:
 @training_options(batch_size=32, lr=1e-3)
 def distill_cmd(teachers, transfer, **options) -> None:
     """Train a student from stored teacher logits (hard-label + KD loss), evaluating every epoch."""
-    from kd.distill import DistillConfig, TeacherChoice, distill, patience_hint
+    from kd.train.distill import DistillConfig, TeacherChoice, distill, patience_hint
 
     cfg = DistillConfig(teachers=TeacherChoice.parse(teachers), transfer=tuple(transfer), **options)
     with TrainingProgress() as bar:
@@ -347,7 +347,7 @@ def distill_cmd(teachers, transfer, **options) -> None:
 def eval_cmd(model, dataset, split, device, as_json) -> None:
     """Evaluate a student on a dataset split: a checkpoint of `kd distill` (PyTorch) or a file of `kd export`
     (ONNX Runtime), with the same metrics."""
-    from kd.inference import evaluate_checkpoint
+    from kd.deploy.predict import evaluate_checkpoint
 
     metrics = evaluate_checkpoint(model, dataset, split=split, device=device)
     if as_json:
@@ -376,7 +376,7 @@ def predict_cmd(model, inputs, top, threshold, fmt, batch_size, workers, device)
     one path per line). MODEL: a `kd distill` checkpoint or a `kd export` .onnx file. Exit code 1 when some files
     could not be decoded (their rows say why).
     """
-    from kd.inference import format_predictions, predict_files
+    from kd.deploy.predict import format_predictions, predict_files
 
     predictions = predict_files(model, inputs, top=top, threshold=threshold, device=device, batch_size=batch_size,
                                 workers=workers)
@@ -444,7 +444,7 @@ def export_cmd(checkpoint, out_path, frontend, seconds, quantize, calibration, c
     With --log-to RUN_ID the file joins the run's models in MLflow.
     """
     try:  # onnx, onnxruntime and onnxscript come with the optional [export] extra
-        from kd.export import ExportConfig, export_student
+        from kd.deploy.export import ExportConfig, export_student
     except ModuleNotFoundError as e:
         raise KdError(f"kd export needs the export extra: pip install 'kd-audio[export]' (no {e.name})") from None
 
@@ -454,7 +454,7 @@ def export_cmd(checkpoint, out_path, frontend, seconds, quantize, calibration, c
     with console.status("exporting") as status:
         result = export_student(cfg, on_step=lambda message: status.update(message))
         if log_to:
-            from kd.tracking import log_onnx_model
+            from kd.track.tracking import log_onnx_model
 
             status.update(f"logging {result.path} to MLflow run {log_to}")
             model_uri = log_onnx_model(log_to, result.path, tracking_uri)
@@ -563,7 +563,7 @@ def quickstart_cmd(**options) -> None:
     ASC starts from the pretrained demo teachers that ship with kd (a PaSST, an AST and a CP-ResNet, as real work
     starts from released checkpoints); tagging and SED train two teachers from scratch.
     """
-    from kd.quickstart import QuickstartConfig, quickstart
+    from kd.demo.quickstart import QuickstartConfig, quickstart
 
     cfg = QuickstartConfig(**options)
     with TrainingProgress() as bar:
@@ -599,7 +599,7 @@ def compare_cmd(experiments, run_ids, by, plot, log, tracking_uri, as_json) -> N
 
     EXPERIMENT: MLflow experiments to read (default: every distill/* experiment).
     """
-    from kd.compare import compare_runs, plot_comparison, record_comparison
+    from kd.track.compare import compare_runs, plot_comparison, record_comparison
 
     table = compare_runs(experiments, run_ids=run_ids, by=by, tracking_uri=tracking_uri)
     run_id = record_comparison(table, tracking_uri) if log else None
@@ -645,7 +645,7 @@ def _print_comparison(table) -> None:
 @click.argument("pattern", required=False)
 def list_students_cmd(pattern) -> None:
     """List the registered students with their parameters and MACs for their usual input length."""
-    from kd.complexity import complexity
+    from kd.core.complexity import complexity
     from students import list_students, student_cfg
 
     table = Table("student", "task", "input", "params", "MMACs", "published", "paper")
@@ -671,7 +671,7 @@ def list_students_cmd(pattern) -> None:
 def complexity_cmd(target, seconds, num_classes, precision_bits, as_json) -> None:
     """Parameters, parameter memory and multiply-accumulates of one inference (frontend excluded, as the papers
     count), with the DCASE'23 Task 1 limits checked: of a registered STUDENT, or of a file written by `kd export`."""
-    from kd.complexity import complexity, exported_complexity
+    from kd.core.complexity import complexity, exported_complexity
 
     if target.lower().endswith(".onnx"):
         _print_exported_complexity(exported_complexity(target, seconds=seconds), as_json)

@@ -16,11 +16,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from kd.checkpoints import TeacherSpec
-from kd.data import make_demo_data, open_dataset
-from kd.distill import DistillConfig, TeacherChoice, distill
-from kd.job import TrainingResult
-from kd.quickstart import PLANS, train_teachers
+from kd.core.checkpoints import TeacherSpec
+from kd.data import open_dataset
+from kd.demo.data import make_demo_data
+from kd.demo.quickstart import PLANS, train_teachers
+from kd.train.distill import DistillConfig, TeacherChoice, distill
+from kd.train.job import TrainingResult
 
 PLAN = PLANS["asc"]
 TEACHERS = dict(PLAN.teachers)

@@ -3,7 +3,7 @@
 Setup: an ASC demo set (TAU22 layout, 1 s clips at 44.1 kHz) and a q8 store holding two teachers
 (``passt_tiny`` under two aliases, random weights: their values do not matter here) taught over its train
 split with ``kd teach``. The student is ``cp_mobile`` (the DCASE low-complexity model), batch 32, on the CPU.
-Both loops are built by :func:`kd.distill.prepare_distillation`, exactly as ``kd distill`` builds them, with the
+Both loops are built by :func:`kd.train.distill.prepare_distillation`, exactly as ``kd distill`` builds them, with the
 default augmentations (mixup) and ``decode_workers=0``, so every cost of the data path lands in the step time:
 
 * ``kd``: ``--teachers a,b`` (an ensemble view: one store read of both teachers per batch, soft loss on top);
@@ -47,11 +47,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kd.checkpoints import TeacherSpec
-from kd.data import make_demo_data
-from kd.distill import DistillConfig, TeacherChoice, prepare_distillation
-from kd.job import TrainingJob
-from kd.teach import TeachConfig, run_teach
+from kd.core.checkpoints import TeacherSpec
+from kd.demo.data import make_demo_data
+from kd.teach.run import TeachConfig, run_teach
+from kd.train.distill import DistillConfig, TeacherChoice, prepare_distillation
+from kd.train.job import TrainingJob
 
 STUDENT, BATCH = "cp_mobile", 32
 

@@ -38,11 +38,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kd.checkpoints import load_student
-from kd.data import make_demo_data
-from kd.distill import DistillConfig, TeacherChoice, distill
-from kd.export import ExportConfig, export_student
-from kd.onnx_runtime import OnnxStudent
+from kd.core.checkpoints import load_student
+from kd.demo.data import make_demo_data
+from kd.deploy.export import ExportConfig, export_student
+from kd.deploy.onnx_runtime import OnnxStudent
+from kd.train.distill import DistillConfig, TeacherChoice, distill
 from students import student_cfg
 
 # family: (student, task, epochs, learning rate)

@@ -1,7 +1,7 @@
 """Does distillation help? ``cp_mobile`` distilled from pretrained, fine-tuned teachers vs labels alone.
 
 The recipe users follow with real checkpoints (CP-JKU's DCASE'23 "good teacher" recipe), on the quick start's
-data and schedule (``kd.quickstart.PLANS["asc"]``): the pretrained demo teachers that ship with kd
+data and schedule (``kd.demo.quickstart.PLANS["asc"]``): the pretrained demo teachers that ship with kd
 (``passt_tiny``, ``ast_tiny`` and ``cp_resnet``, pretrained on a large synthetic scene corpus of other locations
 and devices, ``scripts/pretrain_demo_teachers.py``) are fine-tuned on the demo ASC training split with
 ``kd train-teacher`` and taught into one store with ``kd teach``. Then, for each seed, ``cp_mobile`` trains with
@@ -22,7 +22,7 @@ from pathlib import Path
 
 from _recipes import TEACHERS, demo_asc, finetuned_teachers, paired_gain, run_study, train_students
 
-from kd.teach import TeachConfig, run_teach
+from kd.teach.run import TeachConfig, run_teach
 
 
 def run(work: Path, clips: int, teacher_epochs: int, student_epochs: int, seeds: list[int]) -> dict:

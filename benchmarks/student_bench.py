@@ -2,7 +2,7 @@
 
 For one representative student per family (mn04, dymn04, cp_mobile, cp_resnet_dcase, fmn04_gru): a training step
 (frontend + forward + backward + SGD update) on a batch of 32 clips of 10 s (1 s for the ASC students) and the
-latency of one clip's inference (eval mode, no grad). MACs/s = counted MACs of the network (``kd.complexity``,
+latency of one clip's inference (eval mode, no grad). MACs/s = counted MACs of the network (``kd.core.complexity``,
 frontend excluded) x clips / s; the forward+backward step costs about 3x the forward MACs, reported as the
 training figure's ``train_gmacs_per_s`` (3 x forward MACs x clips/s). As the baseline measured in the same run,
 a float32 matmul gives the machine's peak GMAC/s, so each figure can be read as a fraction of it.
@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kd.complexity import complexity
+from kd.core.complexity import complexity
 from students import create_student
 
 FAMILIES = {"mobilenet": "mn04", "dymn": "dymn04", "cp_mobile": "cp_mobile", "cp_resnet": "cp_resnet_dcase",

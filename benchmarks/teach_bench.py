@@ -1,8 +1,8 @@
 """``kd teach`` throughput: clips/s with 1 and 2 local dask workers, and what decoding + storing cost on top of
 the teacher forward.
 
-Setup: ``kd.data.make_demo_data`` writes an ASC demo set (TAU22 layout: 44.1 kHz WAV, 1 s clips, 10 scenes)
-into a temporary folder; ``kd.teach.run_teach`` teaches ``passt_tiny`` (random weights; the loud warning is
+Setup: ``kd.demo.data.make_demo_data`` writes an ASC demo set (TAU22 layout: 44.1 kHz WAV, 1 s clips, 10 scenes)
+into a temporary folder; ``kd.teach.run.run_teach`` teaches ``passt_tiny`` (random weights; the loud warning is
 expected) over its train split into a fresh q8 store, once with ``workers=1`` and once with ``workers=2``
 (a ``LocalCluster`` of worker processes with one thread each; torch threads per worker = cores // workers).
 
@@ -34,7 +34,7 @@ What is timed:
 set of 10 s 32 kHz mp3 clips (``make_demo_data`` clips, their mp3 rows repeated under new ids) is taught with
 ``sim_accelerator``, a teacher stand-in registered below whose forward *sleeps* a fixed time per batch (no CPU,
 as a host thread waits on a GPU) and returns logits from two cheap statistics of each clip's start. Every worker imports this file
-(``kd.teach.local_cluster(preload=...)``); one worker, ``--decode-workers`` = cores.
+(``kd.teach.run.local_cluster(preload=...)``); one worker, ``--decode-workers`` = cores.
 
 * ``decode_clips_per_s_per_core``: the clips decoded one after another in this process, as a worker decodes
   them (``Dataset.load_audio`` at 32 kHz, 10 s), over the thread's CPU time.
@@ -86,9 +86,10 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # store_bench's target error measures
 
-from kd.checkpoints import TeacherSpec, build_teacher
-from kd.data import make_demo_data, open_dataset
-from kd.teach import TeachConfig, local_cluster, run_teach, teach_lengths
+from kd.core.checkpoints import TeacherSpec, build_teacher
+from kd.data import open_dataset
+from kd.demo.data import make_demo_data
+from kd.teach.run import TeachConfig, local_cluster, run_teach, teach_lengths
 from teachers import TEACHERS, Teacher, TeacherOutput, register_teacher
 
 TEACHER = "passt_tiny"

@@ -30,7 +30,7 @@ from _recipes import (
     write_manifest,
 )
 
-from kd.teach import TeachConfig, run_teach
+from kd.teach.run import TeachConfig, run_teach
 
 LABELLED_DEVICES = ("a",)
 

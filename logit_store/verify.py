@@ -7,7 +7,7 @@ it sees every chunk finished so far by any process, whatever this handle has cac
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -16,10 +16,47 @@ from logit_store.errors import preview
 from logit_store.progress import DoneRecords
 from logit_store.reader import Reader
 
-if TYPE_CHECKING:
-    from logit_store.store import LogitStore
+__all__ = ["Problem", "StoreLayout", "verify"]
 
-__all__ = ["Problem", "verify"]
+
+class StoreLayout(Protocol):
+    """What :func:`verify` reads of a store handle (a :class:`logit_store.store.LogitStore`, which calls it): its
+    location, layout and records, never its cached data. A protocol, so that this module need not import the
+    store's."""
+
+    url: str
+    storage_options: dict[str, Any]
+
+    @property
+    def meta(self) -> dict[str, Any]: ...
+
+    @property
+    def clip_ids(self) -> list[str]: ...
+
+    @property
+    def classes(self) -> list[str]: ...
+
+    @property
+    def num_clips(self) -> int: ...
+
+    @property
+    def num_chunks(self) -> int: ...
+
+    @property
+    def views(self) -> dict[str, Any] | None: ...
+
+    @property
+    def num_views(self) -> int: ...
+
+    @property
+    def view_param_names(self) -> list[str] | None: ...
+
+    @property
+    def teachers(self) -> list[str]: ...
+
+    def chunk_rows(self, index: int) -> slice: ...
+
+    def teacher_info(self, name: str) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True)
@@ -36,7 +73,7 @@ class Problem:
         return f"[{self.kind}] {where + ': ' if where else ''}{self.message}"
 
 
-def verify(store: LogitStore) -> list[Problem]:
+def verify(store: StoreLayout) -> list[Problem]:
     """Check every chunk: missing or undecodable objects of done chunks, NaN/inf, shapes, class counts."""
     problems = verify_root(store)
     root = storage.open_group(store.url, "r", store.storage_options)
@@ -50,7 +87,7 @@ def verify(store: LogitStore) -> list[Problem]:
     return problems
 
 
-def verify_root(store: LogitStore) -> list[Problem]:
+def verify_root(store: StoreLayout) -> list[Problem]:
     problems = []
     meta = store.meta
     if len(meta["classes"]) != meta["num_classes"]:
@@ -66,7 +103,7 @@ def verify_root(store: LogitStore) -> list[Problem]:
     return problems
 
 
-def verify_view_params(store: LogitStore, root, done: set[int]) -> list[Problem]:
+def verify_view_params(store: StoreLayout, root, done: set[int]) -> list[Problem]:
     """Findings on the view parameters: their array, and their presence in every chunk any teacher has done."""
     shape = (store.num_clips, store.num_views, len(store.view_param_names or []))
     if views.ARRAY not in root or tuple(root[views.ARRAY].shape) != shape:
@@ -91,7 +128,7 @@ def verify_view_params(store: LogitStore, root, done: set[int]) -> list[Problem]
     return problems
 
 
-def verify_teacher(store: LogitStore, group, name: str) -> tuple[list[Problem], set[int]]:
+def verify_teacher(store: StoreLayout, group, name: str) -> tuple[list[Problem], set[int]]:
     """Findings for teacher ``name`` whose Zarr group is ``group``, and the chunks its done records mark done."""
     info = store.teacher_info(name)
     n, c = store.num_clips, len(store.classes)
@@ -138,7 +175,7 @@ def missing_objects(array, array_name: str, rows: slice, row_block: int, stored:
             if any(storage.chunk_key(array, coords) not in stored for coords in storage.chunk_coords_at(array, axis, i))]
 
 
-def verify_chunk(store: LogitStore, group, info: dict[str, Any], name: str, k: int, record: dict[str, Any],
+def verify_chunk(store: StoreLayout, group, info: dict[str, Any], name: str, k: int, record: dict[str, Any],
                  arrays: dict[str, dict[str, Any]], stored: dict[str, set[str]]) -> list[Problem]:
     rows = store.chunk_rows(k)
     if record.get("rows") != [rows.start, rows.stop]:

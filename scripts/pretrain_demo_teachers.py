@@ -1,16 +1,16 @@
 """Pretrain the demo teachers: ``passt_tiny``, ``ast_tiny`` and ``cp_resnet`` on a large synthetic scene corpus.
 
 Real teachers know more than the task's data holds because they were pretrained on AudioSet. The demo's
-stand-in is a corpus made by ``kd demo-data``'s own scene generators (:mod:`kd.data.demo`), many times larger
+stand-in is a corpus made by ``kd demo-data``'s own scene generators (:mod:`kd.demo.data`), many times larger
 than the quick start's 600 clips and disjoint from them: another seed (so other recording locations and other
 renders; ``kd quickstart`` uses seeds 0 and up, the corpus seed 2024), ``--locations`` locations per scene, and
 ``--devices`` simulated recording devices drawn at random (EQ, port echoes, compression, self-noise: the
-:class:`kd.data.synth.DeviceResponse` model), none of them one of the demo's nine. A held-out part of the
+:class:`kd.demo.synth.DeviceResponse` model), none of them one of the demo's nine. A held-out part of the
 corpus (other locations, other devices) scores the teachers; the quick start's clips are never seen.
 
-Each teacher trains with kd's augmented forward (:class:`kd.forward.AugmentedForward`: the frontend's
+Each teacher trains with kd's augmented forward (:class:`kd.train.forward.AugmentedForward`: the frontend's
 SpecAugment masks, optional mixup and Freq-MixStyle; random gain on the waveform), the task's label loss and
-:class:`kd.train.Trainer` (AdamW, warm-up and ramp-down, a checkpoint per epoch, so a killed run resumes with
+:class:`kd.train.engine.Trainer` (AdamW, warm-up and ramp-down, a checkpoint per epoch, so a killed run resumes with
 the same command). The best epoch on the held-out part is written as
 a float16 state dict to ``--out/<name>_demo.pt``; its sha256 goes into the registry cfg of the teacher
 (``teachers/passt.py``, ``teachers/ast.py``, ``teachers/cnn.py``), from where ``create_teacher(name, pretrained=True)`` and
@@ -47,12 +47,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from kd.augment import mix, mixup_params, random_gain
 from kd.data import demo, synth
-from kd.forward import AugmentedForward
-from kd.losses import DistillLoss, LossTerms
 from kd.tasks import ASC
-from kd.train import OptimConfig, Trainer
+from kd.train.augment import mix, mixup_params, random_gain
+from kd.train.engine import OptimConfig, Trainer
+from kd.train.forward import AugmentedForward
+from kd.train.loss import DistillLoss, LossTerms
 from layers import sha256_file
 from teachers import create_teacher, release_path
 

@@ -4,7 +4,7 @@ import os
 import pytest
 import torch
 
-from kd.data import make_demo_data
+from kd.demo.data import make_demo_data
 
 
 def pytest_configure(config):

@@ -4,7 +4,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kd.align import align_frames, alignment_matrix
+from kd.train.align import align_frames, alignment_matrix
 
 
 def test_integer_downsampling_is_average_pooling():

@@ -4,7 +4,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from kd.augment import DeviceImpulseResponses, freq_mixstyle, mix, mixup_params, random_gain, time_roll
+from kd.train.augment import DeviceImpulseResponses, freq_mixstyle, mix, mixup_params, random_gain, time_roll
 from kd_errors import KdError
 
 

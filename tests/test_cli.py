@@ -22,7 +22,7 @@ def test_help_lists_every_command_group():
 
 
 def test_distill_offers_every_view_mode_the_library_has():
-    from kd.loaders import VIEW_CHOICES
+    from kd.train.loaders import VIEW_CHOICES
 
     (views,) = [p for p in main.commands["distill"].params if p.name == "views"]
     assert tuple(views.type.choices) == VIEW_CHOICES  # cli lists them without importing torch for --help

@@ -1,4 +1,4 @@
-"""kd.data.demo: exact layouts, determinism by seed, device structure of the ASC data, learnable but not trivial."""
+"""kd.demo.data: exact layouts, determinism by seed, device structure of the ASC data, learnable but not trivial."""
 import csv
 import filecmp
 import warnings
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from kd.data import DatasetError, make_demo_data, open_dataset
-from kd.data.demo import ASC_DEVICES, device_response
+from kd.data import DatasetError, open_dataset
+from kd.demo.data import ASC_DEVICES, device_response, make_demo_data
 
 
 def test_asc_layout_and_device_structure_match_tau22(tmp_path):
@@ -108,7 +108,7 @@ def test_refuses_non_empty_folder_and_bad_arguments(tmp_path):
 
 
 def test_tagging_demo_needs_an_mp3_capable_libsndfile(tmp_path, monkeypatch):
-    monkeypatch.setattr("kd.data.demo.sf.available_formats", lambda: {"WAV": "WAV"})
+    monkeypatch.setattr("kd.demo.data.sf.available_formats", lambda: {"WAV": "WAV"})
     with pytest.raises(DatasetError, match="cannot write MP3"):
         make_demo_data(tmp_path / "t", "tagging", clips=4)
 

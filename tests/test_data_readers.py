@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from kd.data import AudioError, DatasetError, make_demo_data, open_dataset
+from kd.data import AudioError, DatasetError, open_dataset
+from kd.demo.data import make_demo_data
 
 SR = 32000
 
@@ -65,7 +66,7 @@ def test_tau22_layout_errors_name_the_file_and_column(demo, tmp_path):
     (root / "meta.csv").write_text(meta.replace("device", "source_label"))
     fold = root / "evaluation_setup" / "fold1_train.csv"
     fold.write_text(fold.read_text().replace("audio/", "sound/", 1))
-    with pytest.raises(DatasetError, match="evaluation_setup: 1 filename.*not in meta.csv.*sound/"):
+    with pytest.raises(DatasetError, match="fold1_train.csv: 1 filename.*not in meta.csv.*sound/"):
         open_dataset(f"tau22:{root}", split="eval")
 
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import teachers._registry as registry
-from kd.checkpoints import TeacherSpec, build_teacher
-from kd.data import make_demo_data
-from kd.train_teacher import TrainTeacherConfig, train_teacher
+from kd.core.checkpoints import TeacherSpec, build_teacher
+from kd.demo.data import make_demo_data
+from kd.train.teacher import TrainTeacherConfig, train_teacher
 from layers import CheckpointError, sha256_file
 from teachers import RELEASES, create_teacher, release_path, teacher_cfg
 

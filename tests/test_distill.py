@@ -7,10 +7,10 @@ import pytest
 import torch
 from conftest import Killed, kill_after_epoch
 
-from kd.checkpoints import TeacherSpec
-from kd.distill import DistillConfig, TeacherChoice, distill
-from kd.inference import evaluate_checkpoint, predict_files
-from kd.teach import TeachConfig, run_teach
+from kd.core.checkpoints import TeacherSpec
+from kd.deploy.predict import evaluate_checkpoint, predict_files
+from kd.teach.run import TeachConfig, run_teach
+from kd.train.distill import DistillConfig, TeacherChoice, distill
 from kd_errors import KdError
 
 pytestmark = pytest.mark.slow
@@ -140,7 +140,7 @@ def test_sed_distillation_aligns_frame_targets(demo_sed, tmp_path, tracking_uri)
 
 
 def test_trained_student_serves_as_teacher(demo_asc, tmp_path, tracking_uri):
-    from kd.checkpoints import build_teacher, load_student
+    from kd.core.checkpoints import build_teacher, load_student
     from kd.data import open_dataset
     from logit_store import LogitStore
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from kd.loaders import DistributedWeightedSampler
+from kd.train.loaders import DistributedWeightedSampler
 
 ROOT = Path(__file__).resolve().parents[1]
 

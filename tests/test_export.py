@@ -13,9 +13,9 @@ import torch
 from click.testing import CliRunner
 
 from cli import main
-from kd.complexity import exported_complexity
+from kd.core.complexity import exported_complexity
 from kd.data import open_dataset
-from kd.export import (
+from kd.deploy.export import (
     ExportConfig,
     ExportDynamicConv,
     ExportDyReLU,
@@ -26,8 +26,8 @@ from kd.export import (
     exportable,
     fold_batchnorm,
 )
-from kd.inference import evaluate_checkpoint, format_predictions, predict_files
-from kd.onnx_runtime import OnnxStudent
+from kd.deploy.onnx_runtime import OnnxStudent
+from kd.deploy.predict import evaluate_checkpoint, format_predictions, predict_files
 from kd_errors import KdError
 from layers import CheckpointError, sha256_file
 from students import create_student
@@ -75,7 +75,7 @@ def _run(*args):
 
 
 def _reference(checkpoint, audio):
-    from kd.checkpoints import load_student
+    from kd.core.checkpoints import load_student
 
     model, meta = load_student(checkpoint)
     with torch.inference_mode():
@@ -332,7 +332,7 @@ def test_int8_export_quantises_the_network_and_checks_it(demo_asc, tiny_asc, tmp
 
 def test_folded_batchnorm_and_fake_quantisation_keep_the_function(demo_asc, tiny_asc):
     checkpoint, _ = tiny_asc
-    from kd.checkpoints import load_student
+    from kd.core.checkpoints import load_student
 
     model, _ = load_student(checkpoint)
     folded = fold_batchnorm(exportable(model))

@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import DistributedSampler, RandomSampler, WeightedRandomSampler
 
 from kd.data import AudioError, open_dataset
-from kd.loaders import (
+from kd.train.loaders import (
     ClipDataset,
     DistributedWeightedSampler,
     TeacherTargets,

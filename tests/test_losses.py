@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-from kd.losses import DistillLoss
 from kd.tasks import ASC, SED, TAGGING, get_task
+from kd.train.loss import DistillLoss
 from kd_errors import KdError
 
 

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from kd.metrics import (
+from kd.tasks.metrics import (
     UndefinedMetric,
     accuracy,
     asc_metrics,

@@ -12,13 +12,13 @@ from PIL import Image
 from rich.console import Console
 
 from cli import main
-from kd import figures
-from kd.checkpoints import TeacherSpec, load_student
-from kd.compare import compare_runs, plot_comparison, record_comparison
+from kd.core.checkpoints import TeacherSpec, load_student
 from kd.data import open_dataset
-from kd.distill import DistillConfig, TeacherChoice, distill
-from kd.teach import TeachConfig, run_teach
-from kd.tracking import DIGEST_CHARS, DatasetInput, tracked_run
+from kd.evaluate import figures
+from kd.teach.run import TeachConfig, run_teach
+from kd.track.compare import compare_runs, plot_comparison, record_comparison
+from kd.track.tracking import DIGEST_CHARS, DatasetInput, tracked_run
+from kd.train.distill import DistillConfig, TeacherChoice, distill
 from kd_errors import KdError
 
 STUDENT = "cp_mobile_tiny"

@@ -11,8 +11,8 @@ from click.testing import CliRunner
 from rich.console import Console
 
 from cli import main
-from kd.distill import patience_hint
-from kd.quickstart import PLANS
+from kd.demo.quickstart import PLANS
+from kd.train.distill import patience_hint
 from teachers import release_path
 
 

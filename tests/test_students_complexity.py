@@ -1,11 +1,11 @@
-"""kd.complexity reproduces the papers' parameter and MAC figures and counts each layer kind correctly."""
+"""kd.core.complexity reproduces the papers' parameter and MAC figures and counts each layer kind correctly."""
 import json
 
 import pytest
 import torch
 import torchinfo
 
-from kd.complexity import complexity, count_macs, published_check
+from kd.core.complexity import complexity, count_macs, published_check
 from kd_errors import KdError
 from students import create_student, list_students, student_cfg
 

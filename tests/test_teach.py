@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kd.checkpoints import TeacherSpec
-from kd.teach import TeachConfig, run_teach
+from kd.core.checkpoints import TeacherSpec
+from kd.teach.run import TeachConfig, run_teach
 from kd_errors import KdError
 from logit_store import LogitStore
 

@@ -9,7 +9,7 @@ import soundfile as sf
 import torch
 
 from kd.data import ClipLengths, DatasetError, open_dataset
-from kd.teach import chunk_resources, failure_kind, length_batches, plan_workers, resolve_precision
+from kd.teach.run import chunk_resources, failure_kind, length_batches, plan_workers, resolve_precision
 from kd_errors import KdError
 
 SR = 16000
@@ -140,8 +140,8 @@ CNN_SHORTEST = (16 * 750 + 1) / 32000  # CP-ResNet's pooling stack: 17 frames of
 def test_clip_length_is_never_shorter_than_the_teachers_take(tmp_path):
     """Clips of 0.2-0.3 s and a CP-ResNet teacher (0.375 s): the length is raised to what it takes (clips are
     padded up to it, none is too short); --seconds below it is a one-line error, above it is kept."""
-    from kd.checkpoints import TeacherSpec
-    from kd.teach import TeachConfig, teach_lengths
+    from kd.core.checkpoints import TeacherSpec
+    from kd.teach.run import TeachConfig, teach_lengths
 
     data = _manifest(tmp_path, np.linspace(0.2, 0.3, 8).round(3).tolist())
     shortest = {"passt_tiny": 0.150, "cpr": CNN_SHORTEST}
@@ -158,7 +158,7 @@ def test_clip_length_is_never_shorter_than_the_teachers_take(tmp_path):
 
 
 def test_the_student_pads_as_the_teachers_did_and_never_below_what_it_takes(tmp_path):
-    from kd.distill import DistillConfig, StoreJoin, student_seconds
+    from kd.train.distill import DistillConfig, StoreJoin, student_seconds
     from students import create_student
 
     data = _manifest(tmp_path, np.linspace(0.2, 0.3, 8).round(3).tolist())
@@ -176,7 +176,7 @@ def test_the_student_pads_as_the_teachers_did_and_never_below_what_it_takes(tmp_
 
 
 def test_distill_says_why_clips_have_no_logits_and_what_fixes_it(tmp_path):
-    from kd.distill import why_missing
+    from kd.train.distill import why_missing
     from logit_store import LogitStore
 
     ids = [f"c{i}" for i in range(6)]
@@ -201,7 +201,7 @@ def test_failure_kinds():
 
 
 def test_failures_are_grouped_by_kind_with_an_example_and_a_fix():
-    from kd.failures import describe_failures, group_failures
+    from kd.core.failures import describe_failures, group_failures
 
     failures = {"a": "silent (all zeros)", "b": "empty file (0 bytes)", "c": "silent (all zeros) in the first 1 s",
                 "d": "too short: 0.01 s of audio, under the 0.2 s minimum"}
@@ -214,14 +214,14 @@ def test_failures_are_grouped_by_kind_with_an_example_and_a_fix():
 
 
 def _summary(clips, failures):
-    from kd.teach import TeachSummary
+    from kd.teach.run import TeachSummary
 
     return TeachSummary(store="s.zarr", clips=clips, chunks_run=1, chunks_skipped=0, written={}, failures=failures,
                         wall_seconds=1.0, store_info={})
 
 
 def test_a_failed_share_over_the_threshold_is_refused_in_one_line():
-    from kd.teach import TeachConfig, TooManyFailedClips, check_failed_share
+    from kd.teach.run import TeachConfig, TooManyFailedClips, check_failed_share
 
     few = _summary(100, {f"c{i}": "silent (all zeros)" for i in range(5)})
     check_failed_share(few, 0.05)  # 5 % is allowed
@@ -231,7 +231,7 @@ def test_a_failed_share_over_the_threshold_is_refused_in_one_line():
         check_failed_share(many, 0.05)
     assert isinstance(error.value, KdError) and "--missing drop" in str(error.value)
     check_failed_share(many, 0.5)
-    from kd.checkpoints import TeacherSpec
+    from kd.core.checkpoints import TeacherSpec
 
     with pytest.raises(KdError, match="--max-failed is a fraction"):
         TeachConfig(dataset="x", store="s", teachers=(TeacherSpec("passt_tiny"),), max_failed_fraction=5)
@@ -247,8 +247,8 @@ def scheduler():
 
 
 def _teach_here(spec, store, scheduler, tracking_uri, **kw):
-    from kd.checkpoints import TeacherSpec
-    from kd.teach import TeachConfig, run_teach
+    from kd.core.checkpoints import TeacherSpec
+    from kd.teach.run import TeachConfig, run_teach
 
     teachers = tuple(TeacherSpec.parse(t) for t in kw.pop("teachers", ("passt_tiny",)))
     cfg = TeachConfig(dataset=spec, store=str(store), teachers=teachers, device="cpu",
@@ -259,11 +259,11 @@ def _teach_here(spec, store, scheduler, tracking_uri, **kw):
 
 
 def _wrap_teacher(monkeypatch, should_raise, change=None):
-    """Every teacher kd.teach builds raises what ``should_raise(batch)`` returns (None: runs normally); its
+    """Every teacher kd.teach.run builds raises what ``should_raise(batch)`` returns (None: runs normally); its
     outputs pass through ``change(batch, output)`` if given."""
-    import kd.teach
+    import kd.teach.run
 
-    original = kd.teach.build_teacher
+    original = kd.teach.run.build_teacher
 
     def build(spec, num_classes=None, **kw):
         model = original(spec, num_classes, **kw)
@@ -278,7 +278,7 @@ def _wrap_teacher(monkeypatch, should_raise, change=None):
         model.forward = guarded
         return model
 
-    monkeypatch.setattr(kd.teach, "build_teacher", build)
+    monkeypatch.setattr(kd.teach.run, "build_teacher", build)
 
 
 @pytest.fixture
@@ -299,7 +299,7 @@ def test_a_model_raising_a_size_error_on_a_valid_clip_ends_the_job(asc_copy, tmp
                                                                    monkeypatch):
     """The clip decoded fine, so the error is never its own: the job stops with it (recording it per clip once
     dropped a third of a dataset of short clips while the job reported success)."""
-    from kd.teach import TeacherFailed
+    from kd.teach.run import TeacherFailed
     from logit_store import LogitStore
 
     spec, data = asc_copy
@@ -316,7 +316,7 @@ def test_a_model_raising_a_size_error_on_a_valid_clip_ends_the_job(asc_copy, tmp
 @pytest.mark.slow
 def test_a_bug_on_one_clip_ends_the_job_and_a_teacher_broken_on_every_input_never_starts(asc_copy, tmp_path, scheduler,
                                                                                         tracking_uri, monkeypatch):
-    from kd.teach import TeacherFailed
+    from kd.teach.run import TeacherFailed
 
     spec, data = asc_copy
     sf.write(data.clips[5].source, np.full(44100, 0.5, np.float32), 44100)
@@ -360,8 +360,8 @@ def test_short_clips_are_taught_by_cnn_and_transformer_teachers_and_distilled(tm
     --seconds, never recorded as failures; kd distill then trains on every one of them."""
     import mlflow
 
-    from kd.checkpoints import TeacherSpec, build_teacher
-    from kd.distill import DistillConfig, TeacherChoice, distill
+    from kd.core.checkpoints import TeacherSpec, build_teacher
+    from kd.train.distill import DistillConfig, TeacherChoice, distill
     from logit_store import LogitStore
 
     spec = _short_clips(tmp_path / "short")
@@ -424,7 +424,7 @@ def test_a_run_where_most_clips_fail_exits_non_zero_with_the_failures_grouped(tm
 
 @pytest.mark.slow
 def test_a_variable_length_dataset_is_taught_at_its_own_lengths(tmp_path, scheduler, tracking_uri):
-    from kd.checkpoints import TeacherSpec, build_teacher
+    from kd.core.checkpoints import TeacherSpec, build_teacher
     from logit_store import LogitStore
 
     seconds = np.linspace(0.4, 2.0, 17).round(2).tolist()

@@ -1,7 +1,7 @@
 """MLflow tracking writes what the compare view needs."""
 import pytest
 
-from kd.tracking import flatten_params, tracked_run
+from kd.track.tracking import flatten_params, tracked_run
 
 
 def test_flatten_params_uses_dotted_names():

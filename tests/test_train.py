@@ -4,9 +4,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from kd.losses import DistillLoss
 from kd.tasks import ASC
-from kd.train import OptimConfig, Trainer, WarmupRampDown
+from kd.train.engine import OptimConfig, Trainer, WarmupRampDown
+from kd.train.loss import DistillLoss
 from kd_errors import KdError
 
 

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from kd.checkpoints import TeacherSpec, build_teacher
-from kd.train_teacher import TrainTeacherConfig, train_teacher
+from kd.core.checkpoints import TeacherSpec, build_teacher
+from kd.train.teacher import TrainTeacherConfig, train_teacher
 from kd_errors import KdError
 
 pytestmark = pytest.mark.slow

@@ -7,14 +7,14 @@ import pytest
 import torch
 from conftest import Killed, kill_after_epoch
 
-from kd.augment import mixup_params
-from kd.checkpoints import TeacherSpec
+from kd.core.checkpoints import TeacherSpec
 from kd.data import DatasetError, open_dataset
-from kd.distill import DistillConfig, TeacherChoice, distill, prepare_distillation
-from kd.loaders import MixedBatchSampler
-from kd.losses import DistillLoss
 from kd.tasks import ASC
-from kd.teach import TeachConfig, run_teach
+from kd.teach.run import TeachConfig, run_teach
+from kd.train.augment import mixup_params
+from kd.train.distill import DistillConfig, TeacherChoice, distill, prepare_distillation
+from kd.train.loaders import MixedBatchSampler
+from kd.train.loss import DistillLoss
 from kd_errors import KdError
 
 

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from kd.core.views import CLEAN, ImpulseResponses, ViewConfig, apply_view, draw_views, view_events
 from kd.data import Event
-from kd.views import CLEAN, ImpulseResponses, ViewConfig, apply_view, draw_views, view_events
 from kd_errors import KdError
 
 SR = 16000
@@ -112,8 +112,8 @@ def test_a_bad_impulse_response_file_is_named_in_one_line(irs, tmp_path, content
 
 # --- kd teach --views and kd distill --views, end to end ---------------------------------------------------------
 def _teach_views(spec, store, irs_folder, tmp_path, **kw):
-    from kd.checkpoints import TeacherSpec
-    from kd.teach import TeachConfig, run_teach
+    from kd.core.checkpoints import TeacherSpec
+    from kd.teach.run import TeachConfig, run_teach
 
     cfg = TeachConfig(dataset=spec, store=str(store), teachers=(TeacherSpec("passt_tiny"),), chunk_size=8,
                       codec="f32", views=3, augment=("dir", "roll", "gain", "speed"), dir_folder=str(irs_folder),
@@ -127,8 +127,8 @@ def test_distill_replays_exactly_the_views_the_teachers_heard(demo_asc, irs, tmp
     """For every kind of augmentation: the student's input samples equal the teacher's, its target that view's."""
     import torch
 
-    from kd.distill import DistillConfig, TeacherChoice, prepare_distillation
-    from kd.teach import _Context, _Job
+    from kd.teach.run import _Context, _Job
+    from kd.train.distill import DistillConfig, TeacherChoice, prepare_distillation
     from logit_store import LogitStore
 
     cfg, summary = _teach_views(demo_asc["spec"], tmp_path / "s.zarr", irs.folder, tmp_path)
@@ -177,7 +177,7 @@ def test_distill_replays_exactly_the_views_the_teachers_heard(demo_asc, irs, tmp
 
 @pytest.mark.slow
 def test_views_resume_alike_and_refuse_another_impulse_response_set(demo_asc, irs, tmp_path):
-    from kd.distill import DistillConfig, TeacherChoice, distill
+    from kd.train.distill import DistillConfig, TeacherChoice, distill
     from logit_store import LogitStore
 
     path = tmp_path / "s.zarr"

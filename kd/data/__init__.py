@@ -1,13 +1,15 @@
 """Dataset readers for kd: one :class:`Clip` record for every format, one :func:`open_dataset` entry point.
 
 Formats: AudioSet as PaSST/EfficientAT HDF5 files or as a folder with the official CSVs, AudioSet-Strong,
-TAU Urban Acoustic Scenes 2022 Mobile and a generic manifest; see :mod:`kd.data.open`. :mod:`kd.data.demo` writes
-small synthetic datasets in the TAU22, AudioSet-HDF5 and AudioSet-Strong layouts.
+TAU Urban Acoustic Scenes 2022 Mobile and a generic manifest; see :mod:`kd.data.open`. (:mod:`kd.demo.data`
+writes small synthetic datasets in the TAU22, AudioSet-HDF5 and AudioSet-Strong layouts.)
+
+The readers import no torch, scikit-learn or MLflow (dask and DataLoader workers and ``kd demo-data`` import
+them), and nothing of kd but :mod:`kd.tasks`, whose task each dataset carries.
 """
 from .audio import decode_audio, fit_length, load_audio
 from .base import ClipLengths, Dataset, read_class_list
 from .clip import Clip, Event
-from .demo import make_demo_data
 from .errors import AudioError, DatasetError
 from .open import FORMATS, open_dataset, parse_spec
 
@@ -22,7 +24,6 @@ __all__ = [
     "decode_audio",
     "fit_length",
     "load_audio",
-    "make_demo_data",
     "open_dataset",
     "parse_spec",
     "read_class_list",

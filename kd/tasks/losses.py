@@ -22,18 +22,10 @@ transfer clips adds teacher signal without diluting the label loss.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
 import torch
 import torch.nn.functional as F
 
-from kd_errors import KdError
-
-if TYPE_CHECKING:  # the task chooses among these losses (kd.tasks imports this module)
-    from kd.tasks import Task
-
-__all__ = ["DistillLoss", "LossTerms", "binary_cross_entropy", "soft_cross_entropy", "tempered_kl"]
+__all__ = ["binary_cross_entropy", "soft_cross_entropy", "tempered_kl"]
 
 
 def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -59,44 +51,3 @@ def tempered_kl(logits: torch.Tensor, targets: torch.Tensor, temperature: float)
 def _check_shapes(logits: torch.Tensor, targets: torch.Tensor) -> None:
     if logits.shape != targets.shape:
         raise ValueError(f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)} differ in shape")
-
-
-@dataclass(frozen=True)
-class LossTerms:
-    total: torch.Tensor
-    hard: torch.Tensor
-    soft: torch.Tensor | None
-
-
-@dataclass(frozen=True)
-class DistillLoss:
-    """``kd_lambda * hard + (1 - kd_lambda) * soft``; without soft targets, the hard loss alone."""
-
-    task: Task
-    kd_lambda: float = 0.5
-    temperature: float = 1.0
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.kd_lambda <= 1.0:
-            raise KdError(f"kd_lambda must lie in [0, 1], got {self.kd_lambda}")
-        if self.temperature <= 0:
-            raise KdError(f"temperature must be positive, got {self.temperature}")
-
-    def targets(self, teacher_logits: torch.Tensor) -> torch.Tensor:
-        return self.task.soft_targets(teacher_logits, self.temperature)
-
-    def __call__(
-        self, logits: torch.Tensor, hard_targets: torch.Tensor, teacher_targets: torch.Tensor | None = None,
-        labelled: torch.Tensor | None = None,
-    ) -> LossTerms:
-        """``labelled`` (boolean ``[B]``): which clips have labels; the label loss reads only those."""
-        if labelled is None or labelled.all():
-            hard = self.task.hard_loss(logits, hard_targets)
-        elif labelled.any():
-            hard = self.task.hard_loss(logits[labelled], hard_targets[labelled])
-        else:
-            hard = logits.sum() * 0.0  # a batch of transfer clips alone: no label term, but a graph for backward
-        if teacher_targets is None:
-            return LossTerms(hard, hard, None)
-        soft = self.task.soft_loss(logits, teacher_targets, self.temperature)
-        return LossTerms(self.kd_lambda * hard + (1.0 - self.kd_lambda) * soft, hard, soft)

@@ -16,10 +16,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, WeightedRandomSampler
 
-from kd.align import align_frames
+from kd.core.views import ImpulseResponses, apply_view, view_events
 from kd.data import AudioError
-from kd.forward import model_frames
-from kd.views import ImpulseResponses, apply_view, view_events
+from kd.train.align import align_frames
+from kd.train.forward import model_frames
 from kd_errors import KdError
 from logit_store import LogitStore
 

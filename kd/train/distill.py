@@ -1,15 +1,15 @@
 """``kd distill``: train a student from stored teacher logits.
 
 Each training batch joins the clips' audio with their stored logits (one store read per batch, see
-:mod:`kd.loaders`); the loss is ``kd_lambda * hard + (1 - kd_lambda) * soft`` (:mod:`kd.losses`) with the
+:mod:`kd.train.loaders`); the loss is ``kd_lambda * hard + (1 - kd_lambda) * soft`` (:mod:`kd.tasks.losses`) with the
 task's defaults (:mod:`kd.tasks`). Without teachers (``--teachers none``) the same job trains on labels
 alone: the baseline to compare against.
 
 Stores taught on views (``kd teach --views K``): each time a clip is drawn, the student trains on one of its
 stored views, by default ``consistent``ly (the view's augmentation replayed on the waveform, the view's
-logits as the target: the teachers' exact input, see :mod:`kd.views`); ``clean``, ``random`` and
+logits as the target: the teachers' exact input, see :mod:`kd.core.views`); ``clean``, ``random`` and
 ``clean-targets`` (the same replayed inputs, the clean clip's logits) are the baselines (see
-:class:`kd.loaders.ClipDataset`). A distillation whose options contradict the stored views
+:class:`kd.train.loaders.ClipDataset`). A distillation whose options contradict the stored views
 (another impulse-response set, online roll or gain on top of replayed views) is refused.
 
 Transfer sets (Hinton et al.'s term): clips without labels that the teachers have labelled in the store
@@ -26,10 +26,13 @@ from typing import Any
 
 import torch
 
-from kd.complexity import complexity
+from kd.core.complexity import complexity
+from kd.core.failures import describe_failures
+from kd.core.views import ImpulseResponses, ViewConfig
 from kd.data import Dataset, open_dataset
-from kd.failures import describe_failures
-from kd.job import (
+from kd.tasks import Task
+from kd.track.tracking import DatasetInput
+from kd.train.job import (
     BatchCallback,
     EpochCallback,
     TrainingJob,
@@ -39,11 +42,8 @@ from kd.job import (
     open_splits,
     run_job,
 )
-from kd.loaders import REPLAYED_VIEWS, VIEW_CHOICES, TeacherTargets
-from kd.losses import DistillLoss
-from kd.tasks import Task
-from kd.tracking import DatasetInput
-from kd.views import ImpulseResponses, ViewConfig
+from kd.train.loaders import REPLAYED_VIEWS, VIEW_CHOICES, TeacherTargets
+from kd.train.loss import DistillLoss
 from kd_errors import KdError
 from logit_store import LogitStore
 from students import Student, create_student

@@ -10,7 +10,9 @@ EfficientAT for AudioSet tagging (BCE against the teachers' sigmoids, ``kd_lambd
 class-balanced draw) and EfficientSED for frame-wise detection. Callers ask the task (``task.frame_level``,
 ``task.hard_loss(...)``, ``task.metrics(...)``) instead of comparing names.
 
-Dataset readers (:mod:`kd.data`) build datasets with a task and stay free of torch and scikit-learn, which
+The package is the bottom of kd: the task's loss terms (:mod:`kd.tasks.losses`) and metrics
+(:mod:`kd.tasks.metrics`) sit below :class:`Task`, which chooses among them, and none of it imports another part
+of kd. Dataset readers (:mod:`kd.data`) build datasets with a task and stay free of torch and scikit-learn, which
 ``kd demo-data``, dask workers and every DataLoader worker would otherwise import for nothing; so the loss and
 metric code is imported when a task first computes one.
 """
@@ -81,7 +83,7 @@ class Task:
 
     def hard_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Cross-entropy against (mixed) one-hot targets, or BCE against multi-hot clip or frame targets."""
-        from kd import losses
+        from kd.tasks import losses
 
         if self.single_label:
             return losses.soft_cross_entropy(logits, targets)
@@ -92,8 +94,8 @@ class Task:
         return self.probabilities(teacher_logits.float() / temperature)
 
     def soft_loss(self, logits: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
-        """T²-scaled KL for single-label tasks, BCE against the teacher's sigmoids otherwise (see :mod:`kd.losses`)."""
-        from kd import losses
+        """T²-scaled KL for single-label tasks, BCE against the teacher's sigmoids otherwise (see :mod:`kd.tasks.losses`)."""
+        from kd.tasks import losses
 
         if self.single_label:
             return losses.tempered_kl(logits, targets, temperature)
@@ -105,9 +107,9 @@ class Task:
         """The task's metrics of raw ``logits`` (``[N, C]``, or ``[N, T, C]`` at ``frames_per_second``) on ``clips``.
 
         Raises:
-            kd.metrics.UndefinedMetric: the clips' labels leave the metric undefined (e.g. no positive at all).
+            kd.tasks.metrics.UndefinedMetric: the clips' labels leave the metric undefined (e.g. no positive at all).
         """
-        from kd import metrics
+        from kd.tasks import metrics
 
         if self.single_label:
             labels = np.array([c.labels[0] for c in clips])

@@ -19,11 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kd.figures import comparison_figure
-from kd.tracking import RunRecord, find_runs, tracked_run
+import numpy as np
+from matplotlib.figure import Figure
+
+from kd.evaluate.figures import GREY, new_figure
+from kd.track.tracking import RunRecord, find_runs, tracked_run
 from kd_errors import KdError
 
-__all__ = ["COMPARE_EXPERIMENT", "Cell", "CompareTable", "StudentRow", "compare_runs", "plot_comparison",
+__all__ = ["COMPARE_EXPERIMENT", "Cell", "CompareTable", "StudentRow", "compare_runs", "comparison_figure", "plot_comparison",
            "record_comparison"]
 
 COMPARE_EXPERIMENT = "compare"
@@ -186,3 +189,48 @@ def plot_comparison(table: CompareTable, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     comparison_figure(table).savefig(path)
     return path
+
+
+# --- the figure ----------------------------------------------------------------------------------------------------
+def comparison_figure(table: CompareTable) -> Figure:
+    """Students (rows) by teacher sets (columns): each cell's mean score over seeds, ± the standard deviation and the
+    number of runs; colours rank the cells within a row (the best teacher choice per student is the darkest)."""
+    rows, columns = table.rows, table.columns
+    fig = new_figure(min(max(7.0, 2.5 + 1.9 * len(columns)), 20.0), 1.6 + 0.7 * len(rows))
+    ax = fig.add_subplot()
+    shade = np.full((len(rows), len(columns)), np.nan)
+    for i, row in enumerate(rows):
+        means = {c: table.cell(row, c).mean for c in columns if table.cell(row, c)}
+        low, high = min(means.values(), default=0.0), max(means.values(), default=0.0)
+        for j, column in enumerate(columns):
+            cell = table.cell(row, column)
+            if cell is None:
+                ax.text(j, i, "-", ha="center", va="center", fontsize=9, color=GREY)
+                continue
+            shade[i, j] = (cell.mean - low) / (high - low) if high > low else 1.0
+            text = f"{cell.mean:.3f}" + (f"\n± {cell.std:.3f} (n={cell.n})" if cell.std is not None else "")
+            ax.text(j, i, text, ha="center", va="center", fontsize=9,
+                    color="white" if shade[i, j] > 0.6 else "black",
+                    fontweight="bold" if cell.mean == high else "normal")
+    ax.imshow(np.ma.masked_invalid(shade), cmap="Greens", vmin=-0.2, vmax=1.2, aspect="auto")
+    ax.set_xticks(range(len(columns)), [_column_label(c) for c in columns], fontsize=9)
+    ax.set_yticks(range(len(rows)), [f"{r.label}\n{r.metric}; {_cost(r)}" for r in rows], fontsize=9)
+    ax.xaxis.tick_top()
+    fig.suptitle(f"teacher choice: {', '.join(table.experiments)}\n(best {', '.join(sorted({r.metric for r in rows}))}: "
+                 "mean ± std over seeds; bold: best per student)", fontsize=10)
+    return fig
+
+
+def _column_label(column: str) -> str:
+    """``passt,ast | kd_lambda=0.5`` -> ``from passt,ast`` over ``kd_lambda=0.5``; ``none``: labels only."""
+    teachers, *rest = column.split(" | ")
+    return "\n".join(["labels only" if teachers == "none" else f"from {teachers}", *rest])
+
+
+def _cost(row: StudentRow) -> str:
+    parts = []
+    if row.params is not None:
+        parts.append(f"{row.params / 1e3:,.0f} K params")
+    if row.macs is not None:
+        parts.append(f"{row.macs / 1e6:,.1f} MMACs")
+    return ", ".join(parts) or "cost unknown"

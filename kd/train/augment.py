@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from kd.views import ImpulseResponses
+from kd.core.views import ImpulseResponses
 
 __all__ = [
     "DeviceImpulseResponses",

@@ -2,13 +2,13 @@
 
 Both commands open a labelled dataset, build a model, and then run the same job: device and ``torchrun``
 process group, datasets and loaders, the augmented training step (device impulse responses, time roll, gain,
-mixup, Freq-MixStyle, and the frontends' SpecAugment masks), the :class:`~kd.train.Trainer` with its exact
+mixup, Freq-MixStyle, and the frontends' SpecAugment masks), the :class:`~kd.train.engine.Trainer` with its exact
 resume, one MLflow run (on rank 0) with per-epoch metrics, and the best checkpoint logged as an artifact.
 They differ only in what they train and in the loss: a student against labels and stored teacher logits, a
 teacher against labels alone.
 
 The MLflow run records the datasets the job reads (its splits, transfer sets and store: MLflow's dataset
-tracking), and, once training is done, figures of the best checkpoint on the eval split (:mod:`kd.figures`: what
+tracking), and, once training is done, figures of the best checkpoint on the eval split (:mod:`kd.evaluate.figures`: what
 the task is scored on and, for a distilled student, how far it follows its teachers) and, where the job asks
 for it, the student as an MLflow model.
 """
@@ -24,16 +24,18 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from kd.augment import DeviceImpulseResponses, mix, mixup_params, random_gain, time_roll
-from kd.complexity import Complexity
+from kd.core.complexity import Complexity
+from kd.core.devices import init_distributed, select_device
+from kd.core.views import ImpulseResponses
 from kd.data import Dataset, open_dataset
-from kd.forward import AugmentedForward, evaluate, predict
-from kd.loaders import ClipDataset, TeacherTargets, make_dataset, make_loader
-from kd.losses import DistillLoss
+from kd.evaluate.loop import evaluate, predict
 from kd.tasks import Task
-from kd.tracking import DatasetInput, RunLogger, tracked_run
-from kd.train import OptimConfig, StepFn, Trainer, init_distributed, select_device
-from kd.views import ImpulseResponses
+from kd.track.tracking import DatasetInput, RunLogger, tracked_run
+from kd.train.augment import DeviceImpulseResponses, mix, mixup_params, random_gain, time_roll
+from kd.train.engine import OptimConfig, StepFn, Trainer
+from kd.train.forward import AugmentedForward
+from kd.train.loaders import ClipDataset, TeacherTargets, make_dataset, make_loader
+from kd.train.loss import DistillLoss
 from logit_store import LogitStore
 
 __all__ = ["TrainingJob", "TrainingOptions", "TrainingResult", "build_job", "open_splits", "run_job"]
@@ -53,7 +55,7 @@ class TrainingOptions:
         dir_folder: device impulse responses convolved into clips of the reference device with probability ``dir_p``.
         roll_seconds: maximum circular time shift; ``gain_db``: maximum random gain.
         decode_workers: DataLoader worker processes that decode audio (and read stored logits) for the model.
-        eval_every: evaluate after every ``eval_every``-th epoch and the last (see :class:`kd.train.OptimConfig`).
+        eval_every: evaluate after every ``eval_every``-th epoch and the last (see :class:`kd.train.engine.OptimConfig`).
         resume: continue from ``out/last.pt`` with the same options.
     """
 
@@ -272,7 +274,9 @@ def report(job: TrainingJob, run: RunLogger, checkpoint: Path) -> None:
     """Log figures of ``checkpoint`` (the best one) on the eval split, its agreement with the teachers (distilled
     runs) and, with ``job.log_model``, the model as an MLflow model taking waveforms. Loads the checkpoint's weights
     into ``job.model``."""
-    from kd import figures  # matplotlib: imported by the process that reports, not by every worker importing kd.job
+    from kd.evaluate import (
+        figures,  # matplotlib: imported by the process that reports, not by every worker importing kd.job
+    )
 
     model, device, task = job.model, job.device, job.task
     model.load_state_dict(torch.load(checkpoint, map_location=device, weights_only=True)["model"])
@@ -321,7 +325,7 @@ def teacher_probe(job: TrainingJob) -> tuple[ClipDataset, str]:
 def event_roll(job: TrainingJob, dataset: ClipDataset, clips: Sequence[Any], logits: Any, teacher: Any, split: str):
     """The event roll of the clip with the most labelled events of ``clips`` (of the ``split`` split): its labels,
     the teachers' (``teacher`` None: no teachers' row) and the trained model's probabilities."""
-    from kd import figures
+    from kd.evaluate import figures
 
     single = job.task.single_label
     k = max(range(len(clips)), key=lambda i: len(clips[i].events))

@@ -1,6 +1,6 @@
 """``kd train-teacher``: fine-tune (or train from scratch) a teacher on a labelled dataset.
 
-The job is :mod:`kd.job`'s, as for students; the loss is the task's label loss alone (cross-entropy for
+The job is :mod:`kd.train.job`'s, as for students; the loss is the task's label loss alone (cross-entropy for
 scenes, BCE for tags, frame-wise BCE on strong labels for SED, so that a frame-wise teacher exists), and
 PaSST's patchout is active in training. The checkpoint it writes (``best.pt``) carries the model name and
 constructor arguments, so ``kd teach --teacher NAME=best.pt`` rebuilds it exactly.
@@ -12,7 +12,8 @@ from typing import Any
 
 import torch
 
-from kd.job import (
+from kd.tasks import Task
+from kd.train.job import (
     BatchCallback,
     EpochCallback,
     TrainingJob,
@@ -22,8 +23,7 @@ from kd.job import (
     open_splits,
     run_job,
 )
-from kd.losses import DistillLoss
-from kd.tasks import Task
+from kd.train.loss import DistillLoss
 from kd_errors import KdError
 from teachers import Teacher, create_teacher
 

@@ -6,7 +6,7 @@ measure means something: the tasks are learnable (a small CNN gets well above ch
 * ``asc`` (TAU22 layout, 44.1 kHz, 1 s clips): 10 scenes built from shared ingredients (traffic rumble, engine
   harmonics, babble, birds, footsteps, chimes, hiss, brake squeal, room reverberation) in scene-specific but
   overlapping proportions; each recording location has its own variant, and train/evaluate are split by location
-  as in TAU22. Every clip is "recorded" through a simulated device (:class:`kd.data.synth.DeviceResponse`):
+  as in TAU22. Every clip is "recorded" through a simulated device (:class:`kd.demo.synth.DeviceResponse`):
   ``a`` nearly flat, ``b``/``c`` coloured, ``s1``-``s6`` coloured and compressed. The training split holds devices
   a, b, c, s1-s3 (a most often); the evaluate split all nine, evenly, so ``s4``-``s6`` are unseen. As in TAU22,
   some clips of other devices are parallel recordings of a device-``a`` segment (same name but the device suffix).
@@ -32,8 +32,8 @@ import h5py
 import numpy as np
 import soundfile as sf
 
-from . import synth
-from .errors import DatasetError
+from kd.data import DatasetError
+from kd.demo import synth
 
 __all__ = [
     "ASC_DEVICES", "DEMO_DEFAULTS", "SCENES", "SOUND_CLASSES", "make_demo_data", "new_location", "record_scene",

@@ -20,14 +20,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from kd.checkpoints import TeacherSpec
-from kd.compare import CompareTable, compare_runs, record_comparison
-from kd.data import make_demo_data
-from kd.distill import DistillConfig, TeacherChoice, distill
-from kd.job import TrainingResult
-from kd.teach import TeachConfig, TeachSummary, run_teach
-from kd.tracking import resolve_tracking_uri
-from kd.train_teacher import TrainTeacherConfig, train_teacher
+from kd.core.checkpoints import TeacherSpec
+from kd.demo.data import make_demo_data
+from kd.teach.run import TeachConfig, TeachSummary, run_teach
+from kd.track.compare import CompareTable, compare_runs, record_comparison
+from kd.track.tracking import resolve_tracking_uri
+from kd.train.distill import DistillConfig, TeacherChoice, distill
+from kd.train.job import TrainingResult
+from kd.train.teacher import TrainTeacherConfig, train_teacher
 from kd_errors import KdError
 from teachers import release_path
 

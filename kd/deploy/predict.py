@@ -26,11 +26,12 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from kd.checkpoints import load_student
+from kd.core.checkpoints import load_student
+from kd.core.devices import select_device
 from kd.data import AudioError, Dataset, load_audio, open_dataset
-from kd.loaders import ClipDataset, make_loader
+from kd.evaluate.loop import run_loader, score
 from kd.tasks import Task, get_task
-from kd.train import select_device
+from kd.train.loaders import ClipDataset, make_loader
 from kd_errors import KdError
 from students import Student
 
@@ -84,7 +85,7 @@ def open_predictor(path: str, device: str = "auto") -> Predictor:
     """The student in ``path``: an ``.onnx`` file from ``kd export`` (ONNX Runtime) or a ``kd distill`` checkpoint."""
     if is_onnx(path):
         try:  # onnxruntime comes with the optional [export] extra, so it is imported only for .onnx files
-            from kd.onnx_runtime import OnnxStudent
+            from kd.deploy.onnx_runtime import OnnxStudent
         except ModuleNotFoundError as e:
             raise KdError(f"running {path} needs ONNX Runtime: pip install 'kd-audio[export]' (no {e.name})") from None
         return OnnxStudent(path, device=device)
@@ -115,12 +116,8 @@ def evaluate_predictor(predictor: Predictor, data: Dataset, clips: Sequence[Any]
         num_frames = predictor.logits(np.zeros((1, round(seconds * predictor.sample_rate)), np.float32)).shape[1]
     dataset = ClipDataset(data, clips, sample_rate=predictor.sample_rate, seconds=seconds, frames_per_second=fps,
                           num_frames=num_frames)
-    outputs, indices = [], []
-    for batch in make_loader(dataset, batch_size, train=False, decode_workers=decode_workers):
-        outputs.append(predictor.logits(batch["audio"].numpy()))
-        indices.append(batch["index"].numpy())
-    order = np.concatenate(indices)
-    return data.task.metrics(data, [dataset.clips[i] for i in order], np.concatenate(outputs), fps)
+    loader = make_loader(dataset, batch_size, train=False, decode_workers=decode_workers)
+    return score(loader, *run_loader(lambda audio: predictor.logits(audio.numpy()), loader))
 
 
 # --- kd predict ----------------------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""The forward passes of training and evaluation, shared by teachers and students.
+"""The forward pass of training, shared by teachers and students (evaluation runs models through
+:mod:`kd.evaluate.loop`).
 
 A model here is any teacher or student of the registries: it has ``sample_rate``, ``frames_per_second``
 (None for clip-level models), a ``frontend`` (waveform -> spectrogram, augmenting in training mode) and
@@ -7,17 +8,13 @@ A model here is any teacher or student of the registries: it has ``sample_rate``
 """
 from __future__ import annotations
 
-from typing import Any
-
-import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
-from kd.augment import MixupParams, freq_mixstyle, mix
 from kd.tasks import SED, Task
+from kd.train.augment import MixupParams, freq_mixstyle, mix
 
-__all__ = ["AugmentedForward", "evaluate", "model_frames", "predict"]
+__all__ = ["AugmentedForward", "model_frames"]
 
 
 @torch.no_grad()
@@ -51,24 +48,3 @@ class AugmentedForward(nn.Module):
         if mixup is not None:
             spec = mix(spec, mixup)
         return self.task.logits(self.model.forward_spectrogram(spec))
-
-
-@torch.inference_mode()
-def predict(model: nn.Module, loader: DataLoader, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
-    """Raw logits of the loader's clips (frame logits for frame-level tasks) and the clip indices they belong to."""
-    task: Task = loader.dataset.data.task
-    model.eval()
-    outputs, indices = [], []
-    for batch in loader:
-        out = task.logits(model(batch["audio"].to(device, non_blocking=True)))
-        outputs.append(out.float().cpu().numpy())
-        indices.append(batch["index"].numpy())
-    return np.concatenate(outputs), np.concatenate(indices)
-
-
-def evaluate(model: nn.Module, loader: DataLoader, device: torch.device) -> dict[str, Any]:
-    """The task's metrics on the loader's clips: accuracy per device (ASC), mAP (tagging), frame mAP + PSDS (SED)."""
-    dataset = loader.dataset
-    logits, indices = predict(model, loader, device)
-    clips = [dataset.clips[i] for i in indices]
-    return dataset.data.task.metrics(dataset.data, clips, logits, dataset.frames_per_second)

@@ -7,7 +7,7 @@ What the file holds:
   it (waveform ``[B, N]`` -> spectrogram) as a separate subgraph whose names start with ``frontend/``. The frontend's
   STFT becomes ONNX's ``STFT`` operator with the same window, so nothing outside the file is needed. Batch size and
   input length are dynamic (see :func:`input_rules`);
-* **metadata properties** a deployer needs (:data:`kd.onnx_runtime.METADATA_KEYS`): class names, task, sample rate,
+* **metadata properties** a deployer needs (:data:`kd.deploy.onnx_runtime.METADATA_KEYS`): class names, task, sample rate,
   clip length, frames per second (SED), the frontend's settings, the input length rules and the source
   checkpoint's sha256.
 
@@ -60,13 +60,13 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 import kd
-from kd.checkpoints import load_student
-from kd.complexity import ExportedComplexity, exported_complexity
+from kd.core.checkpoints import load_student
+from kd.core.complexity import ExportedComplexity, exported_complexity
 from kd.data import AudioError, Dataset, open_dataset
-from kd.inference import TorchPredictor, evaluate_predictor
-from kd.loaders import ClipDataset, make_loader
-from kd.onnx_runtime import FORMAT_VERSION, OnnxStudent
+from kd.deploy.onnx_runtime import FORMAT_VERSION, OnnxStudent
+from kd.deploy.predict import TorchPredictor, evaluate_predictor
 from kd.tasks import get_task
+from kd.train.loaders import ClipDataset, make_loader
 from kd_errors import KdError
 from layers import MelSTFT, sha256_file
 from students import Student
@@ -555,7 +555,7 @@ def min_samples(model: Student) -> int:
 
 def _metadata(cfg: ExportConfig, model: Student, meta: dict[str, Any], seconds: float,
               graph: onnx.ModelProto) -> dict[str, str]:
-    """The metadata properties of a float32 file (see :data:`kd.onnx_runtime.METADATA_KEYS`)."""
+    """The metadata properties of a float32 file (see :data:`kd.deploy.onnx_runtime.METADATA_KEYS`)."""
     shape = [d.dim_param or str(d.dim_value) for d in graph.graph.input[0].type.tensor_type.shape.dim]
     out_shape = [d.dim_param or str(d.dim_value) for d in graph.graph.output[0].type.tensor_type.shape.dim]
     task, shortest = meta["task"], min_samples(model)

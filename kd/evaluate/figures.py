@@ -5,8 +5,9 @@
   tasks), each class's PSDS (frame-level tasks), an event roll of one clip (frame-level tasks);
 * distilled runs: how far the student follows its teachers (how often its top class is theirs, and how its
   probabilities compare with theirs);
-* ``kd teach``: each teacher's quality on the taught labels and the store's bytes per logit;
-* ``kd compare``: the teacher-choice table as a heat map.
+* ``kd teach``: each teacher's quality on the taught labels and the store's bytes per logit.
+
+``kd compare``'s heat map is drawn by :mod:`kd.track.compare` on :func:`new_figure`.
 
 Figures are :class:`matplotlib.figure.Figure` objects drawn without pyplot (no global state, no GUI backend:
 saving renders with Agg), small enough to read in MLflow's artifact view. Everything here takes NumPy arrays;
@@ -16,28 +17,26 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
 from scipy.special import expit, softmax
 from sklearn.metrics import average_precision_score
 
-from kd.metrics import class_psds, merge_overlapping
 from kd.tasks import Task
-
-if TYPE_CHECKING:
-    from kd.compare import CompareTable
+from kd.tasks.metrics import class_psds, merge_overlapping
 
 __all__ = [
+    "GREY",
     "agreement_figure",
     "class_ap_figure",
     "class_psds_figure",
-    "comparison_figure",
     "confusion_matrix_figure",
     "device_accuracy_figure",
     "evaluation_figures",
     "event_roll_figure",
+    "new_figure",
     "probabilities",
     "store_bytes_figure",
     "teacher_quality_figure",
@@ -47,7 +46,7 @@ DPI = 100
 SHOWN_CLASSES = 10  # best and worst classes in the AP and PSDS figures
 ROLL_CLASSES = 12  # classes drawn in an event roll
 CALIBRATION_BINS = 10
-_BLUE, _ORANGE, _GREY = "#1f77b4", "#ff7f0e", "#7f7f7f"
+_BLUE, _ORANGE, GREY = "#1f77b4", "#ff7f0e", "#7f7f7f"
 
 
 def probabilities(logits: np.ndarray, single_label: bool) -> np.ndarray:
@@ -56,7 +55,7 @@ def probabilities(logits: np.ndarray, single_label: bool) -> np.ndarray:
     return softmax(x, axis=-1) if single_label else expit(x)
 
 
-def _figure(width: float, height: float) -> Figure:
+def new_figure(width: float, height: float) -> Figure:
     return Figure(figsize=(width, height), dpi=DPI, layout="constrained")
 
 
@@ -97,7 +96,7 @@ def confusion_matrix_figure(labels: np.ndarray, predicted: np.ndarray, classes: 
     rows = counts.sum(axis=1, keepdims=True)
     share = np.divide(counts, rows, out=np.zeros(counts.shape), where=rows > 0)
     side = min(4.0 + 0.45 * n, 14.0)
-    fig = _figure(side + 1.2, side)
+    fig = new_figure(side + 1.2, side)
     ax = fig.add_subplot()
     image = ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0)
     fig.colorbar(image, ax=ax, shrink=0.8, label="fraction of the true class's clips")
@@ -126,14 +125,14 @@ def device_accuracy_figure(correct: np.ndarray, devices: Sequence[str],
     accuracy = [float(correct[devices == d].mean()) for d in names]
     counts = [int((devices == d).sum()) for d in names]
     seen = set(seen_devices) if seen_devices is not None else set(names)
-    fig = _figure(max(5.0, 0.6 * len(names) + 2.5), 3.8)
+    fig = new_figure(max(5.0, 0.6 * len(names) + 2.5), 3.8)
     ax = fig.add_subplot()
     colours = [_BLUE if d in seen else _ORANGE for d in names]
     bars = ax.bar(range(len(names)), accuracy, color=colours)
     ax.bar_label(bars, [f"{a:.2f}" for a in accuracy], fontsize=8, padding=2)
-    ax.axhline(correct.mean(), color=_GREY, linestyle="--", linewidth=1)
+    ax.axhline(correct.mean(), color=GREY, linestyle="--", linewidth=1)
     ax.text(len(names) - 0.5, correct.mean(), f"all {correct.mean():.3f}", ha="right", va="bottom", fontsize=8,
-            color=_GREY)
+            color=GREY)
     ax.set_xticks(range(len(names)), [f"{d or '?'}\n{n}" for d, n in zip(names, counts)], fontsize=8)
     ax.set_ylim(0, 1.08)
     ax.set_ylabel("accuracy")
@@ -154,7 +153,7 @@ def class_ap_figure(scores: np.ndarray, targets: np.ndarray, classes: Sequence[s
     order = np.argsort(-ap)
     if len(order) > 2 * shown:
         order = np.concatenate([order[:shown], order[-shown:]])
-    fig = _figure(7.0, max(2.5, 0.28 * len(order) + 1.4))
+    fig = new_figure(7.0, max(2.5, 0.28 * len(order) + 1.4))
     ax = fig.add_subplot()
     y = np.arange(len(order))
     colours = [_BLUE if i < shown or len(present) <= 2 * shown else _ORANGE for i in range(len(order))]
@@ -164,7 +163,7 @@ def class_ap_figure(scores: np.ndarray, targets: np.ndarray, classes: Sequence[s
     ax.set_xlim(0, 1)
     ax.set_xlabel(f"{what} (positives)")
     mean = float(ap.mean()) if len(ap) else math.nan
-    ax.axvline(mean, color=_GREY, linestyle="--", linewidth=1)
+    ax.axvline(mean, color=GREY, linestyle="--", linewidth=1)
     split = f": best {shown} (blue) and worst {shown} (orange) of {len(present)}" if len(present) > 2 * shown else ""
     ax.set_title(f"{what} per class{split}; mean {mean:.3f}", fontsize=10)
     return fig
@@ -177,11 +176,11 @@ def class_psds_figure(per_class: Mapping[str, Mapping[str, float]], shown: int =
     names = sorted(first, key=lambda c: -first[c])
     if len(names) > 2 * shown:
         names = names[:shown] + names[-shown:]
-    fig = _figure(7.0, max(2.5, 0.3 * len(names) + 1.4))
+    fig = new_figure(7.0, max(2.5, 0.3 * len(names) + 1.4))
     ax = fig.add_subplot()
     y = np.arange(len(names))
     height = 0.8 / len(settings)
-    for k, (setting, colour) in enumerate(zip(settings, (_BLUE, _ORANGE, _GREY))):
+    for k, (setting, colour) in enumerate(zip(settings, (_BLUE, _ORANGE, GREY))):
         values = [per_class[setting].get(c, 0.0) for c in names]
         ax.barh(y + (k - (len(settings) - 1) / 2) * height, values, height, color=colour,
                 label=f"{setting} (class mean {np.mean(list(per_class[setting].values())):.3f})")
@@ -202,7 +201,7 @@ def event_roll_figure(rows: Mapping[str, np.ndarray], classes: Sequence[str], fr
     activity = np.max([a.max(axis=0) for a in arrays.values()], axis=0)
     keep = np.argsort(-activity)[:ROLL_CLASSES]
     keep = np.sort(keep[activity[keep] > 0.05]) if (activity[keep] > 0.05).any() else np.sort(keep[:3])
-    fig = _figure(8.0, 0.6 + len(arrays) * (0.22 * len(keep) + 0.5))
+    fig = new_figure(8.0, 0.6 + len(arrays) * (0.22 * len(keep) + 0.5))
     axes = fig.subplots(len(arrays), 1, sharex=True, squeeze=False)[:, 0]
     image = None
     for ax, (name, a) in zip(axes, arrays.items()):
@@ -231,7 +230,7 @@ def agreement_figure(student_logits: np.ndarray, teacher_logits: np.ndarray, cla
     teacher = probabilities(teacher_logits, single_label).reshape(-1, num_classes)
     top_s, top_t = student.argmax(axis=1), teacher.argmax(axis=1)
     agree = top_s == top_t
-    fig = _figure(10.0, 4.2)
+    fig = new_figure(10.0, 4.2)
     left, right = fig.subplots(1, 2, width_ratios=(1.4, 1))
     shown = [c for c in range(num_classes) if (top_t == c).any()]
     if len(shown) > 2 * SHOWN_CLASSES:  # many classes: the most frequent teacher top classes
@@ -249,7 +248,7 @@ def agreement_figure(student_logits: np.ndarray, teacher_logits: np.ndarray, cla
     filled = [b for b in range(CALIBRATION_BINS) if (bins == b).any()]
     centres = [float(student.ravel()[bins == b].mean()) for b in filled]
     teacher_mean = [float(teacher.ravel()[bins == b].mean()) for b in filled]
-    right.plot([0, 1], [0, 1], color=_GREY, linestyle="--", linewidth=1)
+    right.plot([0, 1], [0, 1], color=GREY, linestyle="--", linewidth=1)
     right.plot(centres, teacher_mean, marker="o", color=_ORANGE)
     right.set_xlim(0, 1)
     right.set_ylim(0, 1)
@@ -263,7 +262,7 @@ def teacher_quality_figure(metrics: Mapping[str, Mapping[str, float]], primary: 
     """Each teacher's (and the ensemble's) metrics on the taught split's labels, the task's primary metric first."""
     teachers = list(metrics)
     names = sorted({k for m in metrics.values() for k in m}, key=lambda k: (k != primary, k))
-    fig = _figure(min(max(5.0, 0.3 * len(names) * len(teachers) + 3.0), 12.0), 4.0)
+    fig = new_figure(min(max(5.0, 0.3 * len(names) * len(teachers) + 3.0), 12.0), 4.0)
     ax = fig.add_subplot()
     width = 0.8 / max(len(teachers), 1)
     x = np.arange(len(names))
@@ -287,14 +286,14 @@ def store_bytes_figure(info: Mapping[str, Any]) -> Figure:
     teachers = {n: t for n, t in info.get("teachers", {}).items() if t.get("bytes_per_logit")}
     names = list(teachers)
     values = [teachers[n]["bytes_per_logit"] for n in names]
-    fig = _figure(max(4.5, 0.9 * len(names) + 2.5), 3.6)
+    fig = new_figure(max(4.5, 0.9 * len(names) + 2.5), 3.6)
     ax = fig.add_subplot()
     labels = [f"{n}\n{t['codec']}" + (f"+{t['frame_codec']}" if t.get("frame_codec") else "")
               for n, t in teachers.items()]
     bars = ax.bar(range(len(names)), values, color=_BLUE, width=0.6)
     ax.bar_label(bars, [f"{v:.2f}" for v in values], fontsize=8, padding=2)
     for (level, bytes_), style in zip((("float32", 4.0), ("float16", 2.0)), ("--", ":")):
-        ax.axhline(bytes_, color=_GREY, linestyle=style, linewidth=1, label=f"{level}: {bytes_:g} bytes")
+        ax.axhline(bytes_, color=GREY, linestyle=style, linewidth=1, label=f"{level}: {bytes_:g} bytes")
     ax.legend(fontsize=8, loc="upper right", framealpha=0.9)
     ax.set_xticks(range(len(names)), labels, fontsize=8)
     ax.set_ylim(0, max(5.0, 1.25 * max(values, default=0.0)))
@@ -303,48 +302,3 @@ def store_bytes_figure(info: Mapping[str, Any]) -> Figure:
     ax.set_title(f"store: {info.get('clips', '?')} clips, {info.get('num_views', 1)} view(s)"
                  + (f", {total:.2f} bytes per logit overall" if total else ""), fontsize=10)
     return fig
-
-
-# --- kd compare ----------------------------------------------------------------------------------------------------
-def comparison_figure(table: CompareTable) -> Figure:
-    """Students (rows) by teacher sets (columns): each cell's mean score over seeds, ± the standard deviation and the
-    number of runs; colours rank the cells within a row (the best teacher choice per student is the darkest)."""
-    rows, columns = table.rows, table.columns
-    fig = _figure(min(max(7.0, 2.5 + 1.9 * len(columns)), 20.0), 1.6 + 0.7 * len(rows))
-    ax = fig.add_subplot()
-    shade = np.full((len(rows), len(columns)), np.nan)
-    for i, row in enumerate(rows):
-        means = {c: table.cell(row, c).mean for c in columns if table.cell(row, c)}
-        low, high = min(means.values(), default=0.0), max(means.values(), default=0.0)
-        for j, column in enumerate(columns):
-            cell = table.cell(row, column)
-            if cell is None:
-                ax.text(j, i, "-", ha="center", va="center", fontsize=9, color=_GREY)
-                continue
-            shade[i, j] = (cell.mean - low) / (high - low) if high > low else 1.0
-            text = f"{cell.mean:.3f}" + (f"\n± {cell.std:.3f} (n={cell.n})" if cell.std is not None else "")
-            ax.text(j, i, text, ha="center", va="center", fontsize=9,
-                    color="white" if shade[i, j] > 0.6 else "black",
-                    fontweight="bold" if cell.mean == high else "normal")
-    ax.imshow(np.ma.masked_invalid(shade), cmap="Greens", vmin=-0.2, vmax=1.2, aspect="auto")
-    ax.set_xticks(range(len(columns)), [_column_label(c) for c in columns], fontsize=9)
-    ax.set_yticks(range(len(rows)), [f"{r.label}\n{r.metric}; {_cost(r)}" for r in rows], fontsize=9)
-    ax.xaxis.tick_top()
-    fig.suptitle(f"teacher choice: {', '.join(table.experiments)}\n(best {', '.join(sorted({r.metric for r in rows}))}: "
-                 "mean ± std over seeds; bold: best per student)", fontsize=10)
-    return fig
-
-
-def _column_label(column: str) -> str:
-    """``passt,ast | kd_lambda=0.5`` -> ``from passt,ast`` over ``kd_lambda=0.5``; ``none``: labels only."""
-    teachers, *rest = column.split(" | ")
-    return "\n".join(["labels only" if teachers == "none" else f"from {teachers}", *rest])
-
-
-def _cost(row: Any) -> str:
-    parts = []
-    if row.params is not None:
-        parts.append(f"{row.params / 1e3:,.0f} K params")
-    if row.macs is not None:
-        parts.append(f"{row.macs / 1e6:,.1f} MMACs")
-    return ", ".join(parts) or "cost unknown"

@@ -34,7 +34,7 @@ transformer's patch): a short clip is padded with zeros up to it, and the store 
 (half the dataset's short end: too short to be one of its recordings), or silent, is flagged, never padded into a
 target.
 
-**Views** (``--views K --augment dir,roll,gain,speed``, see :mod:`kd.views`): every clip is decoded once and
+**Views** (``--views K --augment dir,roll,gain,speed``, see :mod:`kd.core.views`): every clip is decoded once and
 turned into its ``K`` views in the decode thread (view 0 the clip itself), each view a row of the chunk for the
 teachers; the store keeps the logits ``[N, K, ...]`` and each clip's view parameters, which ``kd distill``
 replays. A clip fails (for a teacher) if any of its views does.
@@ -44,7 +44,7 @@ split's, taught like any other; their labels, if any, are ignored (the store's v
 dataset's). One store so covers a distillation's labelled clips and its transfer sets.
 
 **Failures** are per clip only where the clip is at fault, recorded (clip id and reason) in the store and never
-stored as logits (:mod:`kd.failures` sorts them into kinds); everything else ends the job with its traceback:
+stored as logits (:mod:`kd.core.failures` sorts them into kinds); everything else ends the job with its traceback:
 
 * decoding: :class:`kd.data.AudioError` (missing, empty, unreadable, silent, non-finite, too short) always;
   any other :data:`DATA_ERRORS` raised while reading, decoding or resampling one clip is recorded as
@@ -81,15 +81,15 @@ import torch
 from dask.distributed import Client, Nanny, Scheduler, SpecCluster, as_completed
 from distributed.system import MEMORY_LIMIT
 
-from kd.checkpoints import TeacherSpec, build_teacher
+from kd.core.checkpoints import TeacherSpec, build_teacher
+from kd.core.devices import select_device
+from kd.core.failures import FAILURE_KINDS, describe_failures, failure_kind
+from kd.core.views import PARAMS as VIEW_PARAMS
+from kd.core.views import ImpulseResponses, ViewConfig, apply_view, draw_views
 from kd.data import AudioError, ClipLengths, Dataset, open_dataset
 from kd.data.base import LENGTH_TOLERANCE
-from kd.failures import FAILURE_KINDS, describe_failures, failure_kind
-from kd.metrics import UndefinedMetric
-from kd.tracking import DatasetInput, RunLogger, tracked_run
-from kd.train import select_device
-from kd.views import PARAMS as VIEW_PARAMS
-from kd.views import ImpulseResponses, ViewConfig, apply_view, draw_views
+from kd.tasks.metrics import UndefinedMetric
+from kd.track.tracking import DatasetInput, RunLogger, tracked_run
 from kd_errors import KdError
 from layers import sha256_file
 from layers.resample import resample
@@ -824,7 +824,9 @@ def check_failed_share(summary: TeachSummary, max_fraction: float = MAX_FAILED_F
 
 def _log_figures(run: RunLogger, summary: TeachSummary, data: Dataset) -> None:
     """The teachers' quality on the taught labels and the store's bytes per logit, as figures of the teach run."""
-    from kd import figures  # matplotlib: imported where a run draws, not by every dask worker importing kd.teach
+    from kd.evaluate import (
+        figures,  # matplotlib: imported where a run draws, not by every dask worker importing kd.teach
+    )
 
     if summary.metrics:
         run.log_figure(figures.teacher_quality_figure(summary.metrics, data.task.primary_metric),

@@ -12,7 +12,7 @@ What a run records besides parameters and metrics:
   run trained and evaluated on, its transfer sets and the logit store it read or wrote, each with a digest (the
   first ``DIGEST_CHARS`` hex digits of the dataset's fingerprint, or of the store's identity), so that runs on
   the same data group together;
-* **figures** (:mod:`kd.figures`) as PNG artifacts;
+* **figures** (:mod:`kd.evaluate.figures`) as PNG artifacts;
 * **models**: a distilled student as an MLflow model (PyTorch flavour, pickled, with a waveform input example
   and a signature: ``mlflow.pyfunc.load_model(uri).predict(waveforms)`` returns logits) and, once exported,
   its ONNX file (:func:`log_onnx_model`).
@@ -20,7 +20,7 @@ What a run records besides parameters and metrics:
 :func:`find_runs` reads runs back for ``kd compare``.
 
 mlflow takes over a second to import; it is imported when a run starts, because the modules that track
-(``kd.teach``, ``kd.job``) are also imported by dask and DataLoader worker processes that never do.
+(``kd.teach.run``, ``kd.train.job``) are also imported by dask and DataLoader worker processes that never do.
 """
 from __future__ import annotations
 
