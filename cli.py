@@ -227,7 +227,8 @@ def teach_cmd(dataset, split, teachers, store, codec, workers, decode_workers, s
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from kd.core.checkpoints import TeacherSpec
-    from kd.teach.run import TeachConfig, check_failed_share, run_teach
+    from kd.teach.config import TeachConfig
+    from kd.teach.run import check_failed_share, run_teach
 
     cfg = TeachConfig(
         dataset=dataset, split=split, teachers=tuple(TeacherSpec.parse(t) for t in teachers), store=store,

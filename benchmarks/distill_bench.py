@@ -49,7 +49,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kd.core.checkpoints import TeacherSpec
 from kd.demo.data import make_demo_data
-from kd.teach.run import TeachConfig, run_teach
+from kd.teach.config import TeachConfig
+from kd.teach.run import run_teach
 from kd.train.distill import DistillConfig, TeacherChoice, prepare_distillation
 from kd.train.job import TrainingJob
 

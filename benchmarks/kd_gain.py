@@ -22,7 +22,8 @@ from pathlib import Path
 
 from _recipes import TEACHERS, demo_asc, finetuned_teachers, paired_gain, run_study, train_students
 
-from kd.teach.run import TeachConfig, run_teach
+from kd.teach.config import TeachConfig
+from kd.teach.run import run_teach
 
 
 def run(work: Path, clips: int, teacher_epochs: int, student_epochs: int, seeds: list[int]) -> dict:

@@ -34,7 +34,7 @@ What is timed:
 set of 10 s 32 kHz mp3 clips (``make_demo_data`` clips, their mp3 rows repeated under new ids) is taught with
 ``sim_accelerator``, a teacher stand-in registered below whose forward *sleeps* a fixed time per batch (no CPU,
 as a host thread waits on a GPU) and returns logits from two cheap statistics of each clip's start. Every worker imports this file
-(``kd.teach.run.local_cluster(preload=...)``); one worker, ``--decode-workers`` = cores.
+(``kd.teach.placement.local_cluster(preload=...)``); one worker, ``--decode-workers`` = cores.
 
 * ``decode_clips_per_s_per_core``: the clips decoded one after another in this process, as a worker decodes
   them (``Dataset.load_audio`` at 32 kHz, 10 s), over the thread's CPU time.
@@ -89,7 +89,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # store_bench's target
 from kd.core.checkpoints import TeacherSpec, build_teacher
 from kd.data import open_dataset
 from kd.demo.data import make_demo_data
-from kd.teach.run import TeachConfig, local_cluster, run_teach, teach_lengths
+from kd.teach.config import TeachConfig
+from kd.teach.pipeline import teach_lengths
+from kd.teach.placement import local_cluster
+from kd.teach.run import run_teach
 from teachers import TEACHERS, Teacher, TeacherOutput, register_teacher
 
 TEACHER = "passt_tiny"

@@ -30,7 +30,8 @@ from _recipes import (
     write_manifest,
 )
 
-from kd.teach.run import TeachConfig, run_teach
+from kd.teach.config import TeachConfig
+from kd.teach.run import run_teach
 
 LABELLED_DEVICES = ("a",)
 

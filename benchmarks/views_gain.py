@@ -34,7 +34,8 @@ import numpy as np
 import soundfile as sf
 from _recipes import cnn_teachers, demo_asc, mean_and_sigma, paired_gain, run_study, train_students
 
-from kd.teach.run import TeachConfig, run_teach
+from kd.teach.config import TeachConfig
+from kd.teach.run import run_teach
 
 VIEWS, KINDS = 4, ("dir", "roll", "gain", "speed")
 ONLINE = {"dir_p": 0.4, "roll_seconds": 0.25, "gain_db": 6.0}  # the views' ranges (kd.core.views.ViewConfig defaults)

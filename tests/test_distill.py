@@ -9,7 +9,8 @@ from conftest import Killed, kill_after_epoch
 
 from kd.core.checkpoints import TeacherSpec
 from kd.deploy.predict import evaluate_checkpoint, predict_files
-from kd.teach.run import TeachConfig, run_teach
+from kd.teach.config import TeachConfig
+from kd.teach.run import run_teach
 from kd.train.distill import DistillConfig, TeacherChoice, distill
 from kd_errors import KdError
 

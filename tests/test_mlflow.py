@@ -15,7 +15,8 @@ from cli import main
 from kd.core.checkpoints import TeacherSpec, load_student
 from kd.data import open_dataset
 from kd.evaluate import figures
-from kd.teach.run import TeachConfig, run_teach
+from kd.teach.config import TeachConfig
+from kd.teach.run import run_teach
 from kd.track.compare import compare_runs, plot_comparison, record_comparison
 from kd.track.tracking import DIGEST_CHARS, DatasetInput, tracked_run
 from kd.train.distill import DistillConfig, TeacherChoice, distill

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from kd.core.checkpoints import TeacherSpec
-from kd.teach.run import TeachConfig, run_teach
+from kd.teach.config import TeachConfig
+from kd.teach.run import run_teach
 from kd_errors import KdError
 from logit_store import LogitStore
 

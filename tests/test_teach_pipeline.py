@@ -8,8 +8,10 @@ import pytest
 import soundfile as sf
 import torch
 
+from kd.core.failures import failure_kind
 from kd.data import ClipLengths, DatasetError, open_dataset
-from kd.teach.run import chunk_resources, failure_kind, length_batches, plan_workers, resolve_precision
+from kd.teach.pipeline import length_batches
+from kd.teach.placement import chunk_resources, plan_workers, resolve_precision
 from kd_errors import KdError
 
 SR = 16000
@@ -141,7 +143,8 @@ def test_clip_length_is_never_shorter_than_the_teachers_take(tmp_path):
     """Clips of 0.2-0.3 s and a CP-ResNet teacher (0.375 s): the length is raised to what it takes (clips are
     padded up to it, none is too short); --seconds below it is a one-line error, above it is kept."""
     from kd.core.checkpoints import TeacherSpec
-    from kd.teach.run import TeachConfig, teach_lengths
+    from kd.teach.config import TeachConfig
+    from kd.teach.pipeline import teach_lengths
 
     data = _manifest(tmp_path, np.linspace(0.2, 0.3, 8).round(3).tolist())
     shortest = {"passt_tiny": 0.150, "cpr": CNN_SHORTEST}
@@ -214,14 +217,15 @@ def test_failures_are_grouped_by_kind_with_an_example_and_a_fix():
 
 
 def _summary(clips, failures):
-    from kd.teach.run import TeachSummary
+    from kd.teach.config import TeachSummary
 
     return TeachSummary(store="s.zarr", clips=clips, chunks_run=1, chunks_skipped=0, written={}, failures=failures,
                         wall_seconds=1.0, store_info={})
 
 
 def test_a_failed_share_over_the_threshold_is_refused_in_one_line():
-    from kd.teach.run import TeachConfig, TooManyFailedClips, check_failed_share
+    from kd.teach.config import TeachConfig, TooManyFailedClips
+    from kd.teach.run import check_failed_share
 
     few = _summary(100, {f"c{i}": "silent (all zeros)" for i in range(5)})
     check_failed_share(few, 0.05)  # 5 % is allowed
@@ -248,7 +252,8 @@ def scheduler():
 
 def _teach_here(spec, store, scheduler, tracking_uri, **kw):
     from kd.core.checkpoints import TeacherSpec
-    from kd.teach.run import TeachConfig, run_teach
+    from kd.teach.config import TeachConfig
+    from kd.teach.run import run_teach
 
     teachers = tuple(TeacherSpec.parse(t) for t in kw.pop("teachers", ("passt_tiny",)))
     cfg = TeachConfig(dataset=spec, store=str(store), teachers=teachers, device="cpu",
@@ -259,11 +264,11 @@ def _teach_here(spec, store, scheduler, tracking_uri, **kw):
 
 
 def _wrap_teacher(monkeypatch, should_raise, change=None):
-    """Every teacher kd.teach.run builds raises what ``should_raise(batch)`` returns (None: runs normally); its
+    """Every teacher kd.teach.pipeline builds raises what ``should_raise(batch)`` returns (None: runs normally); its
     outputs pass through ``change(batch, output)`` if given."""
-    import kd.teach.run
+    import kd.teach.pipeline
 
-    original = kd.teach.run.build_teacher
+    original = kd.teach.pipeline.build_teacher
 
     def build(spec, num_classes=None, **kw):
         model = original(spec, num_classes, **kw)
@@ -278,7 +283,7 @@ def _wrap_teacher(monkeypatch, should_raise, change=None):
         model.forward = guarded
         return model
 
-    monkeypatch.setattr(kd.teach.run, "build_teacher", build)
+    monkeypatch.setattr(kd.teach.pipeline, "build_teacher", build)
 
 
 @pytest.fixture
@@ -299,7 +304,7 @@ def test_a_model_raising_a_size_error_on_a_valid_clip_ends_the_job(asc_copy, tmp
                                                                    monkeypatch):
     """The clip decoded fine, so the error is never its own: the job stops with it (recording it per clip once
     dropped a third of a dataset of short clips while the job reported success)."""
-    from kd.teach.run import TeacherFailed
+    from kd.teach.config import TeacherFailed
     from logit_store import LogitStore
 
     spec, data = asc_copy
@@ -316,7 +321,7 @@ def test_a_model_raising_a_size_error_on_a_valid_clip_ends_the_job(asc_copy, tmp
 @pytest.mark.slow
 def test_a_bug_on_one_clip_ends_the_job_and_a_teacher_broken_on_every_input_never_starts(asc_copy, tmp_path, scheduler,
                                                                                         tracking_uri, monkeypatch):
-    from kd.teach.run import TeacherFailed
+    from kd.teach.config import TeacherFailed
 
     spec, data = asc_copy
     sf.write(data.clips[5].source, np.full(44100, 0.5, np.float32), 44100)

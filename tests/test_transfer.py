@@ -10,7 +10,8 @@ from conftest import Killed, kill_after_epoch
 from kd.core.checkpoints import TeacherSpec
 from kd.data import DatasetError, open_dataset
 from kd.tasks import ASC
-from kd.teach.run import TeachConfig, run_teach
+from kd.teach.config import TeachConfig
+from kd.teach.run import run_teach
 from kd.train.augment import mixup_params
 from kd.train.distill import DistillConfig, TeacherChoice, distill, prepare_distillation
 from kd.train.loaders import MixedBatchSampler

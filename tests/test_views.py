@@ -113,7 +113,8 @@ def test_a_bad_impulse_response_file_is_named_in_one_line(irs, tmp_path, content
 # --- kd teach --views and kd distill --views, end to end ---------------------------------------------------------
 def _teach_views(spec, store, irs_folder, tmp_path, **kw):
     from kd.core.checkpoints import TeacherSpec
-    from kd.teach.run import TeachConfig, run_teach
+    from kd.teach.config import TeachConfig
+    from kd.teach.run import run_teach
 
     cfg = TeachConfig(dataset=spec, store=str(store), teachers=(TeacherSpec("passt_tiny"),), chunk_size=8,
                       codec="f32", views=3, augment=("dir", "roll", "gain", "speed"), dir_folder=str(irs_folder),
@@ -127,7 +128,8 @@ def test_distill_replays_exactly_the_views_the_teachers_heard(demo_asc, irs, tmp
     """For every kind of augmentation: the student's input samples equal the teacher's, its target that view's."""
     import torch
 
-    from kd.teach.run import _Context, _Job
+    from kd.teach.config import WorkerJob
+    from kd.teach.pipeline import _Context
     from kd.train.distill import DistillConfig, TeacherChoice, prepare_distillation
     from logit_store import LogitStore
 
@@ -143,7 +145,7 @@ def test_distill_replays_exactly_the_views_the_teachers_heard(demo_asc, irs, tmp
         teachers=TeacherChoice.parse("passt_tiny"), dir_folder=str(irs.folder), device="cpu", epochs=1))
     dataset = job.train_loader.dataset
     assert dataset.teacher.views == "consistent" and dataset.sample_rate == 32000
-    teach_job = _Job(seconds=1.0, min_seconds=0.0, variable=False, pad_samples=0, device="cpu", precision="fp32",
+    teach_job = WorkerJob(seconds=1.0, min_seconds=0.0, variable=False, pad_samples=0, device="cpu", precision="fp32",
                      decode_workers=1, views=ViewConfig.from_dict(store.views))
     teacher_side = _Context(cfg, teach_job)
     kinds_seen = np.zeros(4, bool)

@@ -22,7 +22,8 @@ from pathlib import Path
 
 from kd.core.checkpoints import TeacherSpec
 from kd.demo.data import make_demo_data
-from kd.teach.run import TeachConfig, TeachSummary, run_teach
+from kd.teach.config import TeachConfig, TeachSummary
+from kd.teach.run import run_teach
 from kd.track.compare import CompareTable, compare_runs, record_comparison
 from kd.track.tracking import resolve_tracking_uri
 from kd.train.distill import DistillConfig, TeacherChoice, distill

@@ -20,7 +20,7 @@ What a run records besides parameters and metrics:
 :func:`find_runs` reads runs back for ``kd compare``.
 
 mlflow takes over a second to import; it is imported when a run starts, because the modules that track
-(``kd.teach.run``, ``kd.train.job``) are also imported by dask and DataLoader worker processes that never do.
+(``kd.teach``, ``kd.train.job``) are also imported by dask and DataLoader worker processes that never do.
 """
 from __future__ import annotations
 
