@@ -445,7 +445,8 @@ def export_cmd(checkpoint, out_path, frontend, seconds, quantize, calibration, c
     With --log-to RUN_ID the file joins the run's models in MLflow.
     """
     try:  # onnx, onnxruntime and onnxscript come with the optional [export] extra
-        from kd.deploy.export import ExportConfig, export_student
+        from kd.deploy.config import ExportConfig
+        from kd.deploy.export import export_student
     except ModuleNotFoundError as e:
         raise KdError(f"kd export needs the export extra: pip install 'kd-audio[export]' (no {e.name})") from None
 

@@ -40,7 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kd.core.checkpoints import load_student
 from kd.demo.data import make_demo_data
-from kd.deploy.export import ExportConfig, export_student
+from kd.deploy.config import ExportConfig
+from kd.deploy.export import export_student
 from kd.deploy.onnx_runtime import OnnxStudent
 from kd.train.distill import DistillConfig, TeacherChoice, distill
 from students import student_cfg

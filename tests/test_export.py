@@ -15,19 +15,12 @@ from click.testing import CliRunner
 from cli import main
 from kd.core.complexity import exported_complexity
 from kd.data import open_dataset
-from kd.deploy.export import (
-    ExportConfig,
-    ExportDynamicConv,
-    ExportDyReLU,
-    ExportFrontend,
-    FakeQuantized,
-    exact_frontend,
-    export_student,
-    exportable,
-    fold_batchnorm,
-)
+from kd.deploy.config import ExportConfig
+from kd.deploy.export import export_student
+from kd.deploy.graph import ExportDynamicConv, ExportDyReLU, ExportFrontend, exact_frontend, exportable
 from kd.deploy.onnx_runtime import OnnxStudent
 from kd.deploy.predict import evaluate_checkpoint, format_predictions, predict_files
+from kd.deploy.quantize import FakeQuantized, fold_batchnorm
 from kd_errors import KdError
 from layers import CheckpointError, sha256_file
 from students import create_student
