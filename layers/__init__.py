@@ -4,7 +4,7 @@ The bottom of the import graph: ``teachers`` and ``students`` import from here, 
 from the rest of the project but ``kd_errors`` (the base of the errors a user can cause).
 """
 from .builder import Checkpoint, build_model
-from .checkpoint import CheckpointError, load_checkpoint, load_state_dict_strict, sha256_file
+from .checkpoint import CheckpointError, load_checkpoint, load_state_dict_strict, read_checkpoint, sha256_file
 from .mel import MelSTFT, kaldi_mel_banks, mask_along_axis
 from .registry import Registry, RegistryEntry, UnknownModelError
 
@@ -20,5 +20,6 @@ __all__ = [
     "load_checkpoint",
     "load_state_dict_strict",
     "mask_along_axis",
+    "read_checkpoint",
     "sha256_file",
 ]

@@ -11,6 +11,7 @@ import hashlib
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -22,6 +23,7 @@ __all__ = [
     "CheckpointFilter",
     "load_checkpoint",
     "load_state_dict_strict",
+    "read_checkpoint",
     "sha256_file",
     "unwrap_state_dict",
 ]
@@ -61,17 +63,26 @@ def _is_tensor_mapping(obj: Mapping) -> bool:
     return len(obj) > 0 and all(isinstance(v, torch.Tensor) for v in obj.values())
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a state dict from ``path`` without unpickling code objects."""
+def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
+    """The object a checkpoint file holds, read without unpickling code (``weights_only=True``): the one place the
+    project reads a checkpoint (kd's training state, students, teachers, official releases alike).
+
+    Raises:
+        CheckpointError: the file is missing, or not a torch checkpoint of plain tensors and containers.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several types for a bad or unsafe pickle
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 -- torch raises several types (pickle, zip, weights-only) for one problem
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"cannot read checkpoint {path}: {first_line}") from e
-    return unwrap_state_dict(obj)
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a state dict from ``path`` (unwrapped from ``{"model": ...}`` and the like) without unpickling code."""
+    return unwrap_state_dict(read_checkpoint(path))
 
 
 def load_state_dict_strict(

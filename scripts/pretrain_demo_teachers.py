@@ -53,7 +53,7 @@ from kd.train.augment import mix, mixup_params, random_gain
 from kd.train.engine import OptimConfig, Trainer
 from kd.train.forward import AugmentedForward
 from kd.train.loss import DistillLoss, LossTerms
-from layers import sha256_file
+from layers import read_checkpoint, sha256_file
 from teachers import create_teacher, release_path
 
 SOURCE_RATE = demo.DEMO_DEFAULTS["asc"]["sample_rate"]  # rendered as the demo renders (44.1 kHz), then resampled
@@ -202,7 +202,7 @@ def pretrain(name: str, audio: np.ndarray, labels: np.ndarray, train_rows: np.nd
     torch.manual_seed(args.seed)
     model = create_teacher(name, num_classes=len(SCENES), clip_seconds=1.0, **PRETRAINING_KWARGS[name])
     if args.init:
-        state = torch.load(args.init, map_location="cpu", weights_only=True)
+        state = read_checkpoint(args.init)
         model.load_state_dict(state.get("model", state))  # a stage's best.pt or a release
     out = args.workdir / (f"{name}-{args.stage}" if args.stage else name)
     train = torch.utils.data.DataLoader(CorpusClips(audio, labels, train_rows, logits), batch_size=args.batch_size,
@@ -230,7 +230,7 @@ def pretrain(name: str, audio: np.ndarray, labels: np.ndarray, train_rows: np.nd
               f"{record['accuracy']:.3f}", flush=True)
 
     history = trainer.fit(train, step, lambda m: accuracy(m, heldout, device), on_epoch_end=report)
-    best = torch.load(out / "best.pt", map_location="cpu", weights_only=True)
+    best = read_checkpoint(out / "best.pt")
     model.load_state_dict(best["model"])
     return model.cpu().eval(), history
 

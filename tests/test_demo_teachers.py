@@ -9,7 +9,7 @@ import teachers._registry as registry
 from kd.core.checkpoints import TeacherSpec, build_teacher
 from kd.demo.data import make_demo_data
 from kd.train.teacher import TrainTeacherConfig, train_teacher
-from layers import CheckpointError, sha256_file
+from layers import CheckpointError, read_checkpoint, sha256_file
 from teachers import RELEASES, create_teacher, release_path, teacher_cfg
 
 DEMO_TEACHERS = ("passt_tiny", "ast_tiny", "cp_resnet")  # the quick start's PaSST, AST and CNN member
@@ -22,7 +22,7 @@ def test_release_is_registered_with_its_sha256_and_provenance(name):
     path = release_path(name)
     assert path == RELEASES / cfg["file"] and sha256_file(path) == cfg["sha256"]
     assert 1e5 < path.stat().st_size < 20e6  # float16: well under the ~20 MB a demo release may take
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = read_checkpoint(path)
     assert {t.dtype for t in state.values() if t.is_floating_point()} == {torch.float16}
     assert "scenes" in cfg["pretraining"]["corpus"] and cfg["pretraining"]["clips"] >= 10_000
 
@@ -31,7 +31,7 @@ def test_release_is_registered_with_its_sha256_and_provenance(name):
 def test_release_loads_through_the_strict_checkpoint_path(name):
     pretrained = create_teacher(name, pretrained=True)
     by_path = create_teacher(name, checkpoint=release_path(name))
-    released = torch.load(release_path(name), map_location="cpu", weights_only=True)
+    released = read_checkpoint(release_path(name))
     for key, value in pretrained.state_dict().items():
         torch.testing.assert_close(value, by_path.state_dict()[key])
         if key in released:

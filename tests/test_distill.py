@@ -13,6 +13,7 @@ from kd.teach.config import TeachConfig
 from kd.teach.run import run_teach
 from kd.train.distill import DistillConfig, TeacherChoice, distill
 from kd_errors import KdError
+from layers import read_checkpoint
 
 pytestmark = pytest.mark.slow
 ASC_STUDENT = "cp_mobile_tiny"
@@ -80,8 +81,8 @@ def test_killed_run_resumes_to_the_same_result(demo_asc, asc_store, tmp_path, tr
         distill(_cfg(demo_asc, asc_store, tmp_path / "resumed", tracking_uri, epochs=3), on_epoch=kill_after_epoch(1))
     resumed = distill(_cfg(demo_asc, asc_store, tmp_path / "resumed", tracking_uri, epochs=3, resume=True))
     assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in full.history]
-    a = torch.load(tmp_path / "full" / "last.pt", weights_only=True)["model"]
-    b = torch.load(tmp_path / "resumed" / "last.pt", weights_only=True)["model"]
+    a = read_checkpoint(tmp_path / "full" / "last.pt")["model"]
+    b = read_checkpoint(tmp_path / "resumed" / "last.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -89,7 +90,7 @@ def test_label_only_baseline_needs_no_store(demo_asc, tmp_path, tracking_uri):
     result = distill(_cfg(demo_asc, None, tmp_path / "base", tracking_uri, teachers="none", epochs=1))
     assert result.history[0]["train_loss"] == result.history[0]["train_hard_loss"]
     # without a store to say how long the clips are, the dataset's 1 s clips are used, never padded to 10 s
-    assert torch.load(result.checkpoint, weights_only=True)["meta"]["seconds"] == pytest.approx(1.0)
+    assert read_checkpoint(result.checkpoint)["meta"]["seconds"] == pytest.approx(1.0)
 
 
 def test_store_missing_clips_is_refused_or_dropped(demo_asc, tmp_path, tracking_uri):

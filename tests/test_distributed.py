@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from kd.train.loaders import DistributedWeightedSampler
+from layers import read_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,7 +39,7 @@ def test_torchrun_distill_trains_one_model_and_one_mlflow_run(demo_asc, tmp_path
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, check=False, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
-    state = torch.load(out / "last.pt", weights_only=True)
+    state = read_checkpoint(out / "last.pt")
     assert state["epoch"] == 2 and len(state["history"]) == 2
     client = mlflow.MlflowClient(tracking_uri)
     experiments = [e.experiment_id for e in client.search_experiments()]

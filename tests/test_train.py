@@ -8,6 +8,7 @@ from kd.tasks import ASC
 from kd.train.engine import OptimConfig, Trainer, WarmupRampDown
 from kd.train.loss import DistillLoss
 from kd_errors import KdError
+from layers import read_checkpoint
 
 
 def test_schedule_warms_up_holds_and_ramps_down():
@@ -53,7 +54,7 @@ def test_training_learns_and_writes_checkpoints(tmp_path):
     assert [h["epoch"] for h in history] == [1, 2, 3, 4]
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     assert (tmp_path / "last.pt").is_file() and (tmp_path / "best.pt").is_file()
-    state = torch.load(tmp_path / "best.pt", weights_only=True)
+    state = read_checkpoint(tmp_path / "best.pt")
     assert state["meta"] == {"name": "mlp"} and state["best"] == max(h["accuracy"] for h in history)
 
 
@@ -68,7 +69,7 @@ def test_eval_every_evaluates_every_nth_epoch_and_the_last(tmp_path):
     history = _trainer(tmp_path, epochs=5, eval_every=2).fit(loader, _step, evaluate)
     assert [h["epoch"] for h in history if "accuracy" in h] == [2, 4, 5]
     assert len(evaluated) == 3 and all("train_loss" in h for h in history)
-    state = torch.load(tmp_path / "best.pt", weights_only=True)
+    state = read_checkpoint(tmp_path / "best.pt")
     assert state["best"] == max(h["accuracy"] for h in history if "accuracy" in h)
 
 

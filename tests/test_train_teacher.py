@@ -5,6 +5,7 @@ import torch
 from kd.core.checkpoints import TeacherSpec, build_teacher
 from kd.train.teacher import TrainTeacherConfig, train_teacher
 from kd_errors import KdError
+from layers import read_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -19,7 +20,7 @@ def test_frame_wise_teacher_trains_on_strong_labels_and_reloads(demo_sed, tmp_pa
     run = mlflow.MlflowClient(tracking_uri).get_run(result.run_id)
     assert run.data.params["teacher"] == "passt_tiny_frame" and "frame_mAP" in run.data.metrics
     teacher = build_teacher(TeacherSpec("passt_tiny_frame", result.checkpoint), num_classes=len(demo_sed["classes"]))
-    saved = torch.load(result.checkpoint, weights_only=True)["model"]
+    saved = read_checkpoint(result.checkpoint)["model"]
     assert all(torch.equal(saved[k], v) for k, v in teacher.state_dict().items())
     with pytest.raises(KdError, match="holds a passt_tiny_frame teacher"):
         build_teacher(TeacherSpec("passt_tiny", result.checkpoint))

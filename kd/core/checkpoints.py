@@ -8,6 +8,8 @@ no meta and are built from the registry name the user gives.
 A clip-level student trained by ``kd distill`` can serve as a teacher too (``NAME=CHECKPOINT`` with the
 student's registry name): CP-JKU's DCASE'23 teacher ensemble mixes CP-ResNets with PaSSTs, and a CNN
 teacher trained on the task is often the better teacher where no pretrained transformer is at hand.
+
+Files are read by :func:`layers.read_checkpoint` (``weights_only=True``), as every checkpoint of the project is.
 """
 from __future__ import annotations
 
@@ -19,10 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from kd_errors import KdError
-from layers import CheckpointError, load_state_dict_strict
+from layers import CheckpointError, load_state_dict_strict, read_checkpoint
 from students import Student, create_student
 from teachers import StudentAsTeacher, create_teacher, list_teachers
 
@@ -52,21 +53,6 @@ class TeacherSpec:
 
     def __str__(self) -> str:
         return f"{self.alias + ':' if self.alias else ''}{self.name}{'=' + self.checkpoint if self.checkpoint else ''}"
-
-
-def read_checkpoint(path: str | os.PathLike) -> Any:
-    """The object a checkpoint file holds, read without unpickling code (``weights_only=True``).
-
-    Raises:
-        CheckpointError: the file is missing, or not a torch checkpoint of plain tensors and containers.
-    """
-    if not Path(path).is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 -- torch raises several types (pickle, zip, weights-only) for one problem
-        first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise CheckpointError(f"{path} is not a readable torch checkpoint: {first_line}") from None
 
 
 def checkpoint_meta(path: str | os.PathLike) -> dict[str, Any] | None:

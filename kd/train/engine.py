@@ -27,6 +27,7 @@ from torch import nn
 from kd.core.devices import DistEnv
 from kd.train.loss import LossTerms
 from kd_errors import KdError
+from layers import read_checkpoint
 
 __all__ = ["OptimConfig", "Trainer", "WarmupRampDown"]
 
@@ -174,7 +175,7 @@ class Trainer:
         path = Path(path) if path else self.out_dir / "last.pt"
         if not path.is_file():
             return False
-        state = torch.load(path, map_location=self.device, weights_only=True)
+        state = read_checkpoint(path, map_location=self.device)
         if state.get("optim_config") != asdict(self.cfg) or state.get("seed") != self.seed:
             raise KdError(f"{path} was written with other training settings; resume needs the same options")
         self.model.load_state_dict(state["model"])
