@@ -40,10 +40,10 @@ from kd.train.job import (
     TrainingResult,
     build_job,
     open_splits,
-    run_job,
 )
 from kd.train.loaders import REPLAYED_VIEWS, VIEW_CHOICES, TeacherTargets
 from kd.train.loss import DistillLoss
+from kd.train.run import run_job
 from kd_errors import KdError
 from logit_store import LogitStore
 from students import Student, create_student

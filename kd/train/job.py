@@ -7,19 +7,20 @@ resume, one MLflow run (on rank 0) with per-epoch metrics, and the best checkpoi
 They differ only in what they train and in the loss: a student against labels and stored teacher logits, a
 teacher against labels alone.
 
-The MLflow run records the datasets the job reads (its splits, transfer sets and store: MLflow's dataset
-tracking), and, once training is done, figures of the best checkpoint on the eval split (:mod:`kd.evaluate.figures`: what
-the task is scored on and, for a distilled student, how far it follows its teachers) and, where the job asks
-for it, the student as an MLflow model.
+The job reads top to bottom: :func:`build_job` (loaders, training step, trainer), :func:`train` (epochs, an
+evaluation every ``eval_every`` of them, per-epoch metrics into MLflow), :func:`evaluate_best` (the best checkpoint's
+logits on the eval split), then :func:`kd.train.report.report` (figures, agreement with the teachers, the MLflow
+model); :func:`kd.train.run.run_job` runs the last three in one MLflow run, which also records the datasets the job
+reads (its splits, transfer sets and store: MLflow's dataset tracking).
 """
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
@@ -30,19 +31,19 @@ from kd.core.views import ImpulseResponses
 from kd.data import Dataset, open_dataset
 from kd.evaluate.loop import evaluate, predict
 from kd.tasks import Task
-from kd.track.tracking import DatasetInput, RunLogger, tracked_run
+from kd.track.tracking import DatasetInput, RunLogger
 from kd.train.augment import DeviceImpulseResponses, mix, mixup_params, random_gain, time_roll
 from kd.train.engine import OptimConfig, StepFn, Trainer
 from kd.train.forward import AugmentedForward
 from kd.train.loaders import ClipDataset, TeacherTargets, make_dataset, make_loader
 from kd.train.loss import DistillLoss
-from logit_store import LogitStore
+from layers import read_checkpoint
 
-__all__ = ["TrainingJob", "TrainingOptions", "TrainingResult", "build_job", "open_splits", "run_job"]
+__all__ = ["Evaluation", "TrainingJob", "TrainingOptions", "TrainingResult", "build_job", "evaluate_best", "open_splits",
+           "train"]
 
 EpochCallback = Callable[[int, dict[str, float]], None]
 BatchCallback = Callable[[int, int], None]
-AGREEMENT_CLIPS = 256  # clips on which a distilled student is compared with its teachers
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -234,104 +235,40 @@ def training_step(options: TrainingOptions, task: Task, model: nn.Module, loss: 
     return step
 
 
-def run_job(job: TrainingJob, on_epoch: EpochCallback | None = None,
-            on_batch: BatchCallback | None = None) -> TrainingResult:
-    """Train, evaluate every ``eval_every`` epochs and track the run in MLflow (from rank 0 only).
+def train(job: TrainingJob, run: RunLogger, on_epoch: EpochCallback | None = None,
+          on_batch: BatchCallback | None = None) -> list[dict[str, float]]:
+    """Train, evaluating every ``eval_every`` epochs, and log each epoch's metrics (the model's cost once)."""
+    primary = job.task.primary_metric
+    cost = {} if job.cost is None else {"params": job.cost.params, "macs": job.cost.macs}
 
-    ``on_epoch(epoch, metrics)`` follows each epoch (with the eval metrics after an evaluation),
-    ``on_batch(done, batches_per_epoch)`` each step.
-    """
-    trainer, options = job.trainer, job.options
-    main = trainer.dist.is_main
-    with tracked_run(job.experiment, run_name=job.run_name, params=job.params, tags=job.tags,
-                     tracking_uri=options.tracking_uri, enabled=main) as run:
-        run.log_inputs(job.inputs)
-        primary = job.task.primary_metric
-        cost = {} if job.cost is None else {"params": job.cost.params, "macs": job.cost.macs}
-
-        def epoch_end(epoch: int, record: dict[str, float]) -> None:
-            # the primary metric first: MLflow's compare view colours its parallel-coordinates plot by the first one
-            run.log_metrics({primary: record[primary], **record} if primary in record else record, step=epoch)
-            if cost:
-                run.log_metrics(cost)
-                cost.clear()
-            if on_epoch:
-                on_epoch(epoch, record)
-
-        history = trainer.fit(job.train_loader, job.step, lambda m: evaluate(m, job.eval_loader, job.device),
-                              on_epoch_end=epoch_end, on_batch=on_batch)
-        if cost:  # no epoch left to train (a finished run resumed)
+    def epoch_end(epoch: int, record: dict[str, float]) -> None:
+        # the primary metric first: MLflow's compare view colours its parallel-coordinates plot by the first one
+        run.log_metrics({primary: record[primary], **record} if primary in record else record, step=epoch)
+        if cost:
             run.log_metrics(cost)
-        best = Path(options.out) / "best.pt"
-        if main and best.is_file():
-            run.log_artifact(best, "checkpoint")
-            run.log_metrics({f"best_{job.task.primary_metric}": trainer.best})
-            report(job, run, best)
-        return TrainingResult(str(best), job.task.primary_metric, trainer.best, history, run.run_id, main, job.cost)
+            cost.clear()
+        if on_epoch:
+            on_epoch(epoch, record)
+
+    history = job.trainer.fit(job.train_loader, job.step, lambda m: evaluate(m, job.eval_loader, job.device),
+                              on_epoch_end=epoch_end, on_batch=on_batch)
+    if cost:  # no epoch left to train (a finished run resumed)
+        run.log_metrics(cost)
+    return history
 
 
-def report(job: TrainingJob, run: RunLogger, checkpoint: Path) -> None:
-    """Log figures of ``checkpoint`` (the best one) on the eval split, its agreement with the teachers (distilled
-    runs) and, with ``job.log_model``, the model as an MLflow model taking waveforms. Loads the checkpoint's weights
-    into ``job.model``."""
-    from kd.evaluate import (
-        figures,  # matplotlib: imported by the process that reports, not by every worker importing kd.job
-    )
+@dataclass(frozen=True)
+class Evaluation:
+    """The best checkpoint's raw logits on the eval split: ``logits[i]`` belongs to ``clips[i]`` of ``dataset``."""
 
-    model, device, task = job.model, job.device, job.task
-    model.load_state_dict(torch.load(checkpoint, map_location=device, weights_only=True)["model"])
-    eval_set: ClipDataset = job.eval_loader.dataset
-    logits, indices = predict(model, job.eval_loader, device)
-    clips = [eval_set.clips[i] for i in indices]
-    for name, figure in figures.evaluation_figures(task, eval_set.data, clips, logits,
-                                                   eval_set.frames_per_second).items():
-        run.log_figure(figure, f"figures/{name}")
-    roll = (eval_set, clips, logits, None, "eval")
-    if job.teacher is not None:
-        probe, split = teacher_probe(job)
-        loader = make_loader(probe, job.options.batch_size, train=False, decode_workers=job.options.decode_workers)
-        student, order = predict(model, loader, device)
-        teacher = probe.teacher_logits(probe.ids[order]).float().numpy()
-        where = (f"frames of {len(order)} " if task.frame_level else "") + f"{split} clips" + (
-            "" if split == "eval" else " (the store holds no eval clip)")
-        run.log_figure(figures.agreement_figure(student, teacher, eval_set.data.classes, single_label=task.single_label,
-                                                where=where), "figures/teacher_agreement.png")
-        roll = (probe, [probe.clips[i] for i in order], student, teacher, split)
-    if task.frame_level:
-        run.log_figure(event_roll(job, *roll), "figures/event_roll.png")
-    if job.log_model:
-        one_second = eval_set[0]["audio"][: model.sample_rate]  # any length works; a second keeps the example small
-        example = one_second[None].numpy()
-        cpu_model = copy.deepcopy(model).cpu().eval()
-        with torch.inference_mode():
-            output = task.logits(cpu_model(torch.from_numpy(example))).numpy()
-        run.log_model(cpu_model, example, output)
+    dataset: ClipDataset
+    clips: list[Any]
+    logits: np.ndarray
 
 
-def teacher_probe(job: TrainingJob) -> tuple[ClipDataset, str]:
-    """Clips to compare a distilled student with its teachers on (clean views): the eval clips the store holds,
-    else up to ``AGREEMENT_CLIPS`` training clips spread over the split; and which split they are from."""
-    store = LogitStore.open(job.teacher.store_url, mode="r")
-    usable = set(store.clip_ids) - set().union(*(store.failures(t) for t in job.teacher.teachers))
-    eval_set: ClipDataset = job.eval_loader.dataset
-    targets = replace(job.teacher, views="clean")
-    held = [c for c in eval_set.clips if c.id in usable]
-    train = job.train_set
-    data, clips, split = (eval_set.data, held, "eval") if held else (train.data, train.clips, "training")
-    clips = clips[:: max(1, len(clips) // AGREEMENT_CLIPS)][:AGREEMENT_CLIPS]
-    return make_dataset(data, clips, job.model, eval_set.seconds, teacher=targets), split
-
-
-def event_roll(job: TrainingJob, dataset: ClipDataset, clips: Sequence[Any], logits: Any, teacher: Any, split: str):
-    """The event roll of the clip with the most labelled events of ``clips`` (of the ``split`` split): its labels,
-    the teachers' (``teacher`` None: no teachers' row) and the trained model's probabilities."""
-    from kd.evaluate import figures
-
-    single = job.task.single_label
-    k = max(range(len(clips)), key=lambda i: len(clips[i].events))
-    fps = dataset.frames_per_second
-    rows = {"labels": dataset.data.frame_targets(clips[k], fps, logits.shape[1])}
-    if teacher is not None:
-        rows[f"teachers ({','.join(job.teacher.teachers)})"] = figures.probabilities(teacher[k], single)
-    rows[job.trainer.meta.get("kind", "model")] = figures.probabilities(logits[k], single)
-    return figures.event_roll_figure(rows, dataset.data.classes, fps, f"{split} clip {clips[k].id}")
+def evaluate_best(job: TrainingJob, checkpoint: Path) -> Evaluation:
+    """Load ``checkpoint`` (the best one) into ``job.model`` and run it over the eval split."""
+    job.model.load_state_dict(read_checkpoint(checkpoint, map_location=job.device)["model"])
+    logits, indices = predict(job.model, job.eval_loader, job.device)
+    dataset: ClipDataset = job.eval_loader.dataset
+    return Evaluation(dataset, [dataset.clips[i] for i in indices], logits)

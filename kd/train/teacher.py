@@ -21,9 +21,9 @@ from kd.train.job import (
     TrainingResult,
     build_job,
     open_splits,
-    run_job,
 )
 from kd.train.loss import DistillLoss
+from kd.train.run import run_job
 from kd_errors import KdError
 from teachers import Teacher, create_teacher
 
