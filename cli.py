@@ -17,6 +17,15 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from kd.options import (
+    MISSING_POLICIES,
+    PRECISIONS,
+    PREDICTION_FORMATS,
+    QUANTIZATIONS,
+    SPACES,
+    TASK_NAMES,
+    VIEW_MODES,
+)
 from kd_errors import KdError
 
 console = Console(stderr=True)
@@ -49,7 +58,7 @@ def main() -> None:
 
 @main.command("demo-data")
 @click.argument("out", type=click.Path(file_okay=False))
-@click.option("--task", type=click.Choice(["asc", "tagging", "sed"]), default="asc", show_default=True,
+@click.option("--task", type=click.Choice(TASK_NAMES), default="asc", show_default=True,
               help="asc: TAU22 layout, scenes through simulated devices; tagging: AudioSet HDF5 layout; "
                    "sed: AudioSet-Strong layout with onsets/offsets.")
 @click.option("--clips", type=int, default=None, help="Clips over all splits (default: asc 600, tagging 400, sed 300).")
@@ -201,7 +210,7 @@ class TrainingProgress:
                    "its own length where lengths vary; never shorter than the teachers take; longer clips are "
                    "windowed by the teachers).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N (in every worker).")
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
+@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
               help="Teacher arithmetic (autocast): auto is fp16 on GPUs with tensor cores, else fp32; a clip whose "
                    "logits overflow in fp16/bf16 is run again in fp32.")
 @click.option("--dashboard", is_flag=True, help="Serve the dask dashboard on 127.0.0.1 (needs bokeh).")
@@ -301,7 +310,7 @@ def _print_teach_summary(summary) -> None:
 @click.option("--store", default=None, metavar="URL", help="Logit store written by `kd teach`.")
 @click.option("--teachers", default="none", show_default=True, metavar="NAME[,NAME...][:W,W...]|none",
               help="Stored teachers to distil from (an ensemble view, optionally weighted); none: labels only.")
-@click.option("--space", type=click.Choice(["logit", "prob"]), default="logit", show_default=True,
+@click.option("--space", type=click.Choice(SPACES), default="logit", show_default=True,
               help="Average ensemble members' logits or their probabilities.")
 @click.option("--student", required=True, metavar="NAME", help="Registered student (see `kd students`).")
 @click.option("--pretrained", type=click.Path(exists=True, dir_okay=False), default=None,
@@ -309,14 +318,14 @@ def _print_teach_summary(summary) -> None:
 @click.option("--kd-lambda", type=float, default=None,
               help="Weight of the label loss; the KD loss gets 1 - lambda (default: asc 0.02, else 0.1).")
 @click.option("--temperature", type=float, default=None, help="KD temperature (default: asc 2, else 1).")
-@click.option("--missing", type=click.Choice(["error", "drop"]), default="error", show_default=True,
+@click.option("--missing", type=click.Choice(MISSING_POLICIES), default="error", show_default=True,
               help="What to do with training clips that have no stored logits.")
 @click.option("--transfer", multiple=True, metavar="FORMAT:PATH",
               help="A transfer set: clips the store holds teacher logits for, used without labels (soft loss "
                    "only); folder:DIR takes every audio file below DIR. Repeat for several.")
 @click.option("--transfer-ratio", type=float, default=1.0, show_default=True,
               help="Transfer clips per labelled clip in each batch.")
-@click.option("--views", type=click.Choice(["consistent", "clean", "random", "clean-targets"]), default=None,
+@click.option("--views", type=click.Choice(VIEW_MODES), default=None,
               help="Which stored view a clip trains on, for stores taught with --views K: consistent (the view's "
                    "augmentation replayed, its logits the target; the default there), clean (view 0 with online "
                    "augmentations), random (a random view's logits for the clean input) or clean-targets (the "
@@ -365,7 +374,7 @@ def eval_cmd(model, dataset, split, device, as_json) -> None:
 @click.argument("inputs", nargs=-1, required=True, metavar="AUDIO...")
 @click.option("--top", type=int, default=3, show_default=True, help="Classes shown per clip.")
 @click.option("--threshold", type=float, default=0.5, show_default=True, help="Event threshold (SED students).")
-@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True,
+@click.option("--format", "fmt", type=click.Choice(["table", *PREDICTION_FORMATS]), default="table", show_default=True,
               help="csv and json print to stdout for scripts.")
 @click.option("--batch-size", type=int, default=16, show_default=True, help="Files of equal length run together.")
 @click.option("--workers", type=int, default=4, show_default=True, help="Threads decoding audio.")
@@ -419,7 +428,7 @@ def _print_predictions(predictions) -> None:
               help="Include the log-mel frontend (the file takes waveforms) or not (it takes spectrograms).")
 @click.option("--seconds", type=float, default=None,
               help="Clip length the file is exported, checked and calibrated for (default: the checkpoint's).")
-@click.option("--quantize", type=click.Choice(["int8"]), default=None,
+@click.option("--quantize", type=click.Choice(QUANTIZATIONS), default=None,
               help="Static int8 quantisation of the network (the frontend stays float32); needs --calibration.")
 @click.option("--calibration", default=None, metavar="FORMAT:PATH",
               help="Dataset with the checkpoint's classes: its train split calibrates int8 and probes the float32 "
@@ -547,7 +556,7 @@ def store_verify(store) -> None:
 @main.command("quickstart")
 @click.option("--out", default="kd-quickstart", show_default=True, type=click.Path(file_okay=False),
               help="Folder for the demo data, teachers, store, students and the MLflow database.")
-@click.option("--task", type=click.Choice(["asc", "tagging", "sed"]), default="asc", show_default=True)
+@click.option("--task", type=click.Choice(TASK_NAMES), default="asc", show_default=True)
 @click.option("--clips", type=int, default=None, help="Demo clips (default: the demo's size for the task).")
 @click.option("--teacher-epochs", type=int, default=None,
               help="Teacher epochs (default: asc 4, fine-tuning the pretrained demo teachers; tagging/sed 8, from "

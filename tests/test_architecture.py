@@ -43,7 +43,7 @@ def test_only_the_task_module_compares_task_names():
     """Task behaviour comes from kd.tasks.Task objects, never from comparing a task's name."""
     offenders = []
     for path in _python_files():
-        if path == ROOT / "kd" / "tasks.py":
+        if path == ROOT / "kd" / "tasks" / "__init__.py":
             continue
         tree = ast.parse(path.read_text(), filename=str(path))
         offenders += [f"{path.relative_to(ROOT)}:{n.lineno}" for n in ast.walk(tree)

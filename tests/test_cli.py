@@ -22,10 +22,19 @@ def test_help_lists_every_command_group():
 
 
 def test_distill_offers_every_view_mode_the_library_has():
-    from kd.train.loaders import VIEW_CHOICES
+    from kd.options import VIEW_MODES
 
     (views,) = [p for p in main.commands["distill"].params if p.name == "views"]
-    assert tuple(views.type.choices) == VIEW_CHOICES  # cli lists them without importing torch for --help
+    assert tuple(views.type.choices) == VIEW_MODES  # cli lists them without importing torch for --help
+
+
+def test_the_option_vocabularies_match_the_libraries_that_check_them():
+    from kd.options import SPACES, TASK_NAMES
+    from kd.tasks import TASKS
+    from logit_store.ensemble import SPACES as STORE_SPACES
+
+    assert tuple(TASKS) == TASK_NAMES
+    assert SPACES == STORE_SPACES  # the store checks its own; kd.options mirrors them for the command line
 
 
 def test_user_mistakes_end_in_one_line(tmp_path):

@@ -10,12 +10,12 @@ from typing import Any
 from onnxruntime.quantization import CalibrationMethod
 
 from kd.core.complexity import ExportedComplexity
+from kd.options import QUANTIZATIONS, Quantization
 from kd_errors import KdError
 
-__all__ = ["CALIBRATORS", "LAYER_OPS", "QUANTIZE_CHOICES", "ExportConfig", "ExportResult", "ProgressFn", "QuantRecipe",
+__all__ = ["CALIBRATORS", "LAYER_OPS", "ExportConfig", "ExportResult", "ProgressFn", "QuantRecipe",
            "QuantReport"]
 
-QUANTIZE_CHOICES = ("int8",)
 LAYER_OPS = ("Conv", "Gemm", "MatMul")  # the operators whose weights and inputs int8 quantises
 ProgressFn = Callable[[str], None]
 
@@ -77,7 +77,7 @@ class ExportConfig:
     out: str
     frontend: bool = True
     seconds: float | None = None
-    quantize: str | None = None
+    quantize: Quantization | None = None
     calibration: str | None = None
     calibration_split: str = "train"
     check_split: str = "eval"
@@ -91,8 +91,8 @@ class ExportConfig:
     batch_size: int = 16
 
     def __post_init__(self) -> None:
-        if self.quantize is not None and self.quantize not in QUANTIZE_CHOICES:
-            raise KdError(f"--quantize {self.quantize}: expected one of {', '.join(QUANTIZE_CHOICES)}")
+        if self.quantize is not None and self.quantize not in QUANTIZATIONS:
+            raise KdError(f"--quantize {self.quantize}: expected one of {', '.join(QUANTIZATIONS)}")
         if self.quantize and not self.calibration:
             raise KdError("--quantize int8 needs --calibration FORMAT:PATH (clips of the training data)")
         if Path(self.out).suffix.lower() != ".onnx":

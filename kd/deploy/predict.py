@@ -30,6 +30,7 @@ from kd.core.checkpoints import load_student
 from kd.core.devices import select_device
 from kd.data import AudioError, Dataset, load_audio, open_dataset
 from kd.evaluate.loop import run_loader, score
+from kd.options import PREDICTION_FORMATS, PredictionFormat
 from kd.tasks import Task, get_task
 from kd.train.loaders import ClipDataset, make_loader
 from kd_errors import KdError
@@ -256,13 +257,13 @@ def detect_events(probs: np.ndarray, fps: float, classes: Sequence[str],
     return sorted(events)
 
 
-def format_predictions(predictions: Sequence[Prediction], fmt: str) -> str:
+def format_predictions(predictions: Sequence[Prediction], fmt: PredictionFormat) -> str:
     """``csv`` (clip students: ``path, class_1, probability_1, ..., error``; SED: one row per event,
     ``path, onset, offset, event, error``, a file without events on one empty row) or ``json`` (a list of objects)."""
     if fmt == "json":
         return json.dumps([p.to_dict() for p in predictions], indent=2)
-    if fmt != "csv":
-        raise KdError(f"unknown format {fmt!r}; expected csv or json")
+    if fmt not in PREDICTION_FORMATS:
+        raise KdError(f"unknown format {fmt!r}; expected one of {', '.join(PREDICTION_FORMATS)}")
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     if any(p.events is not None for p in predictions):

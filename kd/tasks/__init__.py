@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from scipy.special import expit
 
+from kd.options import TaskName
 from kd_errors import KdError
 
 if TYPE_CHECKING:
@@ -47,7 +48,7 @@ class Task:
         primary_metric: the metric that picks the best checkpoint (higher is better).
     """
 
-    name: str
+    name: TaskName
     single_label: bool
     frame_level: bool
     kd_lambda: float

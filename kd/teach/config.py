@@ -10,12 +10,12 @@ from typing import Any
 from kd.core.checkpoints import TeacherSpec
 from kd.core.views import ViewConfig
 from kd.data import AudioError, Dataset, open_dataset
+from kd.options import PRECISIONS, Precision
 from kd_errors import KdError
 
 __all__ = [
     "DATA_ERRORS",
     "MAX_FAILED_FRACTION",
-    "PRECISIONS",
     "ChunkResult",
     "TeachConfig",
     "TeachSummary",
@@ -26,7 +26,6 @@ __all__ = [
     "taught_datasets",
 ]
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # What one bad file makes decoders raise while reading, decoding, resampling or cutting it: soundfile
 # (LibsndfileError is a RuntimeError), soxr and numpy (ValueError), h5py (OSError). These subclasses of them are
 # bugs, never data:
@@ -59,7 +58,7 @@ class TeachConfig:
     codec: str = "q8"
     batch_size: int = 8
     device: str = "auto"
-    precision: str = "auto"
+    precision: Precision = "auto"
     seconds: float | None = None
     chunk_size: int = 256
     workers: int | None = None

@@ -30,6 +30,7 @@ from kd.core.complexity import complexity
 from kd.core.failures import describe_failures
 from kd.core.views import ImpulseResponses, ViewConfig
 from kd.data import Dataset, open_dataset
+from kd.options import MISSING_POLICIES, REPLAYED_VIEWS, SPACES, VIEW_MODES, MissingPolicy, Space, ViewMode
 from kd.tasks import Task
 from kd.track.tracking import DatasetInput
 from kd.train.job import (
@@ -41,7 +42,7 @@ from kd.train.job import (
     build_job,
     open_splits,
 )
-from kd.train.loaders import REPLAYED_VIEWS, VIEW_CHOICES, TeacherTargets
+from kd.train.loaders import TeacherTargets
 from kd.train.loss import DistillLoss
 from kd.train.run import run_job
 from kd_errors import KdError
@@ -99,29 +100,29 @@ class DistillConfig(TrainingOptions):
     student: str
     store: str | None = None
     teachers: TeacherChoice = field(default_factory=TeacherChoice)
-    space: str = "logit"
+    space: Space = "logit"
     pretrained: str | None = None
     kd_lambda: float | None = None
     temperature: float | None = None
-    missing: str = "error"
+    missing: MissingPolicy = "error"
     transfer: tuple[str, ...] = ()
     transfer_ratio: float = 1.0
-    views: str | None = None
+    views: ViewMode | None = None
     log_model: bool = True
 
     def __post_init__(self) -> None:
         if self.teachers.names and not self.store:
             raise KdError("--teachers needs --store (or use --teachers none for the label-only baseline)")
-        if self.missing not in ("error", "drop"):
-            raise KdError(f"--missing must be error or drop, got {self.missing}")
-        if self.space not in ("logit", "prob"):
-            raise KdError(f"--space must be logit or prob, got {self.space}")
+        if self.missing not in MISSING_POLICIES:
+            raise KdError(f"--missing must be one of {', '.join(MISSING_POLICIES)}, got {self.missing}")
+        if self.space not in SPACES:
+            raise KdError(f"--space must be one of {', '.join(SPACES)}, got {self.space}")
         if self.transfer and not self.teachers.names:
             raise KdError("--transfer clips have no labels: they need stored --teachers to learn from")
         if self.transfer_ratio <= 0:
             raise KdError(f"--transfer-ratio must be positive, got {self.transfer_ratio}")
-        if self.views is not None and self.views not in VIEW_CHOICES:
-            raise KdError(f"--views must be one of {', '.join(VIEW_CHOICES)}, got {self.views}")
+        if self.views is not None and self.views not in VIEW_MODES:
+            raise KdError(f"--views must be one of {', '.join(VIEW_MODES)}, got {self.views}")
         if self.views not in (None, "clean") and not self.teachers.names:
             raise KdError(f"--views {self.views} picks stored views: it needs --teachers")
 

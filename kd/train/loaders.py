@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Weig
 
 from kd.core.views import ImpulseResponses, apply_view, view_events
 from kd.data import AudioError
+from kd.options import Space, ViewMode
 from kd.train.align import align_frames
 from kd.train.forward import model_frames
 from kd_errors import KdError
@@ -42,17 +43,15 @@ class TeacherTargets:
     store_url: str
     teachers: tuple[str, ...]
     weights: tuple[float, ...] | None = None
-    space: str = "logit"
+    space: Space = "logit"
     activation: str = "sigmoid"
     level: str = "clip"
     frames_per_second: float | None = None  # of the stored frame logits, for alignment
-    views: str = "clean"  # which stored view each clip trains on (VIEW_CHOICES, see ClipDataset._views)
+    views: ViewMode = "clean"  # which stored view each clip trains on (see ClipDataset._views)
     num_views: int = 1
 
 
 AUDIO_CACHE_BYTES = 1 << 30  # decoded clips a dataset keeps in the training process (see ClipDataset)
-VIEW_CHOICES = ("consistent", "clean", "random", "clean-targets")
-REPLAYED_VIEWS = ("consistent", "clean-targets")  # the modes that replay a stored view's augmentation
 
 
 class ClipDataset(torch.utils.data.Dataset):
