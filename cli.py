@@ -313,7 +313,7 @@ def _print_teach_summary(summary) -> None:
 @click.option("--space", type=click.Choice(SPACES), default="logit", show_default=True,
               help="Average ensemble members' logits or their probabilities.")
 @click.option("--student", required=True, metavar="NAME", help="Registered student (see `kd students`).")
-@click.option("--pretrained", type=click.Path(exists=True, dir_okay=False), default=None,
+@click.option("--pretrained", "student_checkpoint", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Student checkpoint to start from (e.g. an official EfficientAT release).")
 @click.option("--kd-lambda", type=float, default=None,
               help="Weight of the label loss; the KD loss gets 1 - lambda (default: asc 0.02, else 0.1).")

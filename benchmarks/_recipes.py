@@ -90,7 +90,7 @@ def cnn_teachers(work: Path, data: str, teacher_clips: int, pretrain_epochs: int
     specs, accuracy = [], {}
     for seed, alias in enumerate(("cpr_a", "cpr_b"), start=100):
         pretrained = train(f"tau22:{folder}", f"{alias}_pretrained", pretrain_epochs, seed, lr=PLAN.student_lr)
-        result = train(data, alias, finetune_epochs, seed, pretrained=pretrained.checkpoint, lr=PLAN.student_lr / 4)
+        result = train(data, alias, finetune_epochs, seed, student_checkpoint=pretrained.checkpoint, lr=PLAN.student_lr / 4)
         accuracy[alias] = result.best
         print(f"teacher {alias}: accuracy {accuracy[alias]:.3f} on the eval split after fine-tuning", flush=True)
         specs.append(TeacherSpec("cp_resnet", result.checkpoint, alias))

@@ -1,6 +1,6 @@
 """Students: the small audio models kd distils into, and what users ship.
 
-Every student is built by name (``create_student(name, num_classes, pretrained=None, **overrides)``; names from
+Every student is built by name (``create_student(name, num_classes, checkpoint=None, **overrides)``; names from
 ``list_students``) and follows one contract:
 
 * ``sample_rate`` (Hz) and ``num_classes``;
@@ -10,7 +10,7 @@ Every student is built by name (``create_student(name, num_classes, pretrained=N
 * ``forward_spectrogram(spec)``: logits ``[B, C]`` (clip students) or frame logits ``[B, T, C]`` (SED students),
   so training can augment spectrograms (mixup, Freq-MixStyle) between frontend and model;
 * ``forward(waveform)``: frontend, then ``forward_spectrogram``;
-* ``classifier_names``: the layers sized by ``num_classes``. ``create_student(..., pretrained=PATH)`` loads a
+* ``classifier_names``: the layers sized by ``num_classes``. ``create_student(..., checkpoint=PATH)`` loads a
   local checkpoint strictly through the family's ``checkpoint_filter_fn``; when the checkpoint has another class
   count, only these layers keep a fresh initialisation.
 

@@ -23,15 +23,15 @@ def student_cfg(name: str) -> dict[str, Any]:
     return dict(STUDENTS.get(name).cfg)
 
 
-def create_student(name: str, num_classes: int, pretrained: Checkpoint | None = None, **kwargs: Any) -> Student:
+def create_student(name: str, num_classes: int, checkpoint: Checkpoint | None = None, **kwargs: Any) -> Student:
     """Build the student ``name`` with ``num_classes`` outputs, optionally from a checkpoint.
 
     Args:
-        pretrained: a local checkpoint (official release file or one saved from this model) or a state dict,
+        checkpoint: a local checkpoint (official release file or one saved from this model) or a state dict,
             loaded strictly through the family's ``checkpoint_filter_fn``. When its class count differs from
             ``num_classes``, only the classifier layers (``classifier_names``) keep their fresh initialisation.
         **kwargs: constructor overrides of the entrypoint (strides, width, frontend settings, ...).
     """
-    model = build_model(STUDENTS.get(name), pretrained, fresh_classifiers="resized", num_classes=num_classes, **kwargs)
+    model = build_model(STUDENTS.get(name), checkpoint, fresh_classifiers="resized", num_classes=num_classes, **kwargs)
     model.student_name = name
     return model

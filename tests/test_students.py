@@ -99,7 +99,7 @@ def test_state_dict_round_trip_through_a_file(name, tmp_path):
     path = tmp_path / "student.pt"
     torch.save({"state_dict": model.state_dict()}, path)
     torch.manual_seed(2)
-    again = create_student(name, num_classes=3, pretrained=path).eval()
+    again = create_student(name, num_classes=3, checkpoint=path).eval()
     wave = torch.randn(1, model.sample_rate // 2)
     with torch.no_grad():
         torch.testing.assert_close(again(wave), model(wave))
@@ -110,7 +110,7 @@ def test_official_layout_loads_strictly(name, tmp_path):
     sd = _official_state_dict(LAYOUTS[name])
     path = tmp_path / f"{name}_as.pt"
     torch.save(sd, path)
-    model = create_student(name, num_classes=527, pretrained=path)
+    model = create_student(name, num_classes=527, checkpoint=path)
     own = model.state_dict()
     assert set(own) == set(sd)
     assert all(torch.equal(own[k], sd[k]) for k in sd)
@@ -129,7 +129,7 @@ def test_new_num_classes_reinitialises_only_the_classifier(name, tmp_path):
     sd = _official_state_dict(LAYOUTS[name])
     path = tmp_path / "release.pt"
     torch.save(sd, path)
-    model = create_student(name, num_classes=10, pretrained=path)
+    model = create_student(name, num_classes=10, checkpoint=path)
     own = model.state_dict()
     assert own["classifier.5.weight"].shape == (10, own["classifier.2.weight"].shape[0])
     assert own["classifier.5.weight"].abs().max() < 0.1  # fresh N(0, 0.01) init, not the checkpoint's 0.5..1.5
@@ -141,7 +141,7 @@ def test_new_num_classes_on_cp_mobile_refreshes_conv_and_norm_of_the_head(tmp_pa
     source = create_student("cp_mobile_tiny", num_classes=10)
     path = tmp_path / "cp.pt"
     torch.save({f"model.{k}": v for k, v in source.state_dict().items()}, path)  # Lightning-style keys
-    model = create_student("cp_mobile_tiny", num_classes=4, pretrained=path)
+    model = create_student("cp_mobile_tiny", num_classes=4, checkpoint=path)
     assert model.feed_forward[0].weight.shape[0] == 4 and model.feed_forward[1].weight.shape == (4,)
     assert torch.equal(model.stages.s1.b1.block[0][0].weight, source.stages.s1.b1.block[0][0].weight)
 
@@ -153,14 +153,14 @@ def test_renamed_key_is_named_in_the_error(tmp_path):
     torch.save(sd, path)
     with pytest.raises(CheckpointError, match=r"missing key\(s\): features\.0\.0\.weight \(8, 1, 3, 3\).*"
                                               r"unexpected key\(s\): features\.0\.0\.weights"):
-        create_student("mn04", num_classes=527, pretrained=path)
+        create_student("mn04", num_classes=527, checkpoint=path)
 
 
 def test_frame_student_starts_from_a_clip_release(tmp_path):
     sd = _official_state_dict(LAYOUTS["mn04"])
     path = tmp_path / "mn04_as.pt"
     torch.save(sd, path)
-    model = create_student("fmn04_gru", num_classes=20, pretrained=path)
+    model = create_student("fmn04_gru", num_classes=20, checkpoint=path)
     assert torch.equal(model.backbone.features[3].block[0][0].weight, sd["features.3.block.0.0.weight"])
     assert model.strong_head.weight.shape == (20, 512)
 

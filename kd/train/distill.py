@@ -87,6 +87,8 @@ class DistillConfig(TrainingOptions):
     """A distillation run: the shared training options, plus the student, the store and the KD loss.
 
     Attributes:
+        student_checkpoint: a checkpoint the student starts from (``kd distill --pretrained``, e.g. an official
+            EfficientAT release), loaded by :func:`students.create_student`.
         kd_lambda, temperature: the KD loss; ``None`` takes the task's default (:mod:`kd.tasks`).
         space: ensemble members are averaged as ``logit``s or as probabilities (``prob``).
         missing: training clips without stored logits are an ``error`` or are ``drop``ped.
@@ -101,7 +103,7 @@ class DistillConfig(TrainingOptions):
     store: str | None = None
     teachers: TeacherChoice = field(default_factory=TeacherChoice)
     space: Space = "logit"
-    pretrained: str | None = None
+    student_checkpoint: str | None = None
     kd_lambda: float | None = None
     temperature: float | None = None
     missing: MissingPolicy = "error"
@@ -236,7 +238,7 @@ def choose_views(cfg: DistillConfig, store: LogitStore) -> tuple[str, ImpulseRes
 
 def build_student(cfg: DistillConfig, num_classes: int) -> Student:
     torch.manual_seed(cfg.seed)
-    return create_student(cfg.student, num_classes, pretrained=cfg.pretrained)
+    return create_student(cfg.student, num_classes, checkpoint=cfg.student_checkpoint)
 
 
 def student_seconds(cfg: DistillConfig, join: StoreJoin | None, data: Dataset, student: Student) -> float:
@@ -278,7 +280,7 @@ def prepare_distillation(cfg: DistillConfig) -> TrainingJob:
     provenance = dict(join.provenance) if join else {}
     params = {"student": cfg.student, "teachers": str(cfg.teachers), "kd_lambda": loss.kd_lambda,
               "temperature": cfg.temperature, "space": cfg.space, "views": join.targets.views if join else "clean",
-              "pretrained": cfg.pretrained, "transfer": ",".join(cfg.transfer) or "none",
+              "pretrained": cfg.student_checkpoint, "transfer": ",".join(cfg.transfer) or "none",
               "transfer_ratio": cfg.transfer_ratio, "transfer_clips": provenance.pop("transfer_clips", 0)}
     if "views" in provenance:
         provenance["view_config"] = provenance.pop("views")
