@@ -17,7 +17,7 @@ What is timed:
   shared by the workers *and* the client process (and anything else running), so 2 workers on 2 cores
   cannot reach 1.0 here.
 * ``overhead_fraction = 1 - forward_s_per_clip / teach_s_per_clip`` with one worker: ``forward_s_per_clip``
-  is the teacher forward alone (the same ``TeacherEnsemble`` call ``kd teach`` makes, same batch size, same
+  is the teacher forward alone (the teacher called on a batch at its rate as ``kd teach`` does, same batch size, same
   torch thread count as a 1-worker cluster) on the same clips, decoded beforehand, in this process and run;
   ``teach_s_per_clip = 1 / clips_per_s_1``. The forward is timed with the worker's torch thread count and
   with one thread (4 passes each over the clips, two just before and two just after the 1-worker run; median
@@ -154,20 +154,18 @@ def timed_teach(cfg: TeachConfig) -> dict[str, float]:
 class ForwardAlone:
     """The teacher forward alone on the taught clips, decoded beforehand, as ``kd teach`` calls it.
 
-    Same ``TeacherEnsemble`` call, batch size and clip length as the workers, timed with each torch thread
+    The same teacher call, batch size and clip length as the workers, timed with each torch thread
     count in ``threads`` (the worker's, and 1). :meth:`time_passes` can be called before and after a teach
     run, so that the figures bracket the run in time (other load on the machine hits both alike).
     """
 
     def __init__(self, cfg: TeachConfig, threads: tuple[int, ...]) -> None:
-        from teachers import TeacherEnsemble
-
         data = open_dataset(cfg.dataset, split=cfg.split)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # random weights: run_teach warns about them
             model = build_teacher(cfg.teachers[0], len(data.classes))
-        self.ensemble = TeacherEnsemble([(cfg.teachers[0].key, model)]).eval()
-        self.sample_rate, self.threads = model.sample_rate, threads
+        self.model = model.eval()
+        self.threads = threads
         seconds = teach_lengths(cfg, data).seconds
         start = time.perf_counter()
         audio = [data.load_audio(clip, model.sample_rate, seconds) for clip in data.clips]
@@ -183,11 +181,11 @@ class ForwardAlone:
             for threads, seconds in self.pass_seconds.items():
                 torch.set_num_threads(threads)
                 with torch.inference_mode():
-                    self.ensemble(self.batches[0], self.sample_rate)  # warm-up, as a worker's first chunk
+                    self.model(self.batches[0])  # warm-up, as a worker's first chunk
                     for _ in range(passes):
                         start = time.perf_counter()
                         for wave in self.batches:
-                            self.ensemble(wave, self.sample_rate)
+                            self.model(wave)
                         seconds.append(time.perf_counter() - start)
         finally:
             torch.set_num_threads(previous)

@@ -29,14 +29,12 @@ from . import ast, cnn, passt
 from ._base import Teacher, TeacherInputError, TeacherOutput
 from ._registry import RELEASES, TEACHERS, create_teacher, list_teachers, register_teacher, release_path, teacher_cfg
 from .cnn import StudentAsTeacher
-from .ensemble import TeacherEnsemble
 
 __all__ = [
     "RELEASES",
     "TEACHERS",
     "StudentAsTeacher",
     "Teacher",
-    "TeacherEnsemble",
     "TeacherInputError",
     "TeacherOutput",
     "ast",

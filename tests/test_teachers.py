@@ -14,7 +14,6 @@ from kd_errors import KdError
 from layers import CheckpointError
 from teachers import (
     TEACHERS,
-    TeacherEnsemble,
     TeacherInputError,
     TeacherOutput,
     create_teacher,
@@ -381,25 +380,6 @@ def test_long_frame_input_keeps_a_uniform_frame_grid():
     assert hop == per_window * 10 * 320  # windows start exactly one frame grid apart
     assert torch.allclose(long.frame[:, :per_window], first, atol=1e-5)
     assert torch.allclose(long.frame[:, per_window : 2 * per_window], second, atol=1e-5)
-
-
-def test_ensemble_runs_teachers_at_their_own_sample_rates():
-    from layers.resample import resample
-
-    passt, ast = _build("passt_tiny"), _build("ast_tiny", num_classes=10)
-    ensemble = TeacherEnsemble({"passt": passt, "ast": ast}).eval()
-    assert ensemble.sample_rates == {"passt": 32000, "ast": 16000}
-    wave = torch.randn(2, 44100) * 0.1
-    with torch.inference_mode():
-        outputs = ensemble(wave, sample_rate=44100)
-        assert torch.equal(outputs["passt"].clip, passt(resample(wave, 44100, 32000)).clip)
-        assert torch.equal(outputs["ast"].clip, ast(resample(wave, 44100, 16000)).clip)
-    mean = TeacherEnsemble.mean_clip_logits(outputs)
-    assert torch.allclose(mean, (outputs["passt"].clip + outputs["ast"].clip) / 2)
-    with pytest.raises(ValueError, match="different label sets"):
-        TeacherEnsemble.mean_clip_logits({"a": TeacherOutput(torch.zeros(1, 3)), "b": TeacherOutput(torch.zeros(1, 4))})
-    with pytest.raises(ValueError, match="repeated: a"):
-        TeacherEnsemble([("a", passt), ("a", ast)])
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
