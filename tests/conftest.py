@@ -41,17 +41,3 @@ def no_inherited_tracking_uri(monkeypatch):
 @pytest.fixture
 def tracking_uri(tmp_path):
     return f"sqlite:///{tmp_path / 'mlflow.db'}"
-
-
-class Killed(Exception):
-    """Raised by :func:`kill_after_epoch` to stop a training run the way a crash would."""
-
-
-def kill_after_epoch(epoch: int):
-    """An ``on_epoch`` callback that kills the run when ``epoch`` is done (to test ``--resume``)."""
-
-    def on_epoch(done: int, record: dict) -> None:
-        if done == epoch:
-            raise Killed
-
-    return on_epoch

@@ -14,7 +14,7 @@ from layers.resample import resample
 from teachers import TeacherInputError
 from teachers.ast import AUDIOSET_MEAN, AUDIOSET_STD, ASTFrontend
 
-GOLDEN = json.loads((Path(__file__).parent / "data" / "teacher_frontends.json").read_text())
+GOLDEN = json.loads((Path(__file__).parents[1] / "data" / "teacher_frontends.json").read_text())
 
 
 def _signal(sample_rate: int, seconds: float) -> torch.Tensor:

@@ -10,7 +10,7 @@ import torch
 from layers import CheckpointError, UnknownModelError
 from students import STUDENTS, create_student, list_students, student_cfg
 
-LAYOUTS = json.loads((Path(__file__).parent / "data" / "efficientat_release_layouts.json").read_text())["layouts"]
+LAYOUTS = json.loads((Path(__file__).parents[1] / "data" / "efficientat_release_layouts.json").read_text())["layouts"]
 ALL = list_students()
 # wide models run one short inference to keep the suite fast; their full-size cost is checked in
 # test_students_complexity

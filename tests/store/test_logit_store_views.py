@@ -21,7 +21,7 @@ CLASSES = [f"c{i}" for i in range(C)]
 PARAMS = ["impulse_response", "roll_seconds", "gain_db", "speed"]
 CONFIG = {"count": K, "kinds": ["dir", "gain"], "seed": 3, "gain_db": 6.0,
           "impulse_responses": ["a.wav", "b.wav"], "ir_fingerprint": "ab12"}
-FIXTURE = Path(__file__).parent / "data" / "logit_store_format1"
+FIXTURE = Path(__file__).parents[1] / "data" / "logit_store_format1"
 
 
 def view_logits(seed: int = 0, n: int = N, views: int = K, classes: int = C, frames: int = T):
@@ -41,11 +41,6 @@ def view_params(seed: int = 0, n: int = N, views: int = K) -> np.ndarray:
     return p
 
 
-@pytest.fixture(params=["memory", "local"])
-def url(request, tmp_path) -> str:
-    return f"memory://views-{uuid.uuid4().hex}" if request.param == "memory" else str(tmp_path / "store.zarr")
-
-
 def new_store(url: str, views: dict | None = CONFIG, **kw) -> LogitStore:
     return LogitStore.create(url, IDS, CLASSES, dataset="demo#train", dataset_fingerprint="fp", chunk_size=CHUNK,
                              views=views, view_param_names=None if views is None else PARAMS, **kw)
@@ -61,7 +56,7 @@ def fill(store: LogitStore, name: str, clip, frame=None, params=None, **teacher)
 
 
 def raw_group(url: str):
-    return zarr.open_group(FsspecStore.from_url(url) if url.startswith("memory://") else url, mode="r+")
+    return zarr.open_group(FsspecStore.from_url(url) if "://" in url else url, mode="r+")
 
 
 def sigmoid(x):

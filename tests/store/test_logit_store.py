@@ -1,9 +1,8 @@
-"""Conformance suite of the logit store, run against memory:// and a local directory."""
+"""Conformance suite of the logit store, run over every storage backend (memory, local, S3: ``backends.py``)."""
 from __future__ import annotations
 
 import json
 import pickle
-import uuid
 
 import numpy as np
 import pytest
@@ -37,11 +36,6 @@ def logits(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     clip[rng.random((N, C)) < 0.1] = rng.normal(2, 2, 1)
     frame = np.cumsum(rng.normal(0, 0.3, (N, T, C)), axis=1).astype(np.float32) + clip[:, None, :]
     return clip, frame
-
-
-@pytest.fixture(params=["memory", "local"])
-def url(request, tmp_path) -> str:
-    return f"memory://store-{uuid.uuid4().hex}" if request.param == "memory" else str(tmp_path / "store.zarr")
 
 
 def new_store(url: str, **kw) -> LogitStore:

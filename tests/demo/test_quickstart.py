@@ -49,7 +49,7 @@ def test_quickstart_runs_the_whole_pipeline_and_ends_with_the_teacher_choice_tab
         str(release_path(name)) for name in ("passt_tiny", "ast_tiny", "cp_resnet"))
 
     if shutil.which("chromium"):  # what the MLflow UI shows of these runs: scripts/mlflow_ui_check.py
-        check = subprocess.run([sys.executable, str(Path(__file__).resolve().parents[1] / "scripts" /
+        check = subprocess.run([sys.executable, str(Path(__file__).resolve().parents[2] / "scripts" /
                                                     "mlflow_ui_check.py"), str(database), "--out", str(tmp_path / "ui")],
                                capture_output=True, text=True, check=False, timeout=900)
         assert check.returncode == 0, check.stdout[-2000:] + check.stderr[-2000:]

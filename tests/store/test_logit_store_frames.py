@@ -2,8 +2,6 @@
 teachers written before frame codecs existed (frames in ``q8``, no ``frame_codec`` recorded) read as before."""
 from __future__ import annotations
 
-import uuid
-
 import numpy as np
 import pytest
 import zarr
@@ -24,11 +22,6 @@ def frames(seed: int = 0, events: bool = True) -> np.ndarray:
     return x.astype(np.float32)
 
 
-@pytest.fixture(params=["memory", "local"])
-def url(request, tmp_path) -> str:
-    return f"memory://frames-{uuid.uuid4().hex}" if request.param == "memory" else str(tmp_path / "store.zarr")
-
-
 def write_teacher(url: str, x: np.ndarray, **codecs) -> LogitStore:
     store = LogitStore.create(url, IDS, [f"c{i}" for i in range(C)], dataset="demo", dataset_fingerprint="fp",
                               chunk_size=CHUNK)
@@ -41,7 +34,7 @@ def write_teacher(url: str, x: np.ndarray, **codecs) -> LogitStore:
 
 def teacher_group(url: str, name: str = "t"):
     """The teacher's Zarr group, opened behind the store's back."""
-    return zarr.open_group(FsspecStore.from_url(url) if url.startswith("memory://") else url, mode="r+")[f"teachers/{name}"]
+    return zarr.open_group(FsspecStore.from_url(url) if "://" in url else url, mode="r+")[f"teachers/{name}"]
 
 
 def kl(a: np.ndarray, b: np.ndarray, t: float) -> float:

@@ -1,76 +1,27 @@
 """Logit stores on S3, end to end over HTTP: moto's standalone S3 server on a loopback port stands in for S3.
 
 The server is reached the way README.md's "Scaling out" tells users to reach theirs: through the environment
-variables botocore reads (``S3_SETTINGS`` below), which the dask worker processes of ``kd teach --workers 2``
+variables botocore reads (``backends.S3_SETTINGS``), which the dask worker processes of ``kd teach --workers 2``
 and the DataLoader workers of ``kd distill`` inherit. Every chunk of ``kd teach`` is written by a dask worker
 process, so a store that verifies proves the workers reached the endpoint on their own.
 """
 import json
-import logging
 import re
-import threading
 from pathlib import Path
 
-import boto3
 import numpy as np
 import pytest
 import s3fs
+from backends import BUCKET, S3_SETTINGS
 from click.testing import CliRunner
-from moto.server import ThreadedMotoServer
 
 from cli import main
 from logit_store import LogitStore, storage
 
 pytestmark = pytest.mark.slow
 
-BUCKET = "kd-logits"
 TEACHER = "passt_tiny"
 CHUNK_SIZE = 8  # 28 training clips of the demo data: 4 chunks, so two workers share the job
-# the settings README.md names, which the fixture sets (the endpoint once the server has its port)
-S3_SETTINGS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL")
-# settings that would point botocore elsewhere than the test server (a profile, a token, an S3-only endpoint)
-FOREIGN_SETTINGS = ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3", "AWS_ROLE_ARN",
-                    "AWS_WEB_IDENTITY_TOKEN_FILE", "FSSPEC_S3", "FSSPEC_S3_ENDPOINT_URL")
-
-
-def _start_moto() -> ThreadedMotoServer:
-    """moto's S3 server on a port the OS picks; skip when it does not come up (its ``start`` waits forever)."""
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    starter = threading.Thread(target=server.start, daemon=True)
-    starter.start()
-    starter.join(timeout=60)
-    if starter.is_alive():
-        pytest.skip("moto's S3 server did not start on 127.0.0.1 within 60 s")
-    return server
-
-
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory):
-    """The endpoint URL of a running moto S3 server holding an empty bucket ``BUCKET``, set in the environment."""
-    server = _start_moto()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    nowhere = tmp_path_factory.mktemp("aws") / "absent"
-    werkzeug_log = logging.getLogger("werkzeug")  # moto logs every request through werkzeug
-    level = werkzeug_log.level
-    werkzeug_log.setLevel(logging.ERROR)
-    try:
-        with pytest.MonkeyPatch.context() as env:
-            for name in FOREIGN_SETTINGS:
-                env.delenv(name, raising=False)
-            env.setenv("AWS_CONFIG_FILE", str(nowhere))  # no ~/.aws profile of the machine leaks in
-            env.setenv("AWS_SHARED_CREDENTIALS_FILE", str(nowhere))
-            values = {"AWS_ACCESS_KEY_ID": "kd-test-key", "AWS_SECRET_ACCESS_KEY": "kd-test-secret",
-                      "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint}
-            for name in S3_SETTINGS:
-                env.setenv(name, values[name])
-            s3fs.S3FileSystem.clear_instance_cache()  # an instance cached earlier may hold another endpoint
-            boto3.client("s3").create_bucket(Bucket=BUCKET)
-            yield endpoint
-    finally:
-        s3fs.S3FileSystem.clear_instance_cache()
-        server.stop()
-        werkzeug_log.setLevel(level)
 
 
 @pytest.fixture(scope="module")
@@ -190,6 +141,6 @@ def test_a_missing_bucket_is_a_one_line_error(s3, demo_asc, tracking):
 
 
 def test_readme_names_the_settings_used_here():
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     section = readme.split("## Scaling out", 1)[1].split("\n## ", 1)[0]
     assert [name for name in S3_SETTINGS if f"`{name}`" not in section] == []

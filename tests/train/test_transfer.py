@@ -5,7 +5,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import Killed, kill_after_epoch
+from interrupt import Killed, kill_after_epoch
 
 from kd.core.checkpoints import TeacherSpec
 from kd.data import DatasetError, open_dataset

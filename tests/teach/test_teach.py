@@ -18,7 +18,7 @@ from kd_errors import KdError
 from logit_store import LogitStore
 
 pytestmark = pytest.mark.slow
-CLI = [sys.executable, str(Path(__file__).resolve().parents[1] / "cli.py")]
+CLI = [sys.executable, str(Path(__file__).resolve().parents[2] / "cli.py")]
 
 
 def _teach(spec, store, tracking_uri, teachers=("passt_tiny",), **kw):

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import Killed, kill_after_epoch
+from interrupt import Killed, kill_after_epoch
 
 from kd.core.checkpoints import TeacherSpec
 from kd.deploy.predict import evaluate_checkpoint, predict_files

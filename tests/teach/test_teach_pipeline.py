@@ -480,7 +480,7 @@ def test_dashboard_without_bokeh_is_a_one_line_error_before_anything_is_written(
 
     if importlib.util.find_spec("bokeh") is not None:
         pytest.skip("bokeh is installed: the dashboard would start")
-    cli = [sys.executable, str(Path(__file__).resolve().parents[1] / "cli.py")]
+    cli = [sys.executable, str(Path(__file__).resolve().parents[2] / "cli.py")]
     result = subprocess.run(cli + ["teach", "--dataset", demo_asc["spec"], "--teacher", "passt_tiny", "--store",
                                    str(tmp_path / "s.zarr"), "--dashboard"], check=False, capture_output=True, text=True,
                             cwd=tmp_path)

@@ -81,7 +81,7 @@ KILLED_WRITER = textwrap.dedent("""
 def test_killed_writer_resumes_without_recomputing(tmp_path):
     store = make_store(tmp_path / "s.zarr")
     log = tmp_path / "writes.log"
-    script = KILLED_WRITER.format(repo=str(Path(__file__).parents[1]), tests=str(Path(__file__).parent),
+    script = KILLED_WRITER.format(repo=str(Path(__file__).parents[2]), tests=str(Path(__file__).parent),
                                   url=store.url, die_at=5, log=str(log))
     proc = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, timeout=120)
     assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()

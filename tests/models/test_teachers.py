@@ -22,7 +22,7 @@ from teachers import (
 )
 from teachers.passt import PaSST
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parents[1] / "data"
 ALL = list_teachers()
 TINY = [n for n in ALL if "tiny" in n]
 CNN = [n for n in ALL if TEACHERS.get(n).fn.__module__ == "teachers.cnn"]  # small as registered

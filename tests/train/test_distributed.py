@@ -11,7 +11,7 @@ import torch
 from kd.train.loaders import DistributedWeightedSampler
 from layers import read_checkpoint
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_distributed_weighted_sampler_shares_one_balanced_draw_between_ranks():
