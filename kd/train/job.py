@@ -65,12 +65,12 @@ class TrainingOptions:
     train_split: str = "train"
     eval_split: str = "eval"
     seconds: float | None = None
-    epochs: int = 10
-    eval_every: int = 1
+    epochs: int = OptimConfig.epochs  # the schedule's defaults are the engine's
+    eval_every: int = OptimConfig.eval_every
     batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 1e-2
-    warmup_epochs: float = 1.0
+    lr: float = OptimConfig.lr
+    weight_decay: float = OptimConfig.weight_decay
+    warmup_epochs: float = OptimConfig.warmup_epochs
     mixup: float = 0.3
     mixstyle_p: float = 0.0
     dir_folder: str | None = None
