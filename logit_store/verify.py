@@ -15,6 +15,8 @@ from logit_store import storage, views
 from logit_store.errors import preview
 from logit_store.progress import DoneRecords
 from logit_store.reader import Reader
+from logit_store.registry import get_codec
+from logit_store.schema import codec_config
 
 __all__ = ["Problem", "StoreLayout", "verify"]
 
@@ -139,7 +141,8 @@ def verify_teacher(store: StoreLayout, group, name: str) -> tuple[list[Problem],
     if info.get("views", 1) != store.num_views:
         problems.append(Problem("views", f"{info.get('views', 1)} views per clip, the store has {store.num_views}",
                                 name))
-    expected = {"clip": (n, *v, c), "frame": (n, *v, info["frames"], c)}
+    clip_width = get_codec(codec_config(info, "clip")).stored_width(c)
+    expected = {"clip": (n, *v, clip_width), "frame": (n, *v, info["frames"], c)}
     for level in info["levels"]:
         if level not in group or tuple(group[level].shape) != expected[level]:
             got = tuple(group[level].shape) if level in group else None
