@@ -47,7 +47,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from kd.data import demo, synth
+from kd.demo import data as demo
+from kd.demo import synth
 from kd.tasks import ASC
 from kd.train.augment import mix, mixup_params, random_gain
 from kd.train.engine import OptimConfig, Trainer
