@@ -11,9 +11,15 @@ A view is four numbers (:data:`PARAMS`): the impulse response convolved in (an i
 the IR folder, ``-1`` for none; device impulse responses after Morocutti et al., 2023), a circular time roll
 in seconds, a gain in dB, and a speed factor (the waveform resampled by it, so pitch and tempo move together,
 then cut or padded back to the clip's length). They are applied in that order: speed, roll, impulse response,
-gain. View 0 is always the clean clip. Views are drawn from a generator seeded by the configuration's seed and
-the clip id, so a resumed ``kd teach`` draws the same views, and the stored parameters are what ``kd distill``
-replays (not a re-draw), so a store keeps its meaning whatever later code draws.
+gain. View 0 is always the clean clip.
+
+Each view is described by one integer, its seed (:func:`view_seeds`: a 24-bit number from the configuration's
+seed, the clip id and the view index, ``-1`` for the clean view), from which :func:`draw_view` draws its four
+numbers: the store keeps the seed (``view_seed``, exact in its float32 array), 4 bytes a view as CED keeps
+(Dinkel et al., "CED: Consistent ensemble distillation for audio tagging", 2023) instead of the parameter
+table, so that 40 views a clip cost little beside their logits. A resumed ``kd teach`` draws the same views,
+and ``kd distill`` replays what the store says: the stored seeds through :func:`replay_params`, or, in a store
+written before seeds (its ``view_param_names`` are :data:`PARAMS`), the stored parameters themselves.
 """
 from __future__ import annotations
 
@@ -35,15 +41,22 @@ __all__ = [
     "KINDS",
     "PARAMS",
     "ImpulseResponses",
+    "SEED_PARAMS",
     "ViewConfig",
     "apply_view",
+    "draw_view",
     "draw_views",
+    "replay_params",
     "view_events",
+    "view_seeds",
 ]
 
 KINDS = ("dir", "roll", "gain", "speed")
 PARAMS = ("impulse_response", "roll_seconds", "gain_db", "speed")
+SEED_PARAMS = ("view_seed",)  # what a store keeps of each view
 CLEAN = np.array([-1.0, 0.0, 0.0, 1.0], np.float32)
+CLEAN_SEED = -1
+SEED_BITS = 24  # a float32 holds every integer below 2**24 exactly
 IR_SUFFIXES = (".wav", ".flac", ".ogg")
 
 
@@ -148,27 +161,51 @@ class ViewConfig:
                       "impulse_responses": tuple(d["impulse_responses"])})
 
 
-def draw_views(config: ViewConfig, clip_id: str, device: str | None) -> np.ndarray:
-    """The ``[K, 4]`` parameters (:data:`PARAMS`) of one clip's views; row 0 is the clean clip.
+def view_seeds(config: ViewConfig, clip_id: str) -> np.ndarray:
+    """The ``[K]`` seeds of one clip's views (int64): ``-1`` for view 0 (the clean clip), then 24-bit numbers from
+    the configuration's seed, the clip id and the view index, the same in every process and rerun."""
+    seeds = [zlib.crc32(f"{config.seed}/{k}/{clip_id}".encode()) % 2**SEED_BITS for k in range(config.count)]
+    seeds[0] = CLEAN_SEED
+    return np.array(seeds, np.int64)
 
-    Every view draws all four numbers whether or not its kind is on, so a clip's draws depend only on the seed,
-    its id and the ranges.
+
+def draw_view(config: ViewConfig, seed: int, device: str | None) -> np.ndarray:
+    """The four parameters (:data:`PARAMS`) of the view with ``seed`` of a clip recorded on ``device``.
+
+    Every view draws all four numbers whether or not its kind is on, so its draws depend only on the seed and the
+    ranges; ``-1`` is the clean clip.
     """
-    rng = np.random.default_rng([config.seed, zlib.crc32(clip_id.encode())])
-    views = np.tile(CLEAN, (config.count, 1))
-    eligible = not config.dir_devices or device in config.dir_devices
-    for k in range(1, config.count):
-        use_ir, ir = rng.random() < config.dir_p, rng.integers(max(1, len(config.impulse_responses)))
-        roll, gain, speed = rng.uniform(-1, 1, 3)
-        if "dir" in config.kinds and eligible and use_ir:
-            views[k, 0] = ir
-        if "roll" in config.kinds:
-            views[k, 1] = roll * config.roll_seconds
-        if "gain" in config.kinds:
-            views[k, 2] = gain * config.gain_db
-        if "speed" in config.kinds:
-            views[k, 3] = 1.0 + speed * config.speed
-    return views
+    view = CLEAN.copy()
+    if seed == CLEAN_SEED:
+        return view
+    rng = np.random.default_rng(seed)
+    use_ir, ir = rng.random() < config.dir_p, rng.integers(max(1, len(config.impulse_responses)))
+    roll, gain, speed = rng.uniform(-1, 1, 3)
+    if "dir" in config.kinds and use_ir and (not config.dir_devices or device in config.dir_devices):
+        view[0] = ir
+    if "roll" in config.kinds:
+        view[1] = roll * config.roll_seconds
+    if "gain" in config.kinds:
+        view[2] = gain * config.gain_db
+    if "speed" in config.kinds:
+        view[3] = 1.0 + speed * config.speed
+    return view
+
+
+def draw_views(config: ViewConfig, clip_id: str, device: str | None) -> np.ndarray:
+    """The ``[K, 4]`` parameters (:data:`PARAMS`) of one clip's views; row 0 is the clean clip."""
+    return np.stack([draw_view(config, int(seed), device) for seed in view_seeds(config, clip_id)])
+
+
+def replay_params(config: ViewConfig, stored: np.ndarray, names: Sequence[str], device: str | None) -> np.ndarray:
+    """The four parameters of a stored view: drawn again from its seed (``names`` :data:`SEED_PARAMS`), or the
+    stored ones of a store written before seeds (``names`` :data:`PARAMS`)."""
+    if tuple(names) == SEED_PARAMS:
+        return draw_view(config, int(stored[0]), device)
+    if tuple(names) == PARAMS:
+        return np.asarray(stored, np.float32)
+    raise KdError(f"the store describes its views by {', '.join(names)}; this kd replays views described by "
+                  f"{SEED_PARAMS[0]} or by {', '.join(PARAMS)}")
 
 
 def apply_view(audio: np.ndarray, params: np.ndarray, sample_rate: int,

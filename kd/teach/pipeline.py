@@ -45,7 +45,7 @@ import torch
 
 from kd.core.checkpoints import build_teacher
 from kd.core.devices import select_device
-from kd.core.views import ImpulseResponses, apply_view, draw_views
+from kd.core.views import ImpulseResponses, apply_view, draw_views, view_seeds
 from kd.data import AudioError, ClipLengths, Dataset, open_dataset
 from kd.data.base import LENGTH_TOLERANCE
 from kd.teach.config import ChunkResult, TeachConfig, TeacherFailed, WorkerJob, is_data_error, taught_datasets
@@ -378,7 +378,7 @@ def teach_chunk(cfg: TeachConfig, job: WorkerJob, chunk: int) -> ChunkResult:
             if views > 1:  # rows of views -> [clips, views, ...]; a clip counts only with all its views
                 clip, valid = clip.reshape(len(ids), views, -1), valid.reshape(len(ids), views).all(axis=1)
                 frame = None if frame is None else frame.reshape(len(ids), views, *frame.shape[1:])
-            params = np.stack([ctx.view_params(i) for i in ids]) if job.views else None
+            params = np.stack([view_seeds(job.views, i) for i in ids])[..., None] if job.views else None
             store.write_chunk(name, chunk, clip, frame, valid=valid, failures=teacher_failures, view_params=params)
             written[name] = int(valid.sum())
             failures.update(state.teacher_failures[name])

@@ -51,7 +51,7 @@ from dask.distributed import Client, as_completed
 from kd.core.checkpoints import build_teacher
 from kd.core.devices import select_device
 from kd.core.failures import FAILURE_KINDS, describe_failures, failure_kind
-from kd.core.views import PARAMS as VIEW_PARAMS
+from kd.core.views import SEED_PARAMS as VIEW_PARAMS
 from kd.core.views import ImpulseResponses, ViewConfig
 from kd.data import ClipLengths, Dataset, open_dataset
 from kd.data.base import LENGTH_TOLERANCE

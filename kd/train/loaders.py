@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, WeightedRandomSampler
 
-from kd.core.views import ImpulseResponses, apply_view, view_events
+from kd.core.views import ImpulseResponses, ViewConfig, apply_view, replay_params, view_events
 from kd.data import AudioError
 from kd.options import Space, ViewMode
 from kd.train.align import align_frames
@@ -136,7 +136,9 @@ class ClipDataset(torch.utils.data.Dataset):
         picks = torch.randint(t.num_views, (len(indices),)).numpy()  # seeded per epoch: a resume draws alike
         if t.views == "random":
             return [(int(k), None) for k in picks]
-        params = self.store.view_params(self.ids[list(indices)], views=picks)
+        stored = self.store.view_params(self.ids[list(indices)], views=picks)
+        config, names = ViewConfig.from_dict(self.store.views), self.store.view_param_names
+        params = [replay_params(config, p, names, self.clips[i].device) for i, p in zip(indices, stored)]
         targets = picks if t.views == "consistent" else np.zeros_like(picks)
         return [(int(k), p) for k, p in zip(targets, params)]
 

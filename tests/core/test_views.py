@@ -3,8 +3,20 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from kd.core.views import CLEAN, ImpulseResponses, ViewConfig, apply_view, draw_views, view_events
-from kd.data import Event
+from kd.core.views import (
+    CLEAN,
+    PARAMS,
+    SEED_PARAMS,
+    ImpulseResponses,
+    ViewConfig,
+    apply_view,
+    draw_view,
+    draw_views,
+    replay_params,
+    view_events,
+    view_seeds,
+)
+from kd.data import Event, open_dataset
 from kd_errors import KdError
 
 SR = 16000
@@ -110,6 +122,21 @@ def test_a_bad_impulse_response_file_is_named_in_one_line(irs, tmp_path, content
         ImpulseResponses(folder)
 
 
+def test_a_view_is_replayed_from_its_seed_and_old_stores_from_their_parameters(irs):
+    config = ViewConfig.create(40, ["dir", "roll", "gain", "speed"], irs, seed=7, dir_p=0.5, dir_devices=())
+    seeds = view_seeds(config, "clip-1")
+    assert seeds[0] == -1 and len(set(seeds[1:])) == 39 and (0 <= seeds[1:]).all() and (seeds < 2**24).all()
+    np.testing.assert_array_equal(seeds, view_seeds(config, "clip-1"))  # the same in every process and rerun
+    assert not np.array_equal(seeds, view_seeds(config, "clip-2"))
+    params = draw_views(config, "clip-1", "a")
+    stored = seeds.astype(np.float32)[:, None]  # what the store keeps: exact below 2**24
+    replayed = np.stack([replay_params(config, row, SEED_PARAMS, "a") for row in stored])
+    np.testing.assert_array_equal(replayed, params)  # bit for bit
+    np.testing.assert_array_equal(replay_params(config, params[3], PARAMS, "a"), params[3])
+    with pytest.raises(KdError, match="describes its views by gain"):
+        replay_params(config, params[3, :1], ["gain"], "a")
+
+
 # --- kd teach --views and kd distill --views, end to end ---------------------------------------------------------
 def _teach_views(spec, store, irs_folder, tmp_path, **kw):
     from kd.core.checkpoints import TeacherSpec
@@ -136,7 +163,13 @@ def test_distill_replays_exactly_the_views_the_teachers_heard(demo_asc, irs, tmp
     cfg, summary = _teach_views(demo_asc["spec"], tmp_path / "s.zarr", irs.folder, tmp_path)
     store = LogitStore.open(str(tmp_path / "s.zarr"))
     assert store.num_views == 3 and summary.clips == store.num_clips
-    params = store.view_params(store.clip_ids)
+    seeds = store.view_params(store.clip_ids)
+    config = ViewConfig.from_dict(store.views)
+    assert store.view_param_names == list(SEED_PARAMS) and seeds.shape == (store.num_clips, 3, 1)
+    assert (seeds[:, 0] == -1).all() and (seeds == np.round(seeds)).all()  # one integer a view, the clean one -1
+    devices = {c.id: c.device for c in open_dataset(demo_asc["spec"]).clips}
+    params = np.stack([[draw_view(config, int(s), devices[i]) for s in seeds[r, :, 0]]
+                       for r, i in enumerate(store.clip_ids)])
     assert (params[:, 0] == CLEAN).all()
     for column in range(4):  # each kind changed some view of some clip
         assert (params[:, 1:, column] != CLEAN[column]).any()
