@@ -18,6 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from kd.options import (
+    CLIP_CODECS,
     MISSING_POLICIES,
     PRECISIONS,
     PREDICTION_FORMATS,
@@ -193,8 +194,11 @@ class TrainingProgress:
               help="A teacher to run (repeat for an ensemble): a registered teacher, or a clip-level student "
                    "trained by `kd distill` with its checkpoint. Without a checkpoint it runs with random weights.")
 @click.option("--store", required=True, metavar="URL", help="Logit store: a path, file://, memory:// or s3:// URL.")
-@click.option("--codec", type=click.Choice(["q8", "f16", "f32"]), default="q8", show_default=True,
-              help="How logits are stored: q8 (8-bit, designed for KD targets), f16 or f32.")
+@click.option("--codec", type=click.Choice(CLIP_CODECS), default="q8", show_default=True,
+              help="How clip logits are stored: q8 (8-bit, designed for KD targets), f16, f32, or topk (the --topk "
+                   "largest of each clip and view, the rest as one number: many views of many classes in a few "
+                   "bytes each).")
+@click.option("--topk", type=int, default=20, show_default=True, help="Logits --codec topk keeps per clip and view.")
 @click.option("--workers", type=int, default=None,
               help="Local dask worker processes (default: one per visible GPU, each pinned to it; else 1).")
 @click.option("--decode-workers", type=int, default=None,
@@ -229,7 +233,7 @@ class TrainingProgress:
 @click.option("--max-failed", "max_failed", type=float, default=0.05, show_default=True, metavar="FRACTION",
               help="Exit with an error when more than this fraction of the clips has no logits (unreadable, silent, "
                    "too short to be a recording); what was taught is kept either way.")
-def teach_cmd(dataset, split, teachers, store, codec, workers, decode_workers, scheduler, batch_size, chunk_size,
+def teach_cmd(dataset, split, teachers, store, codec, topk, workers, decode_workers, scheduler, batch_size, chunk_size,
               seconds, device, precision, dashboard, tracking_uri, transfer, views, augment, dir_folder,
               view_seed, max_failed) -> None:
     """Run teachers once over a dataset and store their logits (resumable: rerun to continue)."""
@@ -241,8 +245,8 @@ def teach_cmd(dataset, split, teachers, store, codec, workers, decode_workers, s
 
     cfg = TeachConfig(
         dataset=dataset, split=split, teachers=tuple(TeacherSpec.parse(t) for t in teachers), store=store,
-        codec=codec, workers=workers, decode_workers=decode_workers, scheduler=scheduler, batch_size=batch_size,
-        chunk_size=chunk_size, seconds=seconds, device=device, precision=precision, dashboard=dashboard,
+        codec=codec, topk=topk, workers=workers, decode_workers=decode_workers, scheduler=scheduler,
+        batch_size=batch_size, chunk_size=chunk_size, seconds=seconds, device=device, precision=precision, dashboard=dashboard,
         tracking_uri=tracking_uri, transfer=tuple(transfer), views=views,
         augment=tuple(k for k in augment.split(",") if k.strip()), dir_folder=dir_folder, view_seed=view_seed,
         max_failed_fraction=max_failed,

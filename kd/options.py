@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Literal, get_args
 
 __all__ = [
+    "CLIP_CODECS",
     "MISSING_POLICIES",
     "PRECISIONS",
     "PREDICTION_FORMATS",
@@ -20,6 +21,7 @@ __all__ = [
     "SPACES",
     "TASK_NAMES",
     "VIEW_MODES",
+    "ClipCodec",
     "MissingPolicy",
     "Precision",
     "PredictionFormat",
@@ -31,6 +33,10 @@ __all__ = [
 
 TaskName = Literal["asc", "tagging", "sed"]
 TASK_NAMES: tuple[TaskName, ...] = get_args(TaskName)
+
+# how kd teach stores clip logits (kd teach --codec; the codecs themselves are logit_store's)
+ClipCodec = Literal["q8", "f16", "f32", "topk"]
+CLIP_CODECS: tuple[ClipCodec, ...] = get_args(ClipCodec)
 
 # which stored view of a clip a distillation trains on (kd distill --views; kd.train.loaders.TeacherTargets.views)
 ViewMode = Literal["consistent", "clean", "random", "clean-targets"]

@@ -10,7 +10,7 @@ from typing import Any
 from kd.core.checkpoints import TeacherSpec
 from kd.core.views import ViewConfig
 from kd.data import AudioError, Dataset, open_dataset
-from kd.options import PRECISIONS, Precision
+from kd.options import CLIP_CODECS, PRECISIONS, ClipCodec, Precision
 from kd_errors import KdError
 
 __all__ = [
@@ -55,7 +55,8 @@ class TeachConfig:
     store: str
     teachers: tuple[TeacherSpec, ...]
     split: str | None = None
-    codec: str = "q8"
+    codec: ClipCodec = "q8"
+    topk: int = 20  # with codec topk: logits kept per clip and view
     batch_size: int = 8
     device: str = "auto"
     precision: Precision = "auto"
@@ -86,6 +87,10 @@ class TeachConfig:
             raise KdError("--decode-workers must be >= 1")
         if self.seconds is not None and not self.seconds > 0:
             raise KdError(f"--seconds must be positive, got {self.seconds}")
+        if self.codec not in CLIP_CODECS:
+            raise KdError(f"--codec must be one of {', '.join(CLIP_CODECS)}, got {self.codec!r}")
+        if self.topk < 1:
+            raise KdError(f"--topk must be >= 1, got {self.topk}")
         if self.precision not in PRECISIONS:
             raise KdError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.views > 1 and not self.augment:

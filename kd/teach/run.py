@@ -55,6 +55,7 @@ from kd.core.views import SEED_PARAMS as VIEW_PARAMS
 from kd.core.views import ImpulseResponses, ViewConfig
 from kd.data import ClipLengths, Dataset, open_dataset
 from kd.data.base import LENGTH_TOLERANCE
+from kd.tasks import Task
 from kd.tasks.metrics import UndefinedMetric
 from kd.teach.config import (
     MAX_FAILED_FRACTION,
@@ -105,6 +106,15 @@ def view_config(cfg: TeachConfig) -> ViewConfig | None:
     return ViewConfig.create(cfg.views, cfg.augment, irs, seed=cfg.view_seed)
 
 
+def clip_codec(cfg: TeachConfig, task: Task) -> str | dict[str, Any]:
+    """The store codec of the teachers' clip logits: ``--codec``, and for ``topk`` the way of reading back the
+    classes it drops that suits the task's targets (BENCHMARKS.md, store_bench: for sigmoid targets the class
+    profile with the mean probability kept, for softmax targets an even floor with the softmax mass kept)."""
+    if cfg.codec != "topk":
+        return cfg.codec
+    return {"name": "topk", "k": cfg.topk, "rest": task.activation, "profile": task.activation == "sigmoid"}
+
+
 def prepare_store(cfg: TeachConfig, on_warning: Callable[[str], None] | None = None):
     """Create or reopen the store and register the teachers; refuse a store built for other data or teachers.
 
@@ -145,7 +155,7 @@ def prepare_store(cfg: TeachConfig, on_warning: Callable[[str], None] | None = N
         frames = (model.num_output_frames(round(lengths.seconds * model.sample_rate))
                   if model.frames_per_second else None)
         store.add_teacher(
-            spec.key, codec=cfg.codec, frames=frames, frames_per_second=model.frames_per_second,
+            spec.key, codec=clip_codec(cfg, data.task), frames=frames, frames_per_second=model.frames_per_second,
             attrs={
                 "model": spec.name,
                 "num_classes": model.num_classes,

@@ -138,13 +138,13 @@ def test_a_view_is_replayed_from_its_seed_and_old_stores_from_their_parameters(i
 
 
 # --- kd teach --views and kd distill --views, end to end ---------------------------------------------------------
-def _teach_views(spec, store, irs_folder, tmp_path, **kw):
+def _teach_views(spec, store, irs_folder, tmp_path, codec="f32", **kw):
     from kd.core.checkpoints import TeacherSpec
     from kd.teach.config import TeachConfig
     from kd.teach.run import run_teach
 
     cfg = TeachConfig(dataset=spec, store=str(store), teachers=(TeacherSpec("passt_tiny"),), chunk_size=8,
-                      codec="f32", views=3, augment=("dir", "roll", "gain", "speed"), dir_folder=str(irs_folder),
+                      codec=codec, views=3, augment=("dir", "roll", "gain", "speed"), dir_folder=str(irs_folder),
                       tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", **kw)
     with pytest.warns(UserWarning, match="RANDOM weights"):
         return cfg, run_teach(cfg)
@@ -237,3 +237,42 @@ def test_views_resume_alike_and_refuse_another_impulse_response_set(demo_asc, ir
         distill(DistillConfig(**options))
     with pytest.raises(KdError, match="--roll/--gain would change the input"):
         distill(DistillConfig(dir_folder=str(irs.folder), roll_seconds=0.1, **options))
+
+
+@pytest.mark.slow
+def test_consistent_distillation_from_a_topk_store(demo_asc, irs, tmp_path):
+    """kd teach --codec topk keeps the k largest logits of each view (scene targets: an even floor for the rest,
+    their softmax mass kept); kd distill --views consistent replays a view and trains on its reconstructed logits."""
+    from kd.train.distill import DistillConfig, TeacherChoice, prepare_distillation
+    from logit_store import LogitStore
+
+    _teach_views(demo_asc["spec"], tmp_path / "s.zarr", irs.folder, tmp_path, codec="topk", topk=4)
+    store = LogitStore.open(str(tmp_path / "s.zarr"))
+    info = store.teacher_info("passt_tiny")
+    assert info["codec_config"] == {"name": "topk", "k": 4, "bits": 8, "rest": "softmax", "scale": 1.0,
+                                    "profile": False, "num_classes": 10}
+    job = prepare_distillation(DistillConfig(
+        dataset=demo_asc["spec"], student="cp_mobile_tiny", out=str(tmp_path / "run"), store=str(tmp_path / "s.zarr"),
+        teachers=TeacherChoice.parse("passt_tiny"), dir_folder=str(irs.folder), device="cpu", epochs=1))
+    dataset = job.train_loader.dataset
+    views = set()
+    for index in range(0, len(dataset), 7):
+        item = dataset[index]
+        views.add(item["view"])
+        target = item["teacher"].numpy()
+        expected = store.read([dataset.clips[index].id], teachers=["passt_tiny"], views=np.array([item["view"]]))[0]
+        np.testing.assert_array_equal(target, expected)
+        assert len(np.unique(np.sort(target)[:-4])) == 1  # the six classes outside the top 4 share one logit
+    assert views - {0}
+
+
+def test_topk_keeping_every_class_is_refused_in_one_line(demo_asc, tmp_path):
+    from kd.core.checkpoints import TeacherSpec
+    from kd.teach.config import TeachConfig
+    from kd.teach.run import prepare_store
+    from logit_store import StoreError
+
+    cfg = TeachConfig(dataset=demo_asc["spec"], store=str(tmp_path / "s.zarr"), teachers=(TeacherSpec("passt_tiny"),),
+                      codec="topk", topk=20)
+    with pytest.warns(UserWarning, match="RANDOM weights"), pytest.raises(StoreError, match=r"k=20 of 10 classes"):
+        prepare_store(cfg)
