@@ -3,6 +3,6 @@ training), reading checkpoints and building teachers and students from them (:mo
 selection and the ``torchrun`` process group (:mod:`kd.core.devices`), parameter and MAC counts
 (:mod:`kd.core.complexity`) and the kinds of clip failures (:mod:`kd.core.failures`).
 
-It may import :mod:`kd.data`, :mod:`kd.tasks` and the model packages (``teachers``, ``students``, ``layers``), no
-stage of kd.
+It may import :mod:`kd.data`, :mod:`kd.tasks`, :mod:`kd.options` and the model packages (``teachers``, ``students``,
+``layers``), no stage of kd.
 """

@@ -2,5 +2,5 @@
 the figures a run shows of its scores (:mod:`kd.evaluate.figures`). The metrics themselves belong to the task
 (:mod:`kd.tasks.metrics`).
 
-It may import :mod:`kd.core`, :mod:`kd.data` and :mod:`kd.tasks` only.
+It may import :mod:`kd.core`, :mod:`kd.data`, :mod:`kd.tasks` and :mod:`kd.options` only.
 """

@@ -264,9 +264,11 @@ def _teach_here(spec, store, scheduler, tracking_uri, **kw):
 
 
 def _wrap_teacher(monkeypatch, should_raise, change=None):
-    """Every teacher kd.teach.pipeline builds raises what ``should_raise(batch)`` returns (None: runs normally); its
-    outputs pass through ``change(batch, output)`` if given."""
+    """Every teacher kd teach builds (the run's, which measure the shortest inputs, and the workers') raises what
+    ``should_raise(batch)`` returns (None: runs normally); its outputs pass through ``change(batch, output)`` if
+    given."""
     import kd.teach.pipeline
+    import kd.teach.run
 
     original = kd.teach.pipeline.build_teacher
 
@@ -283,7 +285,8 @@ def _wrap_teacher(monkeypatch, should_raise, change=None):
         model.forward = guarded
         return model
 
-    monkeypatch.setattr(kd.teach.pipeline, "build_teacher", build)
+    for module in (kd.teach.run, kd.teach.pipeline):
+        monkeypatch.setattr(module, "build_teacher", build)
 
 
 @pytest.fixture
