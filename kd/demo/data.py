@@ -10,6 +10,8 @@ measure means something: the tasks are learnable (a small CNN gets well above ch
   ``a`` nearly flat, ``b``/``c`` coloured, ``s1``-``s6`` coloured and compressed. The training split holds devices
   a, b, c, s1-s3 (a most often); the evaluate split all nine, evenly, so ``s4``-``s6`` are unseen. As in TAU22,
   some clips of other devices are parallel recordings of a device-``a`` segment (same name but the device suffix).
+  ``split_setup/split5.csv`` ... ``split100.csv`` are DCASE'24's data-efficient training subsets (5 ... 100 % of
+  each scene's training clips, nested), so ``--split split25`` works as on the challenge's data.
 * ``tagging`` (AudioSet-HDF5 layout: mp3 bytes, packbits targets, ``metadata/class_labels_indices.csv``; 32 kHz):
   mixtures of 1-4 of 10 synthetic sound classes (with MIDs ``/t/kd00001``...) at random SNRs on noise beds,
   classes drawn with a mild long tail like AudioSet's.
@@ -33,6 +35,7 @@ import numpy as np
 import soundfile as sf
 
 from kd.data import DatasetError
+from kd.data.tau22 import SUBSET_PERCENTS
 from kd.demo import synth
 
 __all__ = [
@@ -226,11 +229,30 @@ def _write_tau22(out: Path, clips: int, seed: int, seconds: float) -> dict:
     for split, name in (("train", "fold1_train.csv"), ("eval", "fold1_evaluate.csv")):
         _write_tsv(setup / name, ["filename", "scene_label"], sorted(rows[split], key=lambda r: r["filename"]))
     _write_tsv(setup / "fold1_test.csv", ["filename"], sorted(rows["eval"], key=lambda r: r["filename"]))
+    subsets = _write_subsets(out / "split_setup", rows["train"], np.random.default_rng([seed, 5]))
     return {
         "spec": f"tau22:{out}", "sample_rate": sr, "classes": scenes,
-        "splits": {"train": len(rows["train"]), "eval": len(rows["eval"])},
+        "splits": {"train": len(rows["train"]), "eval": len(rows["eval"]), **subsets},
         "devices": {"seen": list(TRAIN_DEVICES), "unseen": [d for d in ASC_DEVICES if d not in TRAIN_DEVICES]},
     }
+
+
+def _write_subsets(folder: Path, train: list[dict[str, str]], rng: np.random.Generator) -> dict[str, int]:
+    """DCASE'24's data-efficient training subsets as its split files (``split5.csv`` ... ``split100.csv``): each
+    scene's training clips in one random order, the first ``p`` % of them (at least one) in ``split<p>``, so
+    every subset holds every scene and lies within the larger ones. Returns the clips per subset."""
+    folder.mkdir(exist_ok=True)
+    by_scene: dict[str, list[dict[str, str]]] = {}
+    for row in sorted(train, key=lambda r: r["filename"]):
+        by_scene.setdefault(row["scene_label"], []).append(row)
+    orders = {scene: [rows[i] for i in rng.permutation(len(rows))] for scene, rows in by_scene.items()}
+    counts = {}
+    for percent in SUBSET_PERCENTS:
+        subset = [row for rows in orders.values() for row in rows[: max(1, round(len(rows) * percent / 100))]]
+        _write_tsv(folder / f"split{percent}.csv", ["filename", "scene_label"],
+                   sorted(subset, key=lambda r: r["filename"]))
+        counts[f"split{percent}"] = len(subset)
+    return counts
 
 
 # --- sound events (tagging and SED) ------------------------------------------------------------------------------

@@ -28,6 +28,10 @@ def test_asc_layout_and_device_structure_match_tau22(tmp_path):
     assert set(train_devices) == set(info["devices"]["seen"]) == {"a", "b", "c", "s1", "s2", "s3"}
     assert max(set(train_devices), key=train_devices.count) == "a"
     assert sorted({c.device for c in evaluate}) == sorted(ASC_DEVICES)
+    subsets = [open_dataset(info["spec"], split=f"split{p}") for p in (5, 10, 25, 50, 100)]
+    assert [len(d) for d in subsets] == [info["splits"][f"split{p}"] for p in (5, 10, 25, 50, 100)]
+    assert subsets[-1].ids == sorted(train.ids) and all(set(a.ids) <= set(b.ids) for a, b in zip(subsets, subsets[1:]))
+    assert all({c.labels for c in d} == {c.labels for c in train} for d in subsets)  # every scene in every subset
     assert evaluate.unseen_devices == info["devices"]["unseen"] == ["s4", "s5", "s6"]
     assert set(range(10)) == {c.labels[0] for c in train} == {c.labels[0] for c in evaluate}
     # split by recording location, as in TAU22
