@@ -34,7 +34,9 @@ Top-k views (``bench_topk``, a quarter of those clips at K = 4): the ``topk`` co
 view, its bytes per view on disk (records and class profiles after zstd), the binary KL per class of the
 tagging targets, and on scene-like logits (10 classes, CP-ResNet-shaped, 5 kept) the softmax KL at T = 1 and 2;
 for each way of reading back the other classes (``rest`` sigmoid or softmax, with the class profile or an even
-floor).
+floor). Teaching views (``bench_teach_views``): ``kd teach`` of ``passt_tiny`` on demo scenes into a topk store at
+K = 1, 8 and 40, the steady seconds per view relative to K = 1 (``teach_time_per_view_vs_k1``; at most 1 means
+teach time grows no faster than K).
 The last line is one JSON object: the default codec's (q8) ``bytes_per_logit``, ``max_abs_dsigmoid``,
 ``kl_t1``, ``kl_t2``, ``read_vs_memmap`` (ids as a list of str), ``read_vs_memmap_id_array``,
 ``read_vs_h5py`` and the default frame codec's (qb) ``frame_bytes_per_logit``, ``frame_max_abs_dsigmoid``,
@@ -321,6 +323,31 @@ def bench_topk(root: Path, clip: np.ndarray, k: int = 20, scene_k: int = 5) -> d
     return {"k": k, "scene_k": scene_k, "classes": c, "views": VIEWS, "clips": n, **out}
 
 
+TAUGHT_VIEWS = (1, 8, 40)
+
+
+def bench_teach_views(root: Path, clips: int) -> dict:
+    """``kd teach`` of ``passt_tiny`` (one worker) into a topk store at K = 1, 8 and 40 views of demo scenes: the
+    steady-state seconds per view, relative to K = 1 (the clip is decoded once; its views are drawn from their
+    seeds and augmented in the decode threads)."""
+    from teach_bench import timed_teach  # kd and torch: only this part of the benchmark needs them
+
+    from kd.core.checkpoints import TeacherSpec
+    from kd.demo.data import make_demo_data
+    from kd.teach.config import TeachConfig
+
+    demo = make_demo_data(root / "views-demo", "asc", clips=clips, seed=0)
+    seconds_per_view = {}
+    for count in TAUGHT_VIEWS:
+        cfg = TeachConfig(dataset=demo["spec"], store=str(root / f"views-{count}.zarr"), split="train",
+                          teachers=(TeacherSpec("passt_tiny"),), codec="topk", topk=5, views=count,
+                          augment=("roll", "gain", "speed") if count > 1 else (), batch_size=8, chunk_size=4,
+                          workers=1, tracking_uri=f"sqlite:///{root / 'views-mlflow.db'}")
+        seconds_per_view[count] = 1 / (timed_teach(cfg)["clips_per_s"] * count)
+    return {"seconds_per_view": seconds_per_view,
+            "vs_k1": {count: s / seconds_per_view[1] for count, s in seconds_per_view.items() if count > 1}}
+
+
 def bench_views(root: Path, clip: np.ndarray, view_batches: list[np.ndarray], rounds: int) -> dict:
     """A q8 store of ``VIEWS`` views per clip against a single-view q8 store of view 0: the per-id view read
     of training against the plain read (paired), and bytes per view-logit."""
@@ -464,6 +491,8 @@ def main() -> None:
         print(f"views: {json.dumps(views)}", file=sys.stderr)
         topk = bench_topk(root, clip[:nv // VIEWS])
         print(f"topk: {json.dumps(topk)}", file=sys.stderr)
+        taught = bench_teach_views(root, clips=20 if args.quick else 60)
+        print(f"teach views: {json.dumps(taught)}", file=sys.stderr)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     top = {k: codecs[DEFAULT_CODEC][k] for k in ("bytes_per_logit", "max_abs_dsigmoid", "kl_t1", "kl_t2",
@@ -480,9 +509,10 @@ def main() -> None:
                       "topk_bytes_per_view": topk["rest_sigmoid"]["bytes_per_view"],
                       "topk_kl": max(topk["rest_sigmoid"]["tagging_binary_kl"],
                                      topk["rest_softmax_even"]["scene_kl_t1"]),
+                      "teach_time_per_view_vs_k1": taught["vs_k1"],
                       "read_compares": COMPARES, "clips": n, "frame_clips": nf, "batch": args.batch,
                       "frame_batch": args.frame_batch, "codecs": codecs, "frame_codecs": frame_codecs,
-                      "views": views, "topk": topk, "baselines": baselines}))
+                      "views": views, "topk": topk, "teach_views": taught, "baselines": baselines}))
 
 
 if __name__ == "__main__":
