@@ -404,6 +404,29 @@ def predict_cmd(model, inputs, top, threshold, fmt, batch_size, workers, device)
         sys.exit(1)
 
 
+@main.command("submit")
+@click.argument("model", type=click.Path(exists=True, dir_okay=False), metavar="CKPT|MODEL.onnx")
+@click.option("--dataset", required=True, metavar="FORMAT:PATH", help="The evaluation set (e.g. tau22:DIR).")
+@click.option("--split", default="eval", show_default=True, help="The split whose files get a row each.")
+@click.option("--label", required=True, help="The system's label, e.g. Surname_INST_task1_1 (names both files).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the two files.")
+@click.option("--score-split", default=None, help="A labelled split whose accuracy goes into the metadata.")
+@click.option("--device", default="auto", show_default=True)
+def submit_cmd(model, dataset, split, label, out, score_split, device) -> None:
+    """A DCASE Task 1 submission: LABEL.output.csv (per file the scene and every scene's probability) and
+    LABEL.meta.yaml (student, teachers, training split, parameters, MACs, parameter memory by data type).
+
+    MODEL: a `kd distill` checkpoint or a `kd export` .onnx file (int8 included): what is submitted is what was
+    measured.
+    """
+    from kd.deploy.submit import SubmitConfig, submit
+
+    result = submit(SubmitConfig(model, dataset, out, label, split=split, score_split=score_split, device=device))
+    scored = f"; accuracy on {score_split}: {result.accuracy:.4f}" if result.accuracy is not None else ""
+    out_console = f"{result.files} files -> {result.output}, metadata {result.meta}{scored}"
+    console.print(escape(out_console), highlight=False)
+
+
 def _print_predictions(predictions) -> None:
     """One table, a row per file; paths relative to the files' common folder (named in the title), never wrapped."""
     paths = [p.path for p in predictions]

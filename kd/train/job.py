@@ -187,7 +187,8 @@ def build_job(
                                transfer=transfer_sets, transfer_ratio=transfer_ratio)
     eval_loader = make_loader(make_dataset(eval_data, eval_data.labelled_clips, model, seconds), options.batch_size,
                               train=False, decode_workers=options.decode_workers)
-    meta = {**meta, "classes": train_data.classes, "task": task.name, "seconds": seconds, "dataset": options.dataset}
+    meta = {**meta, "classes": train_data.classes, "task": task.name, "seconds": seconds, "dataset": options.dataset,
+            "train_split": options.train_split}
     trainer = Trainer(
         model, options.optim(), steps_per_epoch=len(train_loader), out_dir=options.out,
         primary_metric=task.primary_metric, meta=meta, seed=options.seed, device=device, dist=dist,
