@@ -127,6 +127,11 @@ def training_options(*, batch_size: int, lr: float):
                      help="Processes that decode audio (and read stored logits) beside training."),
         click.option("--tracking-uri", default=None,
                      help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else ./mlflow.db)."),
+        click.option("--average-last", type=int, default=0, metavar="K",
+                     help="Hand on the mean of the weights after the last K epochs (BatchNorm re-estimated), saved "
+                          "as OUT/averaged.pt: the model evaluated, taught and exported (default: the best epoch)."),
+        click.option("--swa-from", type=int, default=0, metavar="EPOCH",
+                     help="The same average over every epoch from EPOCH on (SWA); instead of --average-last."),
         click.option("--resume", is_flag=True, help="Continue from OUT/last.pt (same options)."),
     ]
 

@@ -9,6 +9,13 @@ Exact resume: every epoch starts by seeding torch, NumPy and Python from ``(seed
 DataLoader worker seeds and augmentation draws of epoch ``e`` do not depend on whether epochs ``< e``
 ran in this process or in an earlier one that was killed; with the optimizer, scheduler and AMP-scaler
 states restored from the checkpoint, a resumed run continues bit for bit (on CPU).
+
+Checkpoint averaging (``average_from``): the mean of the weights after each epoch from that one to the last
+(stochastic weight averaging with one snapshot per epoch, Izmailov et al. 2018, as PaSST's recipe and the top
+DCASE Task 1 systems of 2024-25 use it for teachers and students). The running mean is part of every epoch's
+checkpoint, so a resumed run averages alike; after the last epoch the averaged weights get their own BatchNorm
+statistics (the running ones belong to no averaged model), are evaluated and saved as ``averaged.pt``, the
+checkpoint the run hands on.
 """
 from __future__ import annotations
 
@@ -56,12 +63,20 @@ class OptimConfig:
     amp: bool = True
     bn_recalibration_batches: int = 32
     eval_every: int = 1
+    average_from: int = 0  # the first epoch (from 1) whose weights the averaged model takes; 0: no averaging
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.lr <= 0:
             raise KdError(f"epochs must be >= 1 and lr > 0, got epochs={self.epochs}, lr={self.lr}")
         if self.eval_every < 1:
             raise KdError(f"eval_every must be >= 1, got {self.eval_every}")
+        if not 0 <= self.average_from <= self.epochs:
+            raise KdError(f"averaging must start at an epoch from 1 to {self.epochs}, got {self.average_from}")
+
+    @property
+    def averaged_epochs(self) -> int:
+        """How many epochs' weights the averaged model is the mean of (0: none)."""
+        return 0 if not self.average_from else self.epochs - self.average_from + 1
 
     def evaluates_after(self, epoch: int) -> bool:
         """Whether the run evaluates after its ``epoch``-th epoch (counted from 1)."""
@@ -146,6 +161,8 @@ class Trainer:
         self.epoch = 0
         self.best: float | None = None
         self.history: list[dict[str, float]] = []
+        self.average: dict[str, torch.Tensor] | None = None  # running mean of the weights since average_from
+        self.averaged_metrics: dict[str, float] | None = None
 
     # --- checkpoints ----------------------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -160,6 +177,8 @@ class Trainer:
             "seed": self.seed,
             "optim_config": asdict(self.cfg),
             "meta": self.meta,
+            "average": self.average,
+            "averaged_metrics": self.averaged_metrics,
         }
 
     def save(self, name: str) -> Path:
@@ -183,6 +202,7 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.best, self.history = state["epoch"], state["best"], list(state["history"])
+        self.average, self.averaged_metrics = state.get("average"), state.get("averaged_metrics")
         return True
 
     # --- loop -----------------------------------------------------------------------------------------------------
@@ -210,13 +230,45 @@ class Trainer:
             record["epoch"] = float(self.epoch)
             self.history.append(record)
             improved = self._update_best(record)
+            self._accumulate_average()
             if self.dist.is_main:
                 self.save("last.pt")
                 if improved:
                     self.save("best.pt")
                 if on_epoch_end:
                     on_epoch_end(self.epoch, record)
+        if self.cfg.average_from and self.averaged_metrics is None:
+            self._finish_average(loader, step, evaluate)
         return self.history
+
+    # --- checkpoint averaging ---------------------------------------------------------------------------------------
+    def _accumulate_average(self) -> None:
+        """Fold this epoch's weights into the running mean, from epoch ``average_from`` on."""
+        start = self.cfg.average_from
+        if not start or self.epoch < start:
+            return
+        n = self.epoch - start  # epochs already in the mean
+        current = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        if self.average is None:
+            self.average = current
+            return
+        for key, value in current.items():
+            if value.is_floating_point():
+                self.average[key] += (value - self.average[key]) / (n + 1)
+            else:
+                self.average[key] = value  # counters (BatchNorm's num_batches_tracked)
+
+    def _finish_average(self, loader, step: StepFn, evaluate: EvalFn) -> None:
+        """The averaged weights with their own BatchNorm statistics, evaluated, saved as ``averaged.pt``."""
+        self.model.load_state_dict(self.average)
+        self._recalibrate_batchnorm(loader, step, batches=self.cfg.bn_recalibration_batches or 32)
+        self.model.eval()
+        with torch.inference_mode():
+            self.averaged_metrics = dict(evaluate(self.model))
+        self.average = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        if self.dist.is_main:
+            self.save("averaged.pt")  # its "model": the averaged weights; "averaged_metrics": their scores
+            self.save("last.pt")  # a resumed finished run finds the average done
 
     def _update_best(self, record: dict[str, float]) -> bool:
         score = record.get(self.primary_metric)
@@ -226,9 +278,10 @@ class Trainer:
         return improved
 
     @torch.no_grad()
-    def _recalibrate_batchnorm(self, loader, step: StepFn) -> None:
+    def _recalibrate_batchnorm(self, loader, step: StepFn, batches: int | None = None) -> None:
+        batches = self.cfg.bn_recalibration_batches if batches is None else batches
         norms = [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-        if not norms or self.cfg.bn_recalibration_batches <= 0:
+        if not norms or batches <= 0:
             return
         momenta = [m.momentum for m in norms]
         for m in norms:
@@ -236,7 +289,7 @@ class Trainer:
             m.momentum = None  # cumulative average over the recalibration batches
         self.train_model.train()
         for i, batch in enumerate(loader):
-            if i >= self.cfg.bn_recalibration_batches:
+            if i >= batches:
                 break
             with torch.autocast(self.device.type, enabled=self.use_amp):
                 step(self.train_model, batch)

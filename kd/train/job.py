@@ -37,6 +37,7 @@ from kd.train.engine import OptimConfig, StepFn, Trainer
 from kd.train.forward import AugmentedForward
 from kd.train.loaders import ClipDataset, TeacherTargets, make_dataset, make_loader
 from kd.train.loss import DistillLoss
+from kd_errors import KdError
 from layers import read_checkpoint
 
 __all__ = ["Evaluation", "TrainingJob", "TrainingOptions", "TrainingResult", "build_job", "evaluate_best", "open_splits",
@@ -57,6 +58,8 @@ class TrainingOptions:
         roll_seconds: maximum circular time shift; ``gain_db``: maximum random gain.
         decode_workers: DataLoader worker processes that decode audio (and read stored logits) for the model.
         eval_every: evaluate after every ``eval_every``-th epoch and the last (see :class:`kd.train.engine.OptimConfig`).
+        average_last, swa_from: hand on the mean of the weights after the last ``average_last`` epochs, or after
+            every epoch from ``swa_from`` on (one of the two; 0: the best epoch's weights).
         resume: continue from ``out/last.pt`` with the same options.
     """
 
@@ -81,6 +84,8 @@ class TrainingOptions:
     device: str = "auto"
     decode_workers: int = 0
     tracking_uri: str | None = None
+    average_last: int = 0
+    swa_from: int = 0
     resume: bool = False
 
     def augmentations(self) -> dict[str, Any]:
@@ -89,7 +94,16 @@ class TrainingOptions:
 
     def optim(self) -> OptimConfig:
         return OptimConfig(epochs=self.epochs, lr=self.lr, weight_decay=self.weight_decay,
-                           warmup_epochs=self.warmup_epochs, eval_every=self.eval_every)
+                           warmup_epochs=self.warmup_epochs, eval_every=self.eval_every,
+                           average_from=self.average_from())
+
+    def average_from(self) -> int:
+        """The first epoch whose weights the handed-on model averages (0: none)."""
+        if self.average_last and self.swa_from:
+            raise KdError("--average-last and --swa-from both say which epochs to average; give one")
+        if not 0 <= self.average_last <= self.epochs:
+            raise KdError(f"--average-last takes 1 to {self.epochs} epochs (the run's), got {self.average_last}")
+        return self.swa_from or (self.epochs - self.average_last + 1 if self.average_last else 0)
 
 
 @dataclass

@@ -161,3 +161,14 @@ def test_trained_student_serves_as_teacher(demo_asc, tmp_path, tracking_uri):
         build_teacher(TeacherSpec("cp_mobile", checkpoint))
     with pytest.raises(KdError, match="unknown teacher 'cp_mobile'.*cp_mobile=CHECKPOINT"):
         build_teacher(TeacherSpec("cp_mobile"))
+
+
+def test_an_averaged_student_is_the_checkpoint_handed_on(demo_asc, tmp_path, tracking_uri):
+    """--average-last 2: the run hands on averaged.pt (scored, logged), which evaluates like any student."""
+    result = distill(DistillConfig(dataset=demo_asc["spec"], student="cp_mobile_tiny", out=str(tmp_path / "avg"),
+                                   teachers=TeacherChoice.parse("none"), epochs=2, average_last=2, batch_size=8,
+                                   device="cpu", tracking_uri=tracking_uri))
+    assert result.checkpoint == str(tmp_path / "avg" / "averaged.pt")
+    averaged = read_checkpoint(result.checkpoint)["averaged_metrics"]
+    assert evaluate_checkpoint(result.checkpoint, demo_asc["spec"], device="cpu")["accuracy"] == pytest.approx(
+        averaged["accuracy"])

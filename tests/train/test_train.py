@@ -103,3 +103,53 @@ def test_resume_refuses_other_settings(tmp_path):
     other = _trainer(tmp_path, epochs=5)
     with pytest.raises(KdError, match="other training settings"):
         other.resume()
+
+
+def _bn_trainer(tmp_path, average_from, epochs=4):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 3))
+    cfg = OptimConfig(epochs=epochs, lr=1e-2, warmup_epochs=0.5, average_from=average_from)
+    return Trainer(model, cfg, steps_per_epoch=4, out_dir=tmp_path, primary_metric="accuracy", meta={"name": "mlp"})
+
+
+def test_the_averaged_checkpoint_is_the_mean_of_the_epochs_weights(tmp_path):
+    """average_from=2 of 4 epochs: averaged.pt holds the mean of the weights saved after epochs 2, 3 and 4, with
+    BatchNorm statistics of its own, and the scores of that averaged model."""
+    loader = _problem()
+    saved = []
+    trainer = _bn_trainer(tmp_path, average_from=2)
+    trainer.fit(loader, _step, _evaluate(loader),
+                on_epoch_end=lambda epoch, record: saved.append(read_checkpoint(tmp_path / "last.pt")["model"]))
+    averaged = read_checkpoint(tmp_path / "averaged.pt")
+    for key in ("0.weight", "0.bias", "1.weight", "1.bias", "3.weight", "3.bias"):
+        torch.testing.assert_close(averaged["model"][key], torch.stack([s[key] for s in saved[1:]]).mean(0))
+    assert not torch.equal(averaged["model"]["1.running_mean"], saved[-1]["1.running_mean"])  # re-estimated
+    assert averaged["averaged_metrics"] == trainer.averaged_metrics and "accuracy" in trainer.averaged_metrics
+    # the running mean survives a kill: a run resumed after epoch 3 averages to the same weights
+    class Killed(Exception):
+        pass
+
+    def kill_after_third(epoch, record):
+        if epoch == 3:
+            raise Killed
+
+    with pytest.raises(Killed):
+        _bn_trainer(tmp_path / "resumed", average_from=2).fit(loader, _step, _evaluate(loader),
+                                                              on_epoch_end=kill_after_third)
+    resumed = _bn_trainer(tmp_path / "resumed", average_from=2)
+    assert resumed.resume() and resumed.epoch == 3
+    resumed.fit(loader, _step, _evaluate(loader))
+    again = read_checkpoint(tmp_path / "resumed" / "averaged.pt")["model"]
+    for key, value in averaged["model"].items():
+        torch.testing.assert_close(again[key], value)
+
+
+def test_averaging_options_are_checked():
+    from kd.train.job import TrainingOptions
+
+    assert TrainingOptions(dataset="d", out="o", epochs=10, average_last=3).optim().average_from == 8
+    assert TrainingOptions(dataset="d", out="o", epochs=10, swa_from=6).optim().averaged_epochs == 5
+    with pytest.raises(KdError, match="give one"):
+        TrainingOptions(dataset="d", out="o", average_last=2, swa_from=3).optim()
+    with pytest.raises(KdError, match="from 1 to 10"):
+        OptimConfig(epochs=10, average_from=11)
