@@ -411,8 +411,11 @@ def predict_cmd(model, inputs, top, threshold, fmt, batch_size, workers, device)
 
 @main.command("submit")
 @click.argument("model", type=click.Path(exists=True, dir_okay=False), metavar="CKPT|MODEL.onnx")
-@click.option("--dataset", required=True, metavar="FORMAT:PATH", help="The evaluation set (e.g. tau22:DIR).")
-@click.option("--split", default="eval", show_default=True, help="The split whose files get a row each.")
+@click.option("--dataset", required=True, metavar="FORMAT:PATH",
+              help="The files to predict: tau22:DIR (its eval split), or folder:DIR for the evaluation set.")
+@click.option("--split", default=None,
+              help="The split whose files get a row each (default: eval; folder:DIR, e.g. the challenge's evaluation "
+                   "set, which has no labels: every audio file below DIR).")
 @click.option("--label", required=True, help="The system's label, e.g. Surname_INST_task1_1 (names both files).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the two files.")
 @click.option("--score-split", default=None, help="A labelled split whose accuracy goes into the metadata.")

@@ -49,7 +49,7 @@ class SubmitConfig:
     dataset: str
     out: str
     label: str
-    split: str = "eval"
+    split: str | None = None  # default: eval, or every file of a folder: dataset
     score_split: str | None = None
     device: str = "auto"
     batch_size: int = 64
@@ -72,14 +72,15 @@ def submit(cfg: SubmitConfig) -> Submission:
     predictor = open_predictor(cfg.model, cfg.device)
     if predictor.task.name != "asc":
         raise KdError(f"{cfg.model} is a {predictor.task.name} model; DCASE Task 1 submissions are scene classifiers")
-    data = open_dataset(cfg.dataset, split=cfg.split)
-    if data.classes != predictor.classes:
+    split = cfg.split or (None if parse_spec(cfg.dataset)[0] == "folder" else "eval")
+    data = open_dataset(cfg.dataset, split=split)
+    if data.classes and data.classes != predictor.classes:  # an evaluation set without labels lists no scenes
         raise KdError(f"{cfg.model} was trained on other scenes than {cfg.dataset} lists")
     probs = _probabilities(predictor, data, cfg.batch_size)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     output = out / f"{cfg.label}.output.csv"
-    _write_output(output, data, probs)
+    _write_output(output, data, predictor.classes, probs)
     accuracy = None
     if cfg.score_split:
         scored = open_dataset(cfg.dataset, split=cfg.score_split)
@@ -91,26 +92,28 @@ def submit(cfg: SubmitConfig) -> Submission:
 
 def _probabilities(predictor: Predictor, data: Dataset, batch_size: int) -> np.ndarray:
     """Scene probabilities ``[clips, classes]`` in the order of ``data.clips``."""
-    dataset = ClipDataset(data, data.clips, sample_rate=predictor.sample_rate, seconds=predictor.seconds)
+    dataset = ClipDataset(data, data.clips, sample_rate=predictor.sample_rate, seconds=predictor.seconds,
+                          num_classes=len(predictor.classes))
     loader = make_loader(dataset, batch_size, train=False)
     logits, indices = run_loader(lambda audio: predictor.logits(audio.numpy()), loader)
     if sorted(indices.tolist()) != list(range(len(data.clips))):
         raise KdError(f"{len(data.clips) - len(set(indices.tolist()))} file(s) of {data.spec} could not be read; a "
                       "submission needs a row for every file")
-    probs = np.empty((len(data.clips), len(data.classes)), np.float64)
+    probs = np.empty((len(data.clips), len(predictor.classes)), np.float64)
     probs[indices] = softmax(logits.astype(np.float64), axis=-1)
     return probs
 
 
-def _write_output(path: Path, data: Dataset, probs: np.ndarray) -> None:
+def _write_output(path: Path, data: Dataset, classes: list[str], probs: np.ndarray) -> None:
+    """A row per file, named as below the dataset's folder (``audio/<id>.wav`` in TAU's layouts)."""
     root = parse_spec(data.spec)[1]
     with path.open("w", newline="") as f:
         writer = csv.writer(f, delimiter="\t", lineterminator="\n")
-        writer.writerow(["filename", "scene_label", *data.classes])
+        writer.writerow(["filename", "scene_label", *classes])
         for clip, p in zip(data.clips, probs):
-            name = Path(clip.source).relative_to(root).as_posix() if Path(clip.source).is_relative_to(root) \
-                else Path(clip.source).name
-            writer.writerow([name, data.classes[int(p.argmax())], *(f"{x:.6f}" for x in p)])
+            source = Path(clip.source)
+            name = source.relative_to(root).as_posix() if source.is_relative_to(root) else source.name
+            writer.writerow([name, classes[int(p.argmax())], *(f"{x:.6f}" for x in p)])
 
 
 def _metadata(cfg: SubmitConfig, predictor: Predictor, accuracy: float | None) -> dict[str, Any]:

@@ -50,6 +50,19 @@ def test_the_submission_file_has_the_challenge_format(demo_asc, student, tmp_pat
     assert 0 <= meta["results"]["development"]["accuracy"] == result.accuracy <= 1
 
 
+def test_an_unlabelled_evaluation_set_gets_a_row_per_file(demo_asc, student, tmp_path):
+    """The challenge's evaluation set has no labels: its audio folder as ``folder:`` gives the rows."""
+    import shutil
+
+    root = tmp_path / "eval-set"
+    shutil.copytree(open_dataset(demo_asc["spec"]).clips[0].source.rsplit("/", 1)[0], root / "audio")
+    result = submit(SubmitConfig(student, f"folder:{root}", str(tmp_path / "sub"), "k", device="cpu"))
+    with result.output.open() as f:
+        rows = list(csv.reader(f, delimiter="\t"))
+    assert len(rows) - 1 == len(list((root / "audio").iterdir())) == result.files
+    assert all(r[0].startswith("audio/") for r in rows[1:]) and result.accuracy is None
+
+
 def test_a_bad_label_or_another_class_list_is_one_line(demo_asc, demo_tagging, student, tmp_path):
     with pytest.raises(KdError, match="--label 'my system'"):
         SubmitConfig(student, demo_asc["spec"], str(tmp_path), "my system")
