@@ -32,6 +32,7 @@ from kd.data import Dataset, open_dataset
 from kd.data.open import parse_spec
 from kd.deploy.predict import Predictor, evaluate_predictor, is_onnx, open_predictor
 from kd.evaluate.loop import run_loader
+from kd.tasks import ASC
 from kd.train.loaders import ClipDataset, make_loader
 from kd_errors import KdError
 
@@ -70,7 +71,7 @@ class Submission:
 def submit(cfg: SubmitConfig) -> Submission:
     """Write the output file and the metadata of a DCASE Task 1 submission (see the module docstring)."""
     predictor = open_predictor(cfg.model, cfg.device)
-    if predictor.task.name != "asc":
+    if predictor.task is not ASC:
         raise KdError(f"{cfg.model} is a {predictor.task.name} model; DCASE Task 1 submissions are scene classifiers")
     split = cfg.split or (None if parse_spec(cfg.dataset)[0] == "folder" else "eval")
     data = open_dataset(cfg.dataset, split=split)
