@@ -27,6 +27,7 @@ __all__ = [
     "check_dashboard",
     "chunk_resources",
     "local_cluster",
+    "worker_cluster",
     "plan_workers",
     "resolve_precision",
     "visible_gpus",
@@ -126,15 +127,23 @@ def local_cluster(cfg: TeachConfig, *, preload: Sequence[str] = ()) -> tuple[Spe
     check_dashboard(cfg)
     cores = os.cpu_count() or 1
     plans = plan_workers(cfg.device, cfg.workers, visible_gpus() if cfg.device != "cpu" else [], cores)
+    cluster = worker_cluster(plans, nthreads=CHUNKS_PER_WORKER, name="kd-teach", dashboard=cfg.dashboard,
+                             preload=preload)
+    return cluster, plans[0].device
+
+
+def worker_cluster(plans: Sequence[WorkerPlan], *, nthreads: int, name: str, dashboard: bool = False,
+                   preload: Sequence[str] = ()) -> SpecCluster:
+    """A local dask cluster of one worker process per plan (its environment and resources), ``nthreads`` tasks at a
+    time each, sharing this machine's memory; everything on 127.0.0.1 (the dashboard on port 8787 if asked)."""
     scheduler = {"cls": Scheduler, "options": {
-        "host": "127.0.0.1", "port": 0, "dashboard": cfg.dashboard,
-        "dashboard_address": "127.0.0.1:8787" if cfg.dashboard else "127.0.0.1:0"}}
+        "host": "127.0.0.1", "port": 0, "dashboard": dashboard,
+        "dashboard_address": "127.0.0.1:8787" if dashboard else "127.0.0.1:0"}}
     workers = {p.name: {"cls": Nanny, "options": {
-        "host": "127.0.0.1", "nthreads": CHUNKS_PER_WORKER, "env": p.env, "resources": p.resources,
+        "host": "127.0.0.1", "nthreads": nthreads, "env": p.env, "resources": p.resources,
         "memory_limit": MEMORY_LIMIT // len(plans), "silence_logs": logging.ERROR, "preload": list(preload)}}
         for p in plans}
-    cluster = SpecCluster(workers=workers, scheduler=scheduler, silence_logs=logging.ERROR, name="kd-teach")
-    return cluster, plans[0].device
+    return SpecCluster(workers=workers, scheduler=scheduler, silence_logs=logging.ERROR, name=name)
 
 
 def chunk_resources(scheduler_info: dict[str, Any]) -> dict[str, float] | None:

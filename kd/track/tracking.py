@@ -53,6 +53,8 @@ __all__ = [
     "RunLogger",
     "RunRecord",
     "find_runs",
+    "init_tracking",
+    "set_parent_run",
     "flatten_params",
     "log_onnx_model",
     "resolve_tracking_uri",
@@ -371,6 +373,17 @@ class RunRecord:
     params: Mapping[str, str]
     tags: Mapping[str, str]
     metrics: Mapping[str, float]
+
+
+def init_tracking(tracking_uri: str | None = None) -> None:
+    """Create the tracking database's tables now: processes that open a new SQLite database at the same moment
+    would each run its migrations and collide."""
+    _mlflow(tracking_uri).MlflowClient().search_experiments(max_results=1)
+
+
+def set_parent_run(run_id: str, parent_run_id: str, tracking_uri: str | None = None) -> None:
+    """Make ``run_id`` a child of ``parent_run_id`` (MLflow's nesting tag): the UI shows it under its parent."""
+    _mlflow(tracking_uri).MlflowClient().set_tag(run_id, "mlflow.parentRunId", parent_run_id)
 
 
 def find_runs(experiments: Sequence[str] = (), *, prefix: str = "distill/", run_ids: Sequence[str] = (),
