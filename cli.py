@@ -687,6 +687,54 @@ def _print_comparison(table) -> None:
         out.print(f"[yellow]note:[/] {escape(note)}", highlight=False, soft_wrap=True)
 
 
+@main.command("sweep")
+@click.option("--dataset", required=True, metavar="FORMAT:PATH")
+@click.option("--store", default=None, metavar="URL", help="The store the teacher choices read (kd teach).")
+@click.option("--teachers", required=True, metavar="CHOICE[,CHOICE...]",
+              help="Teacher choices: a stored teacher, an ensemble joined by + (passt+ast), or none (labels alone).")
+@click.option("--students", required=True, metavar="NAME[,NAME...]", help="Registered students (kd students).")
+@click.option("--seeds", type=int, default=1, show_default=True, help="Seeds 0..N-1 of every cell.")
+@click.option("--set", "settings", multiple=True, metavar="KEY=V1,V2",
+              help="Also sweep a kd distill option (repeat): --set kd_lambda=0.02,0.1 --set temperature=1,2.")
+@click.option("--epochs", type=int, default=10, show_default=True)
+@click.option("--eval-every", type=int, default=1, show_default=True)
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--lr", type=float, default=None, help="Peak learning rate (default: kd distill's).")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="A folder per point (its checkpoints and point.json once finished).")
+@click.option("--parallel", type=int, default=1, show_default=True,
+              help="Points at once, on a local dask cluster (one GPU each where there are GPUs).")
+@click.option("--scheduler", default=None, metavar="ADDRESS",
+              help="Run the points on this dask scheduler's workers (those started with --resources GPU=1 each "
+                   "take one point at a time).")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else OUT/mlflow.db).")
+@click.option("--resume", is_flag=True, help="Continue interrupted points from their last.pt (else they start again).")
+def sweep_cmd(dataset, store, teachers, students, seeds, settings, epochs, eval_every, batch_size, lr, out, parallel,
+              scheduler, device, tracking_uri, resume) -> None:
+    """A grid of kd distill runs (students x teacher choices x seeds x --set values), each point skipped once
+    finished, so a rerun finishes a stopped sweep; ends with the kd compare table (mean ± std over seeds), and files
+    the runs under one MLflow parent run."""
+    from kd.sweep.grid import SweepConfig, sweep
+
+    swept = []
+    for item in settings:
+        key, sep, values = item.partition("=")
+        if not sep or not values:
+            raise KdError(f"--set {item!r}: write KEY=VALUE[,VALUE...]")
+        swept.append((key.strip(), tuple(v.strip() for v in values.split(","))))
+    options = {"epochs": epochs, "eval_every": eval_every, "batch_size": batch_size, **({"lr": lr} if lr else {})}
+    cfg = SweepConfig(dataset, out, tuple(s.strip() for s in students.split(",")),
+                      tuple(t.strip() for t in teachers.split(",")), store=store, seeds=seeds, settings=tuple(swept),
+                      options=options, parallel=parallel, scheduler=scheduler, device=device,
+                      tracking_uri=tracking_uri, resume=resume)
+    result = sweep(cfg, on_point=lambda point, record: console.print(
+        f"finished {point.name}: best {record['metric']} {record['best']:.4f}", highlight=False))
+    console.print(f"{len(result.ran)} of {len(result.points)} points ran now; all runs under MLflow run "
+                  f"{result.parent_run_id}", highlight=False)
+    _print_comparison(result.table)
+
+
 @main.command("students")
 @click.argument("pattern", required=False)
 def list_students_cmd(pattern) -> None:
