@@ -2,18 +2,21 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal, get_args
 
 import numpy as np
 
 from logit_store.errors import StoreError
 
-__all__ = ["ACTIVATIONS", "SPACES", "check_view", "combine", "normalised_weights"]
+__all__ = ["ACTIVATIONS", "SPACES", "Activation", "Space", "check_view", "combine", "normalised_weights"]
 
-SPACES = ("logit", "prob")
-ACTIVATIONS = ("sigmoid", "softmax")
+Space = Literal["logit", "prob"]  # where an ensemble is averaged: logits, or probabilities (log-odds read back)
+SPACES: tuple[Space, ...] = get_args(Space)
+Activation = Literal["sigmoid", "softmax"]
+ACTIVATIONS: tuple[Activation, ...] = get_args(Activation)
 
 
-def check_view(space: str, activation: str) -> None:
+def check_view(space: Space, activation: Activation) -> None:
     """``StoreError`` unless ``space`` and ``activation`` name a supported ensemble view."""
     if space not in SPACES:
         raise StoreError(f"space must be 'logit' or 'prob', got {space!r}")
@@ -31,7 +34,7 @@ def normalised_weights(weights: Sequence[float] | None, n: int) -> np.ndarray:
     return w / w.sum()
 
 
-def combine(parts: list[np.ndarray], w: np.ndarray, space: str, activation: str) -> np.ndarray:
+def combine(parts: list[np.ndarray], w: np.ndarray, space: Space, activation: Activation) -> np.ndarray:
     """The weighted mean of the teachers' logits ``parts`` (weights ``w`` summing to 1), as float32 logits.
 
     ``space="logit"``: ``sum_i w_i z_i``. ``space="prob"``: the mixture of the teachers' probabilities mapped

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import re
-from typing import Any
+from typing import Any, Literal, get_args
 
 from logit_store.errors import IncompatibleStore, StoreError
 
@@ -47,7 +47,8 @@ FORMAT_VERSION = 2  # the newest version written: stores with a view axis
 SINGLE_VIEW_FORMAT_VERSION = 1  # stores without a view axis, readable by every kd
 READABLE_VERSIONS = (SINGLE_VIEW_FORMAT_VERSION, FORMAT_VERSION)
 ROOT_KEY = "logit_store"
-LEVELS = ("clip", "frame")
+Level = Literal["clip", "frame"]  # clip logits [N, C], frame logits [N, T, C]
+LEVELS: tuple[Level, ...] = get_args(Level)
 TEACHER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 # attributes recorded automatically: they differ between two runs of the same teacher, so re-adding ignores them
 VOLATILE_TEACHER_KEYS = ("created_at", "kd_version")
@@ -101,6 +102,6 @@ def codec_config(info: dict[str, Any], level: str) -> dict[str, Any]:
     return info["codec_config"]
 
 
-def check_level(level: str) -> None:
+def check_level(level: Level) -> None:
     if level not in LEVELS:
         raise StoreError(f"level must be one of {', '.join(LEVELS)}, got {level!r}")
