@@ -163,6 +163,7 @@ def test_trained_student_serves_as_teacher(demo_asc, tmp_path, tracking_uri):
         build_teacher(TeacherSpec("cp_mobile"))
 
 
+@pytest.mark.slow
 def test_an_averaged_student_is_the_checkpoint_handed_on(demo_asc, tmp_path, tracking_uri):
     """--average-last 2: the run hands on averaged.pt (scored, logged), which evaluates like any student."""
     result = distill(DistillConfig(dataset=demo_asc["spec"], student="cp_mobile_tiny", out=str(tmp_path / "avg"),
