@@ -22,6 +22,7 @@ from kd.demo.data import make_demo_data
 from kd.demo.quickstart import PLANS, train_teachers
 from kd.train.distill import DistillConfig, TeacherChoice, distill
 from kd.train.job import TrainingResult
+from layers import read_checkpoint
 
 PLAN = PLANS["asc"]
 TEACHERS = dict(PLAN.teachers)
@@ -71,11 +72,12 @@ def finetuned_teachers(work: Path, data: str, epochs: int, tracking: str, train_
 
 
 def cnn_teachers(work: Path, data: str, teacher_clips: int, pretrain_epochs: int, finetune_epochs: int,
-                 tracking: str, **augment: Any) -> tuple[list[TeacherSpec], dict[str, float]]:
+                 tracking: str, train_split: str = "train", aliases: Sequence[str] = ("cpr_a", "cpr_b"),
+                 **augment: Any) -> tuple[list[TeacherSpec], dict[str, float]]:
     """Two CP-ResNets that know more than the student (the CNN half of CP-JKU's DCASE'23 teacher ensemble; a
     student checkpoint serves as a teacher): trained from labels on a larger demo ASC set of other recording
     locations (another generator seed: same scenes and devices), the stand-in for real teachers' pretraining,
-    then fine-tuned on the training split of ``data``. ``augment`` (``DistillConfig`` options such as
+    then fine-tuned on ``train_split`` of ``data`` (one teacher per alias). ``augment`` (``DistillConfig`` options such as
     ``dir_folder``) applies to both stages. A rerun in the same work folder reuses them; their specs for
     ``kd teach`` and their eval accuracy (best epoch)."""
     folder = work / "demo-asc-teachers"
@@ -88,9 +90,11 @@ def cnn_teachers(work: Path, data: str, teacher_clips: int, pretrain_epochs: int
             seed=seed, tracking_uri=tracking, device="auto", resume=True, log_model=False, **augment, **options))
 
     specs, accuracy = [], {}
-    for seed, alias in enumerate(("cpr_a", "cpr_b"), start=100):
+    for seed, alias in enumerate(aliases, start=100):
         pretrained = train(f"tau22:{folder}", f"{alias}_pretrained", pretrain_epochs, seed, lr=PLAN.student_lr)
-        result = train(data, alias, finetune_epochs, seed, student_checkpoint=pretrained.checkpoint, lr=PLAN.student_lr / 4)
+        out = alias if train_split == "train" else f"{alias}_{train_split}"
+        result = train(data, out, finetune_epochs, seed, student_checkpoint=pretrained.checkpoint,
+                       lr=PLAN.student_lr / 4, train_split=train_split)
         accuracy[alias] = result.best
         print(f"teacher {alias}: accuracy {accuracy[alias]:.3f} on the eval split after fine-tuning", flush=True)
         specs.append(TeacherSpec("cp_resnet", result.checkpoint, alias))
@@ -134,15 +138,23 @@ def train_students(work: Path, dataset: str, runs: dict[str, dict], seeds: Seque
     for seed in seeds:
         for label, options in runs.items():
             options = dict(options)
-            history = distill(DistillConfig(
+            result = distill(DistillConfig(
                 dataset=dataset, student=PLAN.student, out=str(work / f"student_{label}_{seed}_{epochs}ep"),
                 teachers=TeacherChoice.parse(options.pop("teachers")), epochs=epochs, eval_every=PLAN.eval_every,
                 batch_size=32, lr=PLAN.student_lr, seed=seed, tracking_uri=tracking, device="auto", resume=True, log_model=False,
-                **options)).history
+                **options))
+            final = handed_on_metrics(result)
             for metric in metrics:
-                scores[label][metric].append(history[-1][metric])
-            print(f"seed {seed} {label}: " + ", ".join(f"{m} {history[-1][m]:.3f}" for m in metrics), flush=True)
+                scores[label][metric].append(final[metric])
+            print(f"seed {seed} {label}: " + ", ".join(f"{m} {final[m]:.3f}" for m in metrics), flush=True)
     return scores
+
+
+def handed_on_metrics(result: TrainingResult) -> dict[str, float]:
+    """The scores of the model a run hands on: the averaged weights' (``--average-last``), else the last epoch's."""
+    if Path(result.checkpoint).name == "averaged.pt":
+        return read_checkpoint(result.checkpoint)["averaged_metrics"]
+    return result.history[-1]
 
 
 def run_study(doc: str, run: Callable[..., dict],
