@@ -96,7 +96,7 @@ def list_teachers_cmd(pattern) -> None:
     out.print(table)
 
 
-def training_options(*, batch_size: int, lr: float):
+def training_options(*, batch_size: int, lr: float, epochs: int = 10):
     """The options every training command shares (:class:`kd.train.job.TrainingOptions`), with the command's defaults."""
     options = [
         click.option("--train-split", default="train", show_default=True),
@@ -104,7 +104,7 @@ def training_options(*, batch_size: int, lr: float):
         click.option("--seconds", type=float, default=None,
                      help="Clip length fed to the model (default: the store's, else the dataset's; for a teacher, "
                           "its context, which this also sets for the tiny teachers)."),
-        click.option("--epochs", type=int, default=10, show_default=True),
+        click.option("--epochs", type=int, default=epochs, show_default=True),
         click.option("--eval-every", type=int, default=1, show_default=True,
                      help="Evaluate after every N-th epoch and the last (each evaluation also re-estimates "
                           "BatchNorm statistics; on small data that costs as much as an epoch of training)."),
@@ -314,31 +314,42 @@ def _print_teach_summary(summary) -> None:
         out.print(groups)
 
 
+def distillation_options(command):
+    """The options of what a student distils from (:class:`kd.train.distill.DistillConfig`): the dataset, the stored
+    teachers and the KD loss, shared by `kd distill` and `kd device-finetune`."""
+    options = [
+        click.option("--dataset", required=True, metavar="FORMAT:PATH", help="The dataset the store was taught on."),
+        click.option("--store", default=None, metavar="URL", help="Logit store written by `kd teach`."),
+        click.option("--teachers", default="none", show_default=True, metavar="NAME[,NAME...][:W,W...]|none",
+                     help="Stored teachers to distil from (an ensemble view, optionally weighted); none: labels only."),
+        click.option("--space", type=click.Choice(SPACES), default="logit", show_default=True,
+                     help="Average ensemble members' logits or their probabilities."),
+        click.option("--kd-lambda", type=float, default=None,
+                     help="Weight of the label loss; the KD loss gets 1 - lambda (default: asc 0.02, else 0.1)."),
+        click.option("--temperature", type=float, default=None, help="KD temperature (default: asc 2, else 1)."),
+        click.option("--missing", type=click.Choice(MISSING_POLICIES), default="error", show_default=True,
+                     help="What to do with training clips that have no stored logits."),
+        click.option("--transfer", multiple=True, metavar="FORMAT:PATH",
+                     help="A transfer set: clips the store holds teacher logits for, used without labels (soft loss "
+                          "only); folder:DIR takes every audio file below DIR. Repeat for several."),
+        click.option("--transfer-ratio", type=float, default=1.0, show_default=True,
+                     help="Transfer clips per labelled clip in each batch."),
+        click.option("--views", type=click.Choice(VIEW_MODES), default=None,
+                     help="Which stored view a clip trains on, for stores taught with --views K: consistent (the "
+                          "view's augmentation replayed, its logits the target; the default there), clean (view 0 "
+                          "with online augmentations), random (a random view's logits for the clean input) or "
+                          "clean-targets (the view's augmentation replayed, the clean clip's logits the target)."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 @main.command("distill")
-@click.option("--dataset", required=True, metavar="FORMAT:PATH", help="The dataset the store was taught on.")
-@click.option("--store", default=None, metavar="URL", help="Logit store written by `kd teach`.")
-@click.option("--teachers", default="none", show_default=True, metavar="NAME[,NAME...][:W,W...]|none",
-              help="Stored teachers to distil from (an ensemble view, optionally weighted); none: labels only.")
-@click.option("--space", type=click.Choice(SPACES), default="logit", show_default=True,
-              help="Average ensemble members' logits or their probabilities.")
 @click.option("--student", required=True, metavar="NAME", help="Registered student (see `kd students`).")
 @click.option("--pretrained", "student_checkpoint", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Student checkpoint to start from (e.g. an official EfficientAT release).")
-@click.option("--kd-lambda", type=float, default=None,
-              help="Weight of the label loss; the KD loss gets 1 - lambda (default: asc 0.02, else 0.1).")
-@click.option("--temperature", type=float, default=None, help="KD temperature (default: asc 2, else 1).")
-@click.option("--missing", type=click.Choice(MISSING_POLICIES), default="error", show_default=True,
-              help="What to do with training clips that have no stored logits.")
-@click.option("--transfer", multiple=True, metavar="FORMAT:PATH",
-              help="A transfer set: clips the store holds teacher logits for, used without labels (soft loss "
-                   "only); folder:DIR takes every audio file below DIR. Repeat for several.")
-@click.option("--transfer-ratio", type=float, default=1.0, show_default=True,
-              help="Transfer clips per labelled clip in each batch.")
-@click.option("--views", type=click.Choice(VIEW_MODES), default=None,
-              help="Which stored view a clip trains on, for stores taught with --views K: consistent (the view's "
-                   "augmentation replayed, its logits the target; the default there), clean (view 0 with online "
-                   "augmentations), random (a random view's logits for the clean input) or clean-targets (the "
-                   "view's augmentation replayed, the clean clip's logits the target).")
+@distillation_options
 @click.option("--log-model/--no-log-model", default=True, show_default=True,
               help="Log the student as an MLflow model (PyTorch flavour, takes waveforms; about 2 s on a CPU).")
 @training_options(batch_size=32, lr=1e-3)
@@ -357,6 +368,35 @@ def distill_cmd(teachers, transfer, **options) -> None:
             console.print(f"[bold yellow]hint:[/] {hint}", highlight=False, soft_wrap=True)
 
 
+@main.command("device-finetune")
+@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False), metavar="CKPT")
+@click.option("--devices", default="", metavar="DEVICE[,DEVICE...]",
+              help="Recording devices to fine-tune for (default: every device of the training split).")
+@distillation_options
+@training_options(batch_size=32, lr=1e-4, epochs=2)
+def device_finetune_cmd(checkpoint, devices, teachers, transfer, **options) -> None:
+    """Fine-tune a distilled student once per recording device (still distilling, on that device's clips) into one
+    checkpoint, OUT/device_specific.pt: the general model plus each device's parameters.
+
+    CKPT: the general student (a `kd distill` checkpoint). `kd eval` runs each clip through its device's model, `kd
+    predict --device-id` and `kd export --device-id` pick one; devices it has none for get the general model.
+    """
+    from kd.train.devices import DeviceFinetuneConfig, finetune_devices
+    from kd.train.distill import TeacherChoice
+
+    cfg = DeviceFinetuneConfig.create(checkpoint, devices=tuple(d.strip() for d in devices.split(",") if d.strip()),
+                                      teachers=TeacherChoice.parse(teachers), transfer=tuple(transfer), **options)
+    with TrainingProgress() as bar:
+        result = finetune_devices(cfg, on_device=lambda d: console.print(f"device {d}", highlight=False),
+                                  on_epoch=bar.on_epoch, on_batch=bar.on_batch)
+    table = Table("", result.metric, title=f"{escape(result.checkpoint)} on {cfg.distill.eval_split}",
+                  title_justify="left")
+    table.add_row("general model", f"{result.general[result.metric]:.4f}")
+    table.add_row(f"device-specific ({', '.join(result.devices)})", f"{result.device_specific[result.metric]:.4f}")
+    table.add_row("gain", f"{result.gain:+.4f}")
+    out.print(table)
+
+
 @main.command("eval")
 @click.argument("model", type=click.Path(exists=True, dir_okay=False), metavar="CKPT|MODEL.onnx")
 @click.option("--dataset", required=True, metavar="FORMAT:PATH")
@@ -365,7 +405,8 @@ def distill_cmd(teachers, transfer, **options) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
 def eval_cmd(model, dataset, split, device, as_json) -> None:
     """Evaluate a student on a dataset split: a checkpoint of `kd distill` (PyTorch) or a file of `kd export`
-    (ONNX Runtime), with the same metrics."""
+    (ONNX Runtime), with the same metrics. A device-specific checkpoint (`kd device-finetune`) scores each clip with
+    its recording device's parameters (the general ones for devices it has none for)."""
     from kd.deploy.predict import evaluate_checkpoint
 
     metrics = evaluate_checkpoint(model, dataset, split=split, device=device)
@@ -388,7 +429,10 @@ def eval_cmd(model, dataset, split, device, as_json) -> None:
 @click.option("--batch-size", type=int, default=16, show_default=True, help="Files of equal length run together.")
 @click.option("--workers", type=int, default=4, show_default=True, help="Threads decoding audio.")
 @click.option("--device", default="auto", show_default=True)
-def predict_cmd(model, inputs, top, threshold, fmt, batch_size, workers, device) -> None:
+@click.option("--device-id", default=None, metavar="DEVICE",
+              help="The recording device of the audio: a device-specific checkpoint (`kd device-finetune`) runs with "
+                   "its parameters for DEVICE (its general ones if it has none for DEVICE).")
+def predict_cmd(model, inputs, top, threshold, fmt, batch_size, workers, device, device_id) -> None:
     """Top classes (clip students) or detected events (frame-wise students) for audio, one row per file.
 
     AUDIO: audio files, folders (searched recursively), glob patterns ('clips/**/*.wav') or list files (.txt/.lst,
@@ -398,7 +442,7 @@ def predict_cmd(model, inputs, top, threshold, fmt, batch_size, workers, device)
     from kd.deploy.predict import format_predictions, predict_files
 
     predictions = predict_files(model, inputs, top=top, threshold=threshold, device=device, batch_size=batch_size,
-                                workers=workers)
+                                workers=workers, device_id=device_id)
     if fmt != "table":
         click.echo(format_predictions(predictions, fmt), nl=False)
     else:
@@ -475,13 +519,16 @@ def _print_predictions(predictions) -> None:
 @click.option("--qat-epochs", type=int, default=2, show_default=True,
               help="Quantisation-aware fine-tuning epochs when post-training int8 drops more than --max-drop (0: never).")
 @click.option("--strict", is_flag=True, help="Refuse to write an int8 file that drops more than --max-drop.")
+@click.option("--device-id", default=None, metavar="DEVICE",
+              help="From a device-specific checkpoint (`kd device-finetune`), export DEVICE's model (one file per "
+                   "device; default: the general model).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--log-to", "log_to", default=None, metavar="RUN_ID",
               help="Also log the file as an MLflow ONNX model of that run (the `kd distill` run of the checkpoint).")
 @click.option("--tracking-uri", default=None,
               help="MLflow tracking URI of --log-to (default: $MLFLOW_TRACKING_URI, else ./mlflow.db).")
 def export_cmd(checkpoint, out_path, frontend, seconds, quantize, calibration, calibration_clips, check_clips, max_drop,
-               qat_epochs, strict, as_json, log_to, tracking_uri) -> None:
+               qat_epochs, strict, device_id, as_json, log_to, tracking_uri) -> None:
     """Export a student checkpoint as one ONNX file (float32 or int8), checked against PyTorch before it is written.
 
     The file carries its class names, sample rate, clip length, frame rate (SED) and the checkpoint's sha256 as ONNX
@@ -496,7 +543,7 @@ def export_cmd(checkpoint, out_path, frontend, seconds, quantize, calibration, c
 
     cfg = ExportConfig(checkpoint=checkpoint, out=out_path, frontend=frontend, seconds=seconds, quantize=quantize,
                        calibration=calibration, calibration_clips=calibration_clips, check_clips=check_clips,
-                       max_drop=max_drop, qat_epochs=qat_epochs, strict=strict)
+                       max_drop=max_drop, qat_epochs=qat_epochs, strict=strict, device_id=device_id)
     with console.status("exporting") as status:
         result = export_student(cfg, on_step=lambda message: status.update(message))
         if log_to:
@@ -511,7 +558,8 @@ def export_cmd(checkpoint, out_path, frontend, seconds, quantize, calibration, c
     table = Table(show_header=False, title=f"kd export: {escape(result.path)}", title_justify="left")
     table.add_column(no_wrap=True)
     table.add_column(overflow="fold")
-    table.add_row("student", f"{meta['student']} ({meta['task']}, {meta['num_classes']} classes)")
+    device_model = "" if meta["device_id"] == "none" else f", device {meta['device_id']}'s parameters"
+    table.add_row("student", f"{meta['student']} ({meta['task']}, {meta['num_classes']} classes{device_model})")
     table.add_row("input", escape(meta["input_shape"].split(": ", 1)[1]))
     table.add_row("file size", f"{result.bytes:,} bytes")
     table.add_row("float32 parity", f"max |logit difference| vs PyTorch {result.parity:.2e} "

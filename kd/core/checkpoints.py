@@ -9,6 +9,11 @@ A clip-level student trained by ``kd distill`` can serve as a teacher too (``NAM
 student's registry name): CP-JKU's DCASE'23 teacher ensemble mixes CP-ResNets with PaSSTs, and a CNN
 teacher trained on the task is often the better teacher where no pretrained transformer is at hand.
 
+A device-specific checkpoint (``kd device-finetune``, :mod:`kd.train.devices`) is a student checkpoint whose
+``"model"`` is the general model, so every reader loads that, and whose ``"device_models"`` hold each training
+device's fine-tuned parameters (``meta["device_models"]`` lists the devices); :func:`load_student` with a
+``device_id`` puts that device's on top of the general ones.
+
 Files are read by :func:`layers.read_checkpoint` (``weights_only=True``), as every checkpoint of the project is.
 """
 from __future__ import annotations
@@ -27,7 +32,7 @@ from layers import CheckpointError, load_state_dict_strict, read_checkpoint
 from students import Student, create_student
 from teachers import StudentAsTeacher, create_teacher, list_teachers
 
-__all__ = ["TeacherSpec", "build_teacher", "checkpoint_meta", "load_student", "seeded"]
+__all__ = ["DEVICE_MODELS", "TeacherSpec", "build_teacher", "checkpoint_meta", "load_student", "seeded"]
 
 
 @dataclass(frozen=True)
@@ -55,6 +60,9 @@ class TeacherSpec:
         return f"{self.alias + ':' if self.alias else ''}{self.name}{'=' + self.checkpoint if self.checkpoint else ''}"
 
 
+DEVICE_MODELS = "device_models"  # a device-specific checkpoint's key: {device: the tensors that differ from "model"}
+
+
 def checkpoint_meta(path: str | os.PathLike) -> dict[str, Any] | None:
     """The ``meta`` dict of a checkpoint written by kd, or None for other checkpoints (e.g. official releases)."""
     obj = read_checkpoint(path)
@@ -62,15 +70,31 @@ def checkpoint_meta(path: str | os.PathLike) -> dict[str, Any] | None:
     return dict(meta) if isinstance(meta, dict) else None
 
 
-def load_student(checkpoint: str | os.PathLike) -> tuple[Student, dict[str, Any]]:
-    """Rebuild a student saved by ``kd distill`` (its ``meta`` names the model and its classes), in eval mode."""
+def load_student(checkpoint: str | os.PathLike, device_id: str | None = None) -> tuple[Student, dict[str, Any]]:
+    """Rebuild a student saved by ``kd distill`` (its ``meta`` names the model and its classes), in eval mode.
+
+    Args:
+        device_id: a recording device: from a device-specific checkpoint (``kd device-finetune``), the model with
+            that device's parameters; a device it has none for (one unseen in training) gets the general model, as
+            does ``None``. The returned meta's ``device_model`` says which: the device, or None for the general one.
+
+    Raises:
+        KdError: ``device_id`` for a checkpoint without device-specific parameters.
+    """
     state = read_checkpoint(checkpoint)
     meta = state.get("meta") if isinstance(state, dict) else None
     if not isinstance(meta, dict) or meta.get("kind") != "student":
         raise CheckpointError(f"{checkpoint} is not a student checkpoint written by kd distill")
+    weights = state["model"]
+    devices = state.get(DEVICE_MODELS) or {}
+    if device_id is not None and not devices:
+        raise KdError(f"{checkpoint} holds no device-specific parameters (kd device-finetune writes them); "
+                      "drop --device-id")
+    if device_id in devices:
+        weights = {**weights, **devices[device_id]}
     model = create_student(meta["name"], len(meta["classes"]))
-    load_state_dict_strict(model, state["model"], source=str(checkpoint))
-    return model.eval(), dict(meta)
+    load_state_dict_strict(model, weights, source=str(checkpoint))
+    return model.eval(), {**meta, "device_model": device_id if device_id in devices else None}
 
 
 def seeded(name: str) -> int:

@@ -71,6 +71,8 @@ class ExportConfig:
         qat_epochs, qat_lr: quantisation-aware fine-tuning (:func:`kd.deploy.quantize.quantization_aware_finetune`) when post-training
             quantisation drops more than ``max_drop``; the file keeps whichever of the two drops less (0: never).
         strict: refuse to write an int8 file whose drop exceeds ``max_drop``.
+        device_id: from a device-specific checkpoint (``kd device-finetune``), export that recording device's model
+            (default: the general one).
     """
 
     checkpoint: str
@@ -89,6 +91,7 @@ class ExportConfig:
     qat_lr: float = 1e-4
     strict: bool = False
     batch_size: int = 16
+    device_id: str | None = None
 
     def __post_init__(self) -> None:
         if self.quantize is not None and self.quantize not in QUANTIZATIONS:

@@ -8,8 +8,9 @@ What the file holds:
   STFT becomes ONNX's ``STFT`` operator with the same window, so nothing outside the file is needed. Batch size and
   input length are dynamic (see :func:`~kd.deploy.graph.input_rules`);
 * **metadata properties** a deployer needs (:data:`kd.deploy.onnx_runtime.METADATA_KEYS`): class names, task, sample rate,
-  clip length, frames per second (SED), the frontend's settings, the input length rules and the source
-  checkpoint's sha256.
+  clip length, frames per second (SED), the frontend's settings, the input length rules, the source
+  checkpoint's sha256 and, from a device-specific checkpoint, the recording device whose parameters it holds
+  (``device_id``; ``none``: the general model).
 
 Modules whose PyTorch formulation does not export, or exports slowly, are rewritten for export only, with the same
 weights (:class:`~kd.deploy.graph.ExportFrontend`: the frontend without two slow gathers):
@@ -49,7 +50,7 @@ import onnx
 import torch
 
 import kd
-from kd.core.checkpoints import load_student
+from kd.core.checkpoints import DEVICE_MODELS, load_student
 from kd.core.complexity import exported_complexity
 from kd.deploy.config import ExportConfig, ExportResult, ProgressFn
 from kd.deploy.graph import (
@@ -90,7 +91,11 @@ __all__ = ["export_student"]
 def export_student(cfg: ExportConfig, on_step: ProgressFn | None = None) -> ExportResult:
     """Export, check and write ``cfg.checkpoint`` as ``cfg.out`` (see the module docstring)."""
     step = on_step or (lambda message: None)
-    model, meta = load_student(cfg.checkpoint)
+    model, meta = load_student(cfg.checkpoint, cfg.device_id)
+    if cfg.device_id is not None and meta["device_model"] != cfg.device_id:
+        # unlike kd predict, no fallback: a file named for a device that holds the general model would mislead
+        raise KdError(f"{cfg.checkpoint} has no parameters for device {cfg.device_id} (it has: "
+                      f"{', '.join(meta[DEVICE_MODELS])}); export without --device-id for the general model")
     seconds = float(cfg.seconds or meta["seconds"])
     classes = list(meta["classes"])
     calibration = open_calibration(cfg, classes) if cfg.calibration else None
@@ -186,6 +191,7 @@ def _metadata(cfg: ExportConfig, model: Student, meta: dict[str, Any], seconds: 
         "quantization": "none",
         "checkpoint": Path(cfg.checkpoint).name,
         "checkpoint_sha256": sha256_file(cfg.checkpoint),
+        "device_id": cfg.device_id or "none",
         "dataset": str(meta.get("dataset", "")),
         "kd_version": kd.__version__,
     }

@@ -31,7 +31,7 @@ FORMAT_VERSION = "1"
 METADATA_KEYS = (
     "kd_format", "student", "task", "classes", "num_classes", "sample_rate", "clip_seconds", "frames_per_second",
     "input", "input_shape", "output_shape", "min_samples", "frontend", "activation", "quantization",
-    "checkpoint", "checkpoint_sha256", "dataset", "kd_version",
+    "checkpoint", "checkpoint_sha256", "device_id", "dataset", "kd_version",
 )
 
 

@@ -2,7 +2,9 @@
 
 Both take a checkpoint written by ``kd distill`` or a file written by ``kd export`` (``.onnx``, run with ONNX
 Runtime), so the deployed artifact is checked with the same commands and metrics as the checkpoint: both become
-a :class:`Predictor` (waveforms in, logits out).
+a :class:`Predictor` (waveforms in, logits out). A device-specific checkpoint (``kd device-finetune``) is one
+predictor per recording device it was fine-tuned for: ``kd eval`` runs each clip through its device's, ``kd predict
+--device-id`` picks one; other devices get the general model.
 
 ``kd predict`` serves batch use: its inputs are audio files, folders (searched recursively), glob patterns and list
 files (``.txt``/``.lst``: one path per line, relative to the list), decoded by a pool of threads while the model
@@ -17,7 +19,7 @@ import io
 import json
 import os
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,10 +28,10 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from kd.core.checkpoints import load_student
+from kd.core.checkpoints import DEVICE_MODELS, checkpoint_meta, load_student
 from kd.core.devices import select_device
 from kd.data import AudioError, Dataset, load_audio, open_dataset
-from kd.evaluate.loop import run_loader, score
+from kd.evaluate.loop import LogitsOf, run_loader, score
 from kd.options import PREDICTION_FORMATS, PredictionFormat
 from kd.tasks import Task, get_task
 from kd.train.loaders import ClipDataset, make_loader
@@ -38,7 +40,8 @@ from students import Student
 
 __all__ = [
     "AUDIO_SUFFIXES", "LIST_SUFFIXES", "Prediction", "Predictor", "TorchPredictor", "collect_audio", "detect_events",
-    "evaluate_checkpoint", "evaluate_predictor", "format_predictions", "is_onnx", "open_predictor", "predict_files",
+    "device_predictors", "evaluate_checkpoint", "evaluate_predictor", "format_predictions", "is_onnx", "open_predictor",
+    "predict_files",
 ]
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".opus")
@@ -82,32 +85,52 @@ def is_onnx(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() == ".onnx"
 
 
-def open_predictor(path: str, device: str = "auto") -> Predictor:
-    """The student in ``path``: an ``.onnx`` file from ``kd export`` (ONNX Runtime) or a ``kd distill`` checkpoint."""
+def open_predictor(path: str, device: str = "auto", device_id: str | None = None) -> Predictor:
+    """The student in ``path``: an ``.onnx`` file from ``kd export`` (ONNX Runtime) or a ``kd distill`` checkpoint.
+
+    Args:
+        device_id: the recording device of the audio it will run on: a device-specific checkpoint (``kd
+            device-finetune``) runs with that device's parameters, or its general ones for a device it has none for.
+    """
     if is_onnx(path):
+        if device_id is not None:
+            raise KdError(f"{path} holds one model; --device-id picks a device's parameters from a device-specific "
+                          "checkpoint (kd export --device-id writes one device's model)")
         try:  # onnxruntime comes with the optional [export] extra, so it is imported only for .onnx files
             from kd.deploy.onnx_runtime import OnnxStudent
         except ModuleNotFoundError as e:
             raise KdError(f"running {path} needs ONNX Runtime: pip install 'kd-audio[export]' (no {e.name})") from None
         return OnnxStudent(path, device=device)
-    model, meta = load_student(path)
+    model, meta = load_student(path, device_id)
     return TorchPredictor(model, meta, select_device(device))
+
+
+def device_predictors(path: str, device: str = "auto") -> dict[str, Predictor]:
+    """The models of a device-specific checkpoint, one per device it holds parameters for (none for other files)."""
+    if is_onnx(path):
+        return {}
+    meta = checkpoint_meta(path) or {}
+    return {d: open_predictor(path, device, device_id=d) for d in meta.get(DEVICE_MODELS, [])}
 
 
 def evaluate_checkpoint(checkpoint: str, dataset: str, split: str = "eval", device: str = "auto",
                         batch_size: int = 32, decode_workers: int = 0) -> dict[str, float]:
     """The task metrics of a saved or exported student on the labelled clips of ``split`` of ``dataset`` (what
-    ``kd distill`` reports per epoch)."""
+    ``kd distill`` reports per epoch); a device-specific checkpoint scores each clip with its recording device's
+    parameters (the general ones for a device it has none for)."""
     predictor = open_predictor(checkpoint, device)
     data = open_dataset(dataset, split=split)
     if data.classes != predictor.classes:
         raise KdError(f"{checkpoint} was trained on other classes than {dataset} has")
-    return evaluate_predictor(predictor, data, data.labelled_clips, batch_size, decode_workers=decode_workers)
+    return evaluate_predictor(predictor, data, data.labelled_clips, batch_size, decode_workers=decode_workers,
+                              by_device=device_predictors(checkpoint, device))
 
 
 def evaluate_predictor(predictor: Predictor, data: Dataset, clips: Sequence[Any], batch_size: int = 32,
-                       seconds: float | None = None, decode_workers: int = 0) -> dict[str, float]:
-    """The task's metrics of ``predictor`` on ``clips`` of ``data``, each cut or padded to ``seconds``."""
+                       seconds: float | None = None, decode_workers: int = 0,
+                       by_device: Mapping[str, Predictor] | None = None) -> dict[str, float]:
+    """The task's metrics of ``predictor`` on ``clips`` of ``data``, each cut or padded to ``seconds``; a clip
+    recorded by a device of ``by_device`` runs through that device's predictor instead."""
     if data.task is not predictor.task:
         raise KdError(f"a {predictor.task} model cannot be scored on {data.task} data")
     seconds = float(seconds or predictor.seconds)
@@ -118,7 +141,12 @@ def evaluate_predictor(predictor: Predictor, data: Dataset, clips: Sequence[Any]
     dataset = ClipDataset(data, clips, sample_rate=predictor.sample_rate, seconds=seconds, frames_per_second=fps,
                           num_frames=num_frames)
     loader = make_loader(dataset, batch_size, train=False, decode_workers=decode_workers)
-    return score(loader, *run_loader(lambda audio: predictor.logits(audio.numpy()), loader))
+    devices = {d: _numpy_logits(p) for d, p in (by_device or {}).items()}
+    return score(loader, *run_loader(_numpy_logits(predictor), loader, devices))
+
+
+def _numpy_logits(predictor: Predictor) -> LogitsOf:
+    return lambda audio: predictor.logits(audio.numpy())
 
 
 # --- kd predict ----------------------------------------------------------------------------------------------------
@@ -175,7 +203,7 @@ def collect_audio(inputs: Sequence[str]) -> list[str]:
 
 
 def predict_files(model: str, inputs: Sequence[str], top: int = 3, threshold: float = 0.5, device: str = "auto",
-                  batch_size: int = 16, workers: int = 4) -> list[Prediction]:
+                  batch_size: int = 16, workers: int = 4, device_id: str | None = None) -> list[Prediction]:
     """Top classes per file (clip students) or detected events with onsets/offsets (frame-wise students).
 
     Each file is decoded whole (resampled to the model's rate) by one of ``workers`` threads; files shorter than
@@ -185,11 +213,13 @@ def predict_files(model: str, inputs: Sequence[str], top: int = 3, threshold: fl
     Args:
         model: a ``kd distill`` checkpoint or a ``kd export`` ``.onnx`` file.
         inputs: files, folders, glob patterns or list files (see :func:`collect_audio`).
+        device_id: the recording device of every input, for a device-specific checkpoint (see
+            :func:`open_predictor`).
     """
     if top < 1 or batch_size < 1 or workers < 1:
         raise KdError("--top, --batch-size and --workers must be at least 1")
     files = collect_audio(inputs)
-    predictor = open_predictor(model, device)
+    predictor = open_predictor(model, device, device_id)
     clip_samples = round(predictor.seconds * predictor.sample_rate)
     results: list[Prediction | None] = [None] * len(files)
     batch: list[tuple[int, np.ndarray]] = []

@@ -12,12 +12,15 @@ The challenge asks for two files per system (DCASE'24/'25 Task 1 submission inst
   given.
 
 The student is a ``kd distill`` checkpoint or a ``kd export`` ``.onnx`` file (int8 included), so what is
-submitted is exactly what was measured.
+submitted is exactly what was measured. A device-specific checkpoint (``kd device-finetune``) predicts each file
+with its recording device's parameters where the dataset records the device (the general ones elsewhere), and the
+metadata lists those devices.
 """
 from __future__ import annotations
 
 import csv
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,10 +30,10 @@ import yaml
 from scipy.special import softmax
 
 from kd.core.complexity import complexity, exported_complexity
-from kd.core.checkpoints import load_student
+from kd.core.checkpoints import DEVICE_MODELS, load_student
 from kd.data import Dataset, open_dataset
 from kd.data.open import parse_spec
-from kd.deploy.predict import Predictor, evaluate_predictor, is_onnx, open_predictor
+from kd.deploy.predict import Predictor, device_predictors, evaluate_predictor, is_onnx, open_predictor
 from kd.evaluate.loop import run_loader
 from kd.tasks import ASC
 from kd.train.loaders import ClipDataset, make_loader
@@ -77,7 +80,8 @@ def submit(cfg: SubmitConfig) -> Submission:
     data = open_dataset(cfg.dataset, split=split)
     if data.classes and data.classes != predictor.classes:  # an evaluation set without labels lists no scenes
         raise KdError(f"{cfg.model} was trained on other scenes than {cfg.dataset} lists")
-    probs = _probabilities(predictor, data, cfg.batch_size)
+    by_device = device_predictors(cfg.model, cfg.device)
+    probs = _probabilities(predictor, data, cfg.batch_size, by_device)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     output = out / f"{cfg.label}.output.csv"
@@ -85,18 +89,22 @@ def submit(cfg: SubmitConfig) -> Submission:
     accuracy = None
     if cfg.score_split:
         scored = open_dataset(cfg.dataset, split=cfg.score_split)
-        accuracy = float(evaluate_predictor(predictor, scored, scored.labelled_clips, cfg.batch_size)["accuracy"])
+        accuracy = float(evaluate_predictor(predictor, scored, scored.labelled_clips, cfg.batch_size,
+                                            by_device=by_device)["accuracy"])
     meta = out / f"{cfg.label}.meta.yaml"
     meta.write_text(yaml.safe_dump(_metadata(cfg, predictor, accuracy), sort_keys=False))
     return Submission(output, meta, len(data.clips), accuracy)
 
 
-def _probabilities(predictor: Predictor, data: Dataset, batch_size: int) -> np.ndarray:
-    """Scene probabilities ``[clips, classes]`` in the order of ``data.clips``."""
+def _probabilities(predictor: Predictor, data: Dataset, batch_size: int,
+                   by_device: Mapping[str, Predictor]) -> np.ndarray:
+    """Scene probabilities ``[clips, classes]`` in the order of ``data.clips`` (a clip recorded by a device of
+    ``by_device`` through that device's predictor)."""
     dataset = ClipDataset(data, data.clips, sample_rate=predictor.sample_rate, seconds=predictor.seconds,
                           num_classes=len(predictor.classes))
     loader = make_loader(dataset, batch_size, train=False)
-    logits, indices = run_loader(lambda audio: predictor.logits(audio.numpy()), loader)
+    logits, indices = run_loader(lambda audio: predictor.logits(audio.numpy()), loader,
+                                 {d: (lambda audio, p=p: p.logits(audio.numpy())) for d, p in by_device.items()})
     if sorted(indices.tolist()) != list(range(len(data.clips))):
         raise KdError(f"{len(data.clips) - len(set(indices.tolist()))} file(s) of {data.spec} could not be read; a "
                       "submission needs a row for every file")
@@ -126,6 +134,7 @@ def _metadata(cfg: SubmitConfig, predictor: Predictor, accuracy: float | None) -
             "model": cfg.model, "student": student_meta.get("name", predictor.task.name),
             "teachers": student_meta.get("teachers"), "training_data": student_meta.get("dataset"),
             "training_split": student_meta.get("train_split"),
+            "device_specific_models": student_meta.get(DEVICE_MODELS, []),
             "input": {"sampling_rate": predictor.sample_rate, "seconds": predictor.seconds,
                       "classes": list(predictor.classes)},
             "complexity": cost,

@@ -2,13 +2,14 @@
 
 Training evaluates its model each epoch (:func:`evaluate`), reporting draws from its logits (:func:`predict`), and
 ``kd eval`` and ``kd export``'s int8 check run a :class:`kd.deploy.predict.Predictor` (PyTorch or ONNX Runtime)
-through the same :func:`run_loader`, so every number kd reports comes from one loop and one scoring call. A
-loader here is a ``DataLoader`` over a :class:`kd.train.loaders.ClipDataset` (batches with ``audio`` and
-``index``; ``loader.dataset`` knows its clips, their dataset and its ``frames_per_second``).
+through the same :func:`run_loader` (a device-specific checkpoint: each clip through its device's model), so every
+number kd reports comes from one loop and one scoring call. A loader here is a ``DataLoader`` over a
+:class:`kd.train.loaders.ClipDataset` (batches with ``audio``, ``index`` and ``device``; ``loader.dataset`` knows its
+clips, their dataset and its ``frames_per_second``).
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -23,11 +24,29 @@ __all__ = ["LogitsOf", "evaluate", "predict", "run_loader", "score"]
 LogitsOf = Callable[[torch.Tensor], np.ndarray]  # a batch of waveforms [B, N] -> its logits as float32 NumPy
 
 
-def run_loader(logits_of: LogitsOf, loader: DataLoader) -> tuple[np.ndarray, np.ndarray]:
-    """``logits_of`` each batch of the loader: the logits of its clips and the clip indices they belong to."""
+def run_loader(logits_of: LogitsOf, loader: DataLoader,
+               by_device: Mapping[str, LogitsOf] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``logits_of`` each batch of the loader: the logits of its clips and the clip indices they belong to.
+
+    Args:
+        by_device: models of single recording devices (a device-specific checkpoint): a clip recorded by one of
+            them gets its logits from that device's model, every other clip from ``logits_of``.
+    """
     outputs, indices = [], []
     for batch in loader:
-        outputs.append(logits_of(batch["audio"]))
+        audio = batch["audio"]
+        if by_device:
+            devices = np.asarray(batch["device"], dtype=object)
+            logits = None
+            for device in dict.fromkeys(devices):
+                rows = np.flatnonzero(devices == device)
+                part = by_device.get(device, logits_of)(audio[torch.from_numpy(rows)])
+                if logits is None:
+                    logits = np.empty((len(audio), *part.shape[1:]), part.dtype)
+                logits[rows] = part
+            outputs.append(logits)
+        else:
+            outputs.append(logits_of(audio))
         indices.append(batch["index"].numpy())
     return np.concatenate(outputs), np.concatenate(indices)
 

@@ -60,6 +60,9 @@ class TrainingOptions:
         eval_every: evaluate after every ``eval_every``-th epoch and the last (see :class:`kd.train.engine.OptimConfig`).
         average_last, swa_from: hand on the mean of the weights after the last ``average_last`` epochs, or after
             every epoch from ``swa_from`` on (one of the two; 0: the best epoch's weights).
+        train_devices, eval_devices: train (evaluate) on the clips of these recording devices only (ASC); empty:
+            every clip of the split. A device fine-tune (:mod:`kd.train.devices`) trains and selects its best epoch
+            on one device's clips.
         resume: continue from ``out/last.pt`` with the same options.
     """
 
@@ -86,6 +89,8 @@ class TrainingOptions:
     tracking_uri: str | None = None
     average_last: int = 0
     swa_from: int = 0
+    train_devices: tuple[str, ...] = ()
+    eval_devices: tuple[str, ...] = ()
     resume: bool = False
 
     def augmentations(self) -> dict[str, Any]:
@@ -146,9 +151,26 @@ class TrainingResult:
 
 
 def open_splits(options: TrainingOptions) -> tuple[Dataset, Dataset]:
-    """The training and evaluation splits of ``options.dataset``."""
-    return (open_dataset(options.dataset, split=options.train_split),
-            open_dataset(options.dataset, split=options.eval_split))
+    """The training and evaluation splits of ``options.dataset``, each kept to the clips of ``train_devices`` and
+    ``eval_devices`` when given."""
+    return (on_devices(open_dataset(options.dataset, split=options.train_split), options.train_devices),
+            on_devices(open_dataset(options.dataset, split=options.eval_split), options.eval_devices))
+
+
+def on_devices(data: Dataset, devices: Sequence[str]) -> Dataset:
+    """The clips of ``data`` recorded by ``devices`` (all of them when empty).
+
+    Raises:
+        KdError: a device of which the split has no clip.
+    """
+    if not devices:
+        return data
+    unknown = [d for d in devices if d not in data.devices]
+    if unknown:
+        has = ", ".join(data.devices) or "no recording devices"
+        raise KdError(f"the {data.split} split of {data.spec} has no clips of device {', '.join(unknown)} (it has: "
+                      f"{has})")
+    return data.subset([c for c in data.clips if c.device in devices])
 
 
 def build_job(
@@ -203,6 +225,9 @@ def build_job(
                               train=False, decode_workers=options.decode_workers)
     meta = {**meta, "classes": train_data.classes, "task": task.name, "seconds": seconds, "dataset": options.dataset,
             "train_split": options.train_split}
+    devices = {k: ",".join(v) for k, v in (("train_devices", options.train_devices),
+                                           ("eval_devices", options.eval_devices)) if v}
+    meta.update(devices)
     trainer = Trainer(
         model, options.optim(), steps_per_epoch=len(train_loader), out_dir=options.out,
         primary_metric=task.primary_metric, meta=meta, seed=options.seed, device=device, dist=dist,
@@ -218,7 +243,8 @@ def build_job(
                 *(DatasetInput.of_dataset(data, "transfer", clips=len(part)) for data, part in transfer), *inputs]
     return TrainingJob(options, task, model, trainer, train_loader, eval_loader,
                        training_step(options, task, model, loss, device), experiment, run_name,
-                       {**params, **shared}, {"task": task.name, "primary_metric": task.primary_metric, **(tags or {})},
+                       {**params, **shared}, {"task": task.name, "primary_metric": task.primary_metric, **devices,
+                                              **(tags or {})},
                        cost, datasets, train_set, teacher, log_model)
 
 
