@@ -139,7 +139,7 @@ def train_students(work: Path, dataset: str, runs: dict[str, dict], seeds: Seque
         for label, options in runs.items():
             options = dict(options)
             result = distill(DistillConfig(
-                dataset=dataset, student=PLAN.student, out=str(work / f"student_{label}_{seed}_{epochs}ep"),
+                dataset=dataset, student=PLAN.student, out=str(student_folder(work, label, seed, epochs)),
                 teachers=TeacherChoice.parse(options.pop("teachers")), epochs=epochs, eval_every=PLAN.eval_every,
                 batch_size=32, lr=PLAN.student_lr, seed=seed, tracking_uri=tracking, device="auto", resume=True, log_model=False,
                 **options))
@@ -148,6 +148,11 @@ def train_students(work: Path, dataset: str, runs: dict[str, dict], seeds: Seque
                 scores[label][metric].append(final[metric])
             print(f"seed {seed} {label}: " + ", ".join(f"{m} {final[m]:.3f}" for m in metrics), flush=True)
     return scores
+
+
+def student_folder(work: Path, label: str, seed: int, epochs: int) -> Path:
+    """Where :func:`train_students` trains ``label``'s student of ``seed``."""
+    return work / f"student_{label}_{seed}_{epochs}ep"
 
 
 def handed_on_metrics(result: TrainingResult) -> dict[str, float]:

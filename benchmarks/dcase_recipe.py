@@ -8,7 +8,10 @@ is fine-tuned on that split only, as the challenge's rules ask, taught on that s
 last-epoch accuracies (means over seeds). On the largest split run the distilled student trains once more with
 ``--average-last 3`` (the mean of its last three epochs' weights, BatchNorm re-estimated): ``averaging_gain`` is
 the averaged model's accuracy minus the last epoch's of the same schedule, paired by seed, with its standard
-deviation (``--quick``: split25 alone, averaged there).
+deviation (``--quick``: split25 alone, averaged there). Then each seed's distilled student is fine-tuned once per
+training device (``kd device-finetune``: 2 epochs at lr 1e-4, still distilling, on that device's clips):
+``device_finetune_gain`` is the accuracy on the seen devices' eval clips, each through its device's model, minus
+the general student's, paired by seed.
 
     python benchmarks/dcase_recipe.py [--quick] [--seeds 0 1 2] [--student-epochs N] [--teacher-clips N]
         [--pretrain-epochs N] [--teacher-epochs N (fine-tuning)] [--workdir DIR]
@@ -19,13 +22,16 @@ import argparse
 import time
 from pathlib import Path
 
-from _recipes import cnn_teachers, demo_asc, mean_and_sigma, paired_gain, run_study, train_students
+from _recipes import cnn_teachers, demo_asc, mean_and_sigma, paired_gain, run_study, student_folder, train_students
 
 from kd.data.tau22 import SUBSET_SPLITS
 from kd.teach.config import TeachConfig
 from kd.teach.run import run_teach
+from kd.train.devices import DeviceFinetuneConfig, finetune_devices
+from kd.train.distill import TeacherChoice
 
 AVERAGE_LAST = 3
+DEVICE_EPOCHS, DEVICE_LR = 2, 1e-4
 
 
 def run(work: Path, clips: int, teacher_epochs: int, student_epochs: int, seeds: list[int], teacher_clips: int,
@@ -51,7 +57,19 @@ def run(work: Path, clips: int, teacher_epochs: int, student_epochs: int, seeds:
                                  if label in ("distilled", "labels")}
     full = scores[splits[-1]]
     gain, sigma = paired_gain(full["distilled_averaged"]["accuracy"], full["distilled"]["accuracy"])
+    general, specific = [], []
+    for seed in seeds:
+        result = finetune_devices(DeviceFinetuneConfig.create(
+            str(student_folder(work / splits[-1], "distilled", seed, student_epochs) / "best.pt"), dataset=demo,
+            out=str(work / f"devices_{seed}"), store=str(work / f"store-{splits[-1]}.zarr"),
+            teachers=TeacherChoice.parse("cpr"), train_split=splits[-1], epochs=min(DEVICE_EPOCHS, student_epochs),
+            lr=DEVICE_LR, batch_size=32, seed=seed, tracking_uri=tracking, device="auto", log_model=False))
+        general.append(result.general["acc_seen"])
+        specific.append(result.device_specific["acc_seen"])
+    device_gain, device_sigma = paired_gain(specific, general)
     return {"split_accuracy": split_accuracy, "averaging_gain": gain, "averaging_gain_sigma": sigma,
+            "device_finetune_gain": device_gain, "device_finetune_gain_sigma": device_sigma,
+            "device_finetune_seen_accuracy": {"general": general, "device_specific": specific},
             "teacher_accuracy": teacher_accuracy, "per_seed": scores, "seeds": seeds, "average_last": AVERAGE_LAST,
             "student_epochs": student_epochs, "teacher_clips": teacher_clips, "pretrain_epochs": pretrain_epochs,
             "finetune_epochs": teacher_epochs, "wall_seconds": time.perf_counter() - start}
