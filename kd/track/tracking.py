@@ -29,6 +29,7 @@ import importlib.metadata
 import json
 import logging
 import os
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -192,8 +193,19 @@ class RunLogger:
             dataset = Dataset(name=item.name, digest=item.digest, source_type=source_type, source=source,
                               profile=json.dumps(dict(item.profile), default=str))
             records.append(MlflowInput(dataset, tags=[InputTag(_CONTEXT_TAG, item.context)]))
-        if records:
-            self._mlflow.MlflowClient().log_inputs(self.run_id, datasets=records)
+        if not records:
+            return
+        client = self._mlflow.MlflowClient()
+        for attempt in range(3):
+            try:
+                client.log_inputs(self.run_id, datasets=records)
+                return
+            except self._mlflow.exceptions.MlflowException as e:
+                # runs of parallel processes (kd sweep --parallel) record the same dataset: MLflow's SQL store
+                # looks it up, then inserts it, and the slower insert fails; again, the lookup finds it
+                if "UNIQUE constraint failed" not in str(e) or attempt == 2:
+                    raise
+                time.sleep(0.1 * (attempt + 1))
 
     def log_figure(self, figure: Figure, artifact_file: str) -> None:
         self._mlflow.log_figure(figure, artifact_file)

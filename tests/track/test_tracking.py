@@ -65,3 +65,32 @@ def test_an_explicit_tracking_uri_is_not_the_next_runs_default(tmp_path, monkeyp
     with tracked_run("unit"):
         pass
     assert (tmp_path / "mlflow.db").exists()
+
+
+def test_a_dataset_recorded_by_a_parallel_run_meanwhile_is_logged_again(monkeypatch):
+    """kd sweep --parallel: two runs insert the same dataset row at once and one insert fails; logging retries, and
+    the retry finds the row. Other errors still raise."""
+    from types import SimpleNamespace
+
+    import mlflow
+
+    from kd.track.tracking import DatasetInput, RunLogger
+
+    class Client:
+        def __init__(self, failures):
+            self.failures, self.calls = list(failures), 0
+
+        def log_inputs(self, run_id, datasets):
+            self.calls += 1
+            if self.failures:
+                raise mlflow.exceptions.MlflowException(self.failures.pop(0))
+
+    monkeypatch.setattr("time.sleep", lambda s: None)
+    inputs = [DatasetInput("demo/train", "ab" * 32, "tau22:/d", "train")]
+    run = SimpleNamespace(info=SimpleNamespace(run_id="r"))
+    raced = Client(["(sqlite3.IntegrityError) UNIQUE constraint failed: datasets.experiment_id"])
+    RunLogger(run, SimpleNamespace(MlflowClient=lambda: raced, exceptions=mlflow.exceptions)).log_inputs(inputs)
+    assert raced.calls == 2
+    broken = Client(["no such table"])
+    with pytest.raises(mlflow.exceptions.MlflowException, match="no such table"):
+        RunLogger(run, SimpleNamespace(MlflowClient=lambda: broken, exceptions=mlflow.exceptions)).log_inputs(inputs)
