@@ -29,7 +29,7 @@ import numpy as np
 import yaml
 from scipy.special import softmax
 
-from kd.core.complexity import complexity, exported_complexity
+from kd.core.complexity import Complexity, ExportedComplexity, complexity, exported_complexity
 from kd.core.checkpoints import DEVICE_MODELS, load_student
 from kd.data import Dataset, open_dataset
 from kd.data.open import parse_spec
@@ -126,8 +126,11 @@ def _write_output(path: Path, data: Dataset, classes: list[str], probs: np.ndarr
 
 
 def _metadata(cfg: SubmitConfig, predictor: Predictor, accuracy: float | None) -> dict[str, Any]:
-    student_meta = {} if is_onnx(cfg.model) else load_student(cfg.model)[1]
-    cost = _complexity(cfg.model, predictor.seconds)
+    if is_onnx(cfg.model):
+        student_meta, cost = {}, _complexity(exported_complexity(cfg.model, predictor.seconds))
+    else:
+        model, student_meta = load_student(cfg.model)  # read once: its metadata and its complexity
+        cost = _complexity(complexity(model, predictor.seconds))
     return {
         "submission": {"label": cfg.label, "task": "task1", "output": f"{cfg.label}.output.csv"},
         "system": {
@@ -143,11 +146,9 @@ def _metadata(cfg: SubmitConfig, predictor: Predictor, accuracy: float | None) -
     }
 
 
-def _complexity(model: str, seconds: float) -> dict[str, Any]:
+def _complexity(c: Complexity | ExportedComplexity) -> dict[str, Any]:
     """Parameters, MACs and parameter memory as the challenge counts them, of the checkpoint or the exported file
     (whose parameters are stored at their layers' precision)."""
-    onnx = is_onnx(model)
-    c = exported_complexity(model, seconds) if onnx else complexity(load_student(model)[0], seconds)
+    memory = c.stored_bytes if isinstance(c, ExportedComplexity) else c.param_bytes_by_dtype
     return {"total_parameters": c.params, "total_macs": c.macs, "parameter_bytes": c.param_bytes,
-            "memory_by_dtype": dict(c.stored_bytes if onnx else c.param_bytes_by_dtype),
-            "dcase_limits": dict(c.dcase23)}
+            "memory_by_dtype": dict(memory), "dcase_limits": dict(c.dcase23)}
