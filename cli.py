@@ -667,10 +667,9 @@ def quickstart_cmd(**options) -> None:
     table = Table("student run", result.runs["no teacher"].metric, "params", "MMACs", "MLflow run",
                   title=f"{result.student} on {result.dataset}")
     for label, run in result.runs.items():
-        table.add_row(label, f"{run.best:.4f}", f"{run.cost.params:,}", f"{run.cost.macs / 1e6:.2f}", run.run_id)
+        table.add_row(label, f"{run.best:.4f}", f"{run.params:,}", f"{run.macs / 1e6:.2f}", run.run_id)
     out.print(table)
-    if result.compare is not None:
-        _print_comparison(result.compare)
+    _print_comparison(result.compare)
     out.print(f"Compare the runs in MLflow:\n  {result.mlflow_ui}\nthen open http://127.0.0.1:5000 and pick "
               "\"Model training\" in the sidebar (MLflow 3 opens on its GenAI view)", highlight=False, soft_wrap=True)
 
@@ -741,7 +740,9 @@ def _print_comparison(table) -> None:
 @click.option("--teachers", required=True, metavar="CHOICE[,CHOICE...]",
               help="Teacher choices: a stored teacher, an ensemble joined by + (passt+ast), or none (labels alone).")
 @click.option("--students", required=True, metavar="NAME[,NAME...]", help="Registered students (kd students).")
-@click.option("--seeds", type=int, default=1, show_default=True, help="Seeds 0..N-1 of every cell.")
+@click.option("--seeds", type=int, default=1, show_default=True, help="Seeds per cell: FIRST..FIRST+N-1.")
+@click.option("--first-seed", type=int, default=0, show_default=True,
+              help="The cells' first seed (a later sweep with --first-seed 3 adds seeds 3, 4, ... to the same --out).")
 @click.option("--set", "settings", multiple=True, metavar="KEY=V1,V2",
               help="Also sweep a kd distill option (repeat): --set kd_lambda=0.02,0.1 --set temperature=1,2.")
 @click.option("--epochs", type=int, default=10, show_default=True)
@@ -758,12 +759,12 @@ def _print_comparison(table) -> None:
 @click.option("--device", default="auto", show_default=True)
 @click.option("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else OUT/mlflow.db).")
 @click.option("--resume", is_flag=True, help="Continue interrupted points from their last.pt (else they start again).")
-def sweep_cmd(dataset, store, teachers, students, seeds, settings, epochs, eval_every, batch_size, lr, out, parallel,
-              scheduler, device, tracking_uri, resume) -> None:
+def sweep_cmd(dataset, store, teachers, students, seeds, first_seed, settings, epochs, eval_every, batch_size, lr, out,
+              parallel, scheduler, device, tracking_uri, resume) -> None:
     """A grid of kd distill runs (students x teacher choices x seeds x --set values), each point skipped once
     finished, so a rerun finishes a stopped sweep; ends with the kd compare table (mean ± std over seeds), and files
     the runs under one MLflow parent run."""
-    from kd.sweep.grid import SweepConfig, sweep
+    from kd.sweep.grid import SweepCallbacks, SweepConfig, sweep
 
     swept = []
     for item in settings:
@@ -773,11 +774,15 @@ def sweep_cmd(dataset, store, teachers, students, seeds, settings, epochs, eval_
         swept.append((key.strip(), tuple(v.strip() for v in values.split(","))))
     options = {"epochs": epochs, "eval_every": eval_every, "batch_size": batch_size, **({"lr": lr} if lr else {})}
     cfg = SweepConfig(dataset, out, tuple(s.strip() for s in students.split(",")),
-                      tuple(t.strip() for t in teachers.split(",")), store=store, seeds=seeds, settings=tuple(swept),
-                      options=options, parallel=parallel, scheduler=scheduler, device=device,
+                      tuple(t.strip() for t in teachers.split(",")), store=store, seeds=seeds, first_seed=first_seed,
+                      settings=tuple(swept), options=options, parallel=parallel, scheduler=scheduler, device=device,
                       tracking_uri=tracking_uri, resume=resume)
-    result = sweep(cfg, on_point=lambda point, record: console.print(
-        f"finished {point.name}: best {record['metric']} {record['best']:.4f}", highlight=False))
+    with TrainingProgress() as bar:
+        result = sweep(cfg, SweepCallbacks(
+            on_start=lambda point: console.rule(f"[bold]{point.name}"),
+            on_point=lambda point, record: console.print(
+                f"finished {point.name}: best {record.metric} {record.best:.4f}", highlight=False),
+            on_epoch=bar.on_epoch, on_batch=bar.on_batch))
     console.print(f"{len(result.ran)} of {len(result.points)} points ran now; all runs under MLflow run "
                   f"{result.parent_run_id}", highlight=False)
     _print_comparison(result.table)

@@ -20,9 +20,9 @@ from kd.core.checkpoints import TeacherSpec
 from kd.data import open_dataset
 from kd.demo.data import make_demo_data
 from kd.demo.quickstart import PLANS, train_teachers
-from kd.train.distill import DistillConfig, TeacherChoice, distill
+from kd.sweep.grid import SweepCallbacks, SweepConfig, expand, sweep
+from kd.train.distill import DistillConfig, distill
 from kd.train.job import TrainingResult
-from layers import read_checkpoint
 
 PLAN = PLANS["asc"]
 TEACHERS = dict(PLAN.teachers)
@@ -114,52 +114,57 @@ def paired_gain(runs: Sequence[float], baseline: Sequence[float]) -> tuple[float
 def seed_study_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of a study over seeds on the quick start's data and schedule."""
     parser.add_argument("--quick", action="store_true", help="small data and budget, one seed (< 1 minute)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--seeds", type=int, default=3, help="seeds per run: FIRST .. FIRST + N - 1")
+    parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--clips", type=int, default=600, help="demo ASC clips over both splits (train 70 %%)")
     parser.add_argument("--student-epochs", type=int, default=PLAN.student_epochs)
     parser.add_argument("--teacher-epochs", type=int, default=PLAN.teacher_epochs)
     parser.add_argument("--workdir", default=None, help="keep everything here; a rerun reuses data, teachers, stores")
 
 
-def study_sizes(args: argparse.Namespace) -> tuple[dict[str, int], list[int]]:
+def study_sizes(args: argparse.Namespace) -> tuple[dict[str, int], range]:
     """``(sizes, seeds)`` of a study: the full one, or ``--quick``'s 40 clips, one epoch each and one seed."""
     if args.quick:
-        return {"clips": 40, "teacher_epochs": 1, "student_epochs": 1}, args.seeds[:1]
-    return {"clips": args.clips, "teacher_epochs": args.teacher_epochs, "student_epochs": args.student_epochs}, \
-        args.seeds
+        return {"clips": 40, "teacher_epochs": 1, "student_epochs": 1}, range(args.first_seed, args.first_seed + 1)
+    return ({"clips": args.clips, "teacher_epochs": args.teacher_epochs, "student_epochs": args.student_epochs},
+            range(args.first_seed, args.first_seed + args.seeds))
 
 
-def train_students(work: Path, dataset: str, runs: dict[str, dict], seeds: Sequence[int], epochs: int, tracking: str,
+def train_students(work: Path, dataset: str, runs: dict[str, dict], seeds: range, epochs: int, tracking: str,
                    metrics: Sequence[str] = ("accuracy", "acc_unseen")) -> dict[str, dict[str, list[float]]]:
-    """For each seed, the quick start's student trained once per entry of ``runs`` (label -> ``DistillConfig``
-    options, ``teachers`` spelled as ``kd distill --teachers`` takes it) on the quick start's schedule; the last
-    epoch's ``metrics`` per label, in seed order. A rerun in the same work folder resumes finished runs."""
-    scores: dict[str, dict[str, list[float]]] = {label: {metric: [] for metric in metrics} for label in runs}
-    for seed in seeds:
-        for label, options in runs.items():
-            options = dict(options)
-            result = distill(DistillConfig(
-                dataset=dataset, student=PLAN.student, out=str(student_folder(work, label, seed, epochs)),
-                teachers=TeacherChoice.parse(options.pop("teachers")), epochs=epochs, eval_every=PLAN.eval_every,
-                batch_size=32, lr=PLAN.student_lr, seed=seed, tracking_uri=tracking, device="auto", resume=True, log_model=False,
-                **options))
-            final = handed_on_metrics(result)
-            for metric in metrics:
-                scores[label][metric].append(final[metric])
-            print(f"seed {seed} {label}: " + ", ".join(f"{m} {final[m]:.3f}" for m in metrics), flush=True)
+    """The quick start's student trained for each entry of ``runs`` (label -> ``DistillConfig`` options, ``teachers``
+    spelled as ``kd distill --teachers`` takes it) and each seed on the quick start's schedule, one ``kd sweep`` over
+    the seeds per label; the ``metrics`` of the model each run hands on (the averaged weights' with
+    ``average_last``, else the last epoch's) per label, in seed order. A rerun in the same work folder skips the
+    finished runs and resumes an interrupted one."""
+    scores: dict[str, dict[str, list[float]]] = {}
+    for label, options in runs.items():
+        cfg = student_sweep(work, dataset, label, options, seeds, epochs, tracking)
+        result = sweep(cfg, SweepCallbacks(on_point=lambda point, record, label=label: print(
+            f"seed {point.seed} {label}: " + ", ".join(f"{m} {record.final[m]:.3f}" for m in metrics), flush=True)))
+        finals = [result.results[point.name].final for point in result.points]
+        scores[label] = {metric: [final[metric] for final in finals] for metric in metrics}
     return scores
 
 
-def student_folder(work: Path, label: str, seed: int, epochs: int) -> Path:
+def student_sweep(work: Path, dataset: str, label: str, options: dict, seeds: range, epochs: int,
+                  tracking: str) -> SweepConfig:
+    """The sweep over ``seeds`` that :func:`train_students` runs for ``label``."""
+    options = dict(options)
+    teachers, store = options.pop("teachers").replace(",", "+"), options.pop("store", None)
+    return SweepConfig(
+        dataset=dataset, out=str(work / f"students-{epochs}ep" / label), students=(PLAN.student,),
+        teachers=(teachers,), store=store, seeds=len(seeds), first_seed=seeds.start, tracking_uri=tracking,
+        resume=True, options={"epochs": epochs, "eval_every": PLAN.eval_every, "batch_size": 32,
+                              "lr": PLAN.student_lr, "log_model": False, **options})
+
+
+def student_folder(work: Path, dataset: str, label: str, options: dict, seed: int, epochs: int,
+                   tracking: str) -> Path:
     """Where :func:`train_students` trains ``label``'s student of ``seed``."""
-    return work / f"student_{label}_{seed}_{epochs}ep"
-
-
-def handed_on_metrics(result: TrainingResult) -> dict[str, float]:
-    """The scores of the model a run hands on: the averaged weights' (``--average-last``), else the last epoch's."""
-    if Path(result.checkpoint).name == "averaged.pt":
-        return read_checkpoint(result.checkpoint)["averaged_metrics"]
-    return result.history[-1]
+    cfg = student_sweep(work, dataset, label, options, range(seed, seed + 1), epochs, tracking)
+    (point,) = expand(cfg)
+    return Path(cfg.out) / point.name
 
 
 def run_study(doc: str, run: Callable[..., dict],

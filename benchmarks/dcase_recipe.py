@@ -13,7 +13,7 @@ training device (``kd device-finetune``: 2 epochs at lr 1e-4, still distilling, 
 ``device_finetune_gain`` is the accuracy on the seen devices' eval clips, each through its device's model, minus
 the general student's, paired by seed.
 
-    python benchmarks/dcase_recipe.py [--quick] [--seeds 0 1 2] [--student-epochs N] [--teacher-clips N]
+    python benchmarks/dcase_recipe.py [--quick] [--seeds 3] [--first-seed 0] [--student-epochs N] [--teacher-clips N]
         [--pretrain-epochs N] [--teacher-epochs N (fine-tuning)] [--workdir DIR]
 """
 from __future__ import annotations
@@ -34,7 +34,7 @@ AVERAGE_LAST = 3
 DEVICE_EPOCHS, DEVICE_LR = 2, 1e-4
 
 
-def run(work: Path, clips: int, teacher_epochs: int, student_epochs: int, seeds: list[int], teacher_clips: int,
+def run(work: Path, clips: int, teacher_epochs: int, student_epochs: int, seeds: range, teacher_clips: int,
         pretrain_epochs: int, splits: tuple[str, ...] = SUBSET_SPLITS) -> dict:
     start = time.perf_counter()
     work.mkdir(parents=True, exist_ok=True)
@@ -52,6 +52,7 @@ def run(work: Path, clips: int, teacher_epochs: int, student_epochs: int, seeds:
                 "labels": {"teachers": "none", "train_split": split}}
         if split == splits[-1]:
             runs["distilled_averaged"] = {**runs["distilled"], "average_last": min(AVERAGE_LAST, student_epochs)}
+        distilled = runs["distilled"]
         scores[split] = train_students(work / split, demo, runs, seeds, student_epochs, tracking, metrics=("accuracy",))
         split_accuracy[split] = {label: mean_and_sigma(s["accuracy"])[0] for label, s in scores[split].items()
                                  if label in ("distilled", "labels")}
@@ -60,7 +61,8 @@ def run(work: Path, clips: int, teacher_epochs: int, student_epochs: int, seeds:
     general, specific = [], []
     for seed in seeds:
         result = finetune_devices(DeviceFinetuneConfig.create(
-            str(student_folder(work / splits[-1], "distilled", seed, student_epochs) / "best.pt"), dataset=demo,
+            str(student_folder(work / splits[-1], demo, "distilled", distilled, seed, student_epochs, tracking)
+                / "best.pt"), dataset=demo,
             out=str(work / f"devices_{seed}"), store=str(work / f"store-{splits[-1]}.zarr"),
             teachers=TeacherChoice.parse("cpr"), train_split=splits[-1], epochs=min(DEVICE_EPOCHS, student_epochs),
             lr=DEVICE_LR, batch_size=32, seed=seed, tracking_uri=tracking, device="auto", log_model=False))
@@ -70,7 +72,8 @@ def run(work: Path, clips: int, teacher_epochs: int, student_epochs: int, seeds:
     return {"split_accuracy": split_accuracy, "averaging_gain": gain, "averaging_gain_sigma": sigma,
             "device_finetune_gain": device_gain, "device_finetune_gain_sigma": device_sigma,
             "device_finetune_seen_accuracy": {"general": general, "device_specific": specific},
-            "teacher_accuracy": teacher_accuracy, "per_seed": scores, "seeds": seeds, "average_last": AVERAGE_LAST,
+            "teacher_accuracy": teacher_accuracy, "per_seed": scores, "seeds": list(seeds),
+            "average_last": AVERAGE_LAST,
             "student_epochs": student_epochs, "teacher_clips": teacher_clips, "pretrain_epochs": pretrain_epochs,
             "finetune_epochs": teacher_epochs, "wall_seconds": time.perf_counter() - start}
 

@@ -12,7 +12,7 @@ The last line is one JSON object: ``kd_accuracy`` and ``baseline_accuracy`` (ens
 means over seeds), ``gain`` (their difference) and ``gain_sigma`` (the standard deviation of the per-seed gains),
 the same per single teacher (``gain_passt``, ``gain_ast``, ...), the per-seed scores and the teachers' accuracy.
 
-    python benchmarks/kd_gain.py [--quick] [--seeds 0 1 2] [--student-epochs N] [--workdir DIR]
+    python benchmarks/kd_gain.py [--quick] [--seeds 3] [--first-seed 0] [--student-epochs N] [--workdir DIR]
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from kd.teach.config import TeachConfig
 from kd.teach.run import run_teach
 
 
-def run(work: Path, clips: int, teacher_epochs: int, student_epochs: int, seeds: list[int]) -> dict:
+def run(work: Path, clips: int, teacher_epochs: int, student_epochs: int, seeds: range) -> dict:
     start = time.perf_counter()
     work.mkdir(parents=True, exist_ok=True)
     tracking = f"sqlite:///{work / 'mlflow.db'}"
@@ -48,7 +48,7 @@ def run(work: Path, clips: int, teacher_epochs: int, student_epochs: int, seeds:
         out[f"kd_accuracy_{alias}"] = statistics.mean(scores[alias])
         out[f"gain_{alias}"], out[f"gain_sigma_{alias}"] = paired_gain(scores[alias], scores["baseline"])
     return {
-        **out, "seeds": seeds, "per_seed": scores, "teacher_accuracy": teacher_accuracy,
+        **out, "seeds": list(seeds), "per_seed": scores, "teacher_accuracy": teacher_accuracy,
         "ensemble_accuracy_on_train": teach.metrics["ensemble"]["accuracy"],
         "clips": clips, "teacher_epochs": teacher_epochs, "student_epochs": student_epochs,
         "wall_seconds": time.perf_counter() - start,

@@ -12,7 +12,7 @@ The last line is one JSON object: ``labels_accuracy``, ``kd_accuracy``, ``transf
 ``transfer_gain`` (c - a, paired by seed) and ``transfer_gain_sigma``, the same for unseen devices, the teachers'
 accuracy, per-seed scores and the sizes of the two sets.
 
-    python benchmarks/transfer_gain.py [--quick] [--seeds 0 1 2] [--student-epochs N] [--workdir DIR]
+    python benchmarks/transfer_gain.py [--quick] [--seeds 3] [--first-seed 0] [--student-epochs N] [--workdir DIR]
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ from kd.teach.run import run_teach
 LABELLED_DEVICES = ("a",)
 
 
-def run(work: Path, clips: int, teacher_epochs: int, student_epochs: int, seeds: list[int]) -> dict:
+def run(work: Path, clips: int, teacher_epochs: int, student_epochs: int, seeds: range) -> dict:
     start = time.perf_counter()
     work.mkdir(parents=True, exist_ok=True)
     tracking = f"sqlite:///{work / 'mlflow.db'}"
@@ -66,7 +66,7 @@ def run(work: Path, clips: int, teacher_epochs: int, student_epochs: int, seeds:
         **out, "teacher_accuracy": teacher_accuracy,
         "teacher_accuracy_on_labelled_train": teach.metrics.get("ensemble", {}).get("accuracy"),
         "labelled_clips": sum(r["split"] == "train" for r in labelled_rows), "transfer_clips": teach.clips
-        - sum(r["split"] == "train" for r in labelled_rows), "seeds": seeds, "per_seed": scores,
+        - sum(r["split"] == "train" for r in labelled_rows), "seeds": list(seeds), "per_seed": scores,
         "student_epochs": student_epochs, "teacher_epochs": teacher_epochs, "wall_seconds": time.perf_counter() - start,
     }
 

@@ -24,7 +24,7 @@ seed), the same over ``clean_targets`` and labels, the unseen-device accuracy of
 against one (wall seconds, null when a rerun reused the stores; bytes), ``consistent_topk_accuracy`` and its
 gain over clean logits, the bytes on disk of each store (``store_bytes``), the teachers' accuracy.
 
-    python benchmarks/views_gain.py [--quick] [--dir FOLDER] [--seeds 0 1 2] [--student-epochs N]
+    python benchmarks/views_gain.py [--quick] [--dir FOLDER] [--seeds 3] [--first-seed 0] [--student-epochs N]
         [--teacher-clips N] [--pretrain-epochs N] [--teacher-epochs N (fine-tuning)] [--workdir DIR]
 """
 from __future__ import annotations
@@ -58,7 +58,7 @@ def synthetic_impulse_responses(folder: Path, count: int = 24, sample_rate: int 
     return folder
 
 
-def run(work: Path, clips: int, teacher_epochs: int, student_epochs: int, seeds: list[int], irs: str | None,
+def run(work: Path, clips: int, teacher_epochs: int, student_epochs: int, seeds: range, irs: str | None,
         teacher_clips: int, pretrain_epochs: int) -> dict:
     start = time.perf_counter()
     work.mkdir(parents=True, exist_ok=True)
@@ -100,7 +100,7 @@ def run(work: Path, clips: int, teacher_epochs: int, student_epochs: int, seeds:
         "store_bytes_views_vs_one": teach_bytes["views"] / teach_bytes["clean"], "store_bytes": teach_bytes,
         "teach_seconds": None if reused else teach_seconds,
         "teacher_accuracy": teacher_accuracy, "views": VIEWS, "topk_views": TOPK_VIEWS, "topk": TOPK, "kinds": list(KINDS), "impulse_responses": irs,
-        "seeds": seeds, "per_seed": scores, "student_epochs": student_epochs, "teacher_clips": teacher_clips,
+        "seeds": list(seeds), "per_seed": scores, "student_epochs": student_epochs, "teacher_clips": teacher_clips,
         "pretrain_epochs": pretrain_epochs, "finetune_epochs": teacher_epochs,
         "wall_seconds": time.perf_counter() - start,
     }

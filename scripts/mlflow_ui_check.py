@@ -87,7 +87,8 @@ def main() -> None:
     if not distill:
         raise SystemExit(f"{args.database} holds no distill experiment")
     experiment, teach = distill[0], client.get_experiment_by_name("teach")
-    runs = client.search_runs([experiment.experiment_id])
+    runs = [r for r in client.search_runs([experiment.experiment_id])
+            if r.data.tags.get("kd_sweep") != "parent"]  # a sweep's parent run only groups the distillations
     distilled = [r for r in runs if r.data.params.get("teachers", "none") != "none"] or runs
     shown = distilled[0]
     listed = {a.path for a in client.list_artifacts(shown.info.run_id, "figures")}

@@ -40,8 +40,8 @@ from kd_errors import KdError
 __all__ = [
     "KINDS",
     "PARAMS",
-    "ImpulseResponses",
     "SEED_PARAMS",
+    "ImpulseResponses",
     "ViewConfig",
     "apply_view",
     "draw_view",

@@ -2,7 +2,8 @@
 
 demo data -> ``train-teacher`` for each teacher -> ``teach`` them into one store -> ``distill`` one
 low-complexity student from each teacher alone, from their ensemble and from labels alone -> the teacher-choice
-table of ``kd compare``, all tracked in one MLflow database under ``out``.
+table of ``kd compare``, all tracked in one MLflow database under ``out``. The students are one ``kd sweep``
+over the teacher choices (its runs grouped under one MLflow parent run).
 
 ASC follows the recipe users follow with real checkpoints (CP-JKU's DCASE'23 "good teacher" recipe, whose
 ensemble mixes PaSSTs and CP-ResNets): the teachers start from releases that ship with kd (``passt_tiny``,
@@ -22,11 +23,11 @@ from pathlib import Path
 
 from kd.core.checkpoints import TeacherSpec
 from kd.demo.data import make_demo_data
+from kd.sweep.grid import PointResult, SweepCallbacks, SweepConfig, sweep
 from kd.teach.config import TeachConfig, TeachSummary
 from kd.teach.run import run_teach
-from kd.track.compare import CompareTable, compare_runs, record_comparison
+from kd.track.compare import CompareTable
 from kd.track.tracking import resolve_tracking_uri
-from kd.train.distill import DistillConfig, TeacherChoice, distill
 from kd.train.job import TrainingResult
 from kd.train.teacher import TrainTeacherConfig, train_teacher
 from kd_errors import KdError
@@ -83,16 +84,17 @@ class QuickstartConfig:
 
 @dataclass(frozen=True)
 class QuickstartResult:
-    """The store, the teach summary and the distillation runs (by label) of a quick start."""
+    """The store, the teach summary and the distillation runs (by label: "from passt", "from the ensemble", "no
+    teacher") of a quick start."""
 
     out: str
     dataset: str
     store: str
     student: str
     teach: TeachSummary
-    runs: dict[str, TrainingResult]
+    runs: dict[str, PointResult]
     tracking_uri: str
-    compare: CompareTable | None = None  # the teacher-choice table of the runs (kd compare)
+    compare: CompareTable  # the teacher-choice table of the runs (kd compare)
 
     @property
     def mlflow_ui(self) -> str:
@@ -155,17 +157,13 @@ def quickstart(cfg: QuickstartConfig, on_step: Callable[[str], None] | None = No
                                   chunk_size=128, batch_size=32))
 
     aliases = [alias for alias, _ in plan.teachers]
-    runs = {**{f"from {a}": a for a in aliases}, "from the ensemble": ",".join(aliases), "no teacher": "none"}
-    results = {}
-    for label, choice in runs.items():
-        step(f"distilling {plan.student} {label}")
-        results[label] = distill(DistillConfig(
-            dataset=spec, student=plan.student, out=str(out / "students" / label.replace(" ", "_")),
-            store=store if choice != "none" else None, teachers=TeacherChoice.parse(choice),
-            epochs=student_epochs, eval_every=plan.eval_every, batch_size=cfg.batch_size, lr=plan.student_lr,
-            seed=cfg.seed,
-            tracking_uri=tracking, device="auto",
-        ), on_epoch=on_epoch, on_batch=on_batch)
-    table = compare_runs(run_ids=[r.run_id for r in results.values()], tracking_uri=tracking)
-    record_comparison(table, tracking)
-    return QuickstartResult(str(out), spec, store, plan.student, teach, results, tracking, table)
+    labels = {**{a: f"from {a}" for a in aliases}, "+".join(aliases): "from the ensemble", "none": "no teacher"}
+    students = sweep(SweepConfig(
+        dataset=spec, out=str(out / "students"), students=(plan.student,), teachers=tuple(labels), store=store,
+        first_seed=cfg.seed, tracking_uri=tracking,
+        options={"epochs": student_epochs, "eval_every": plan.eval_every, "batch_size": cfg.batch_size,
+                 "lr": plan.student_lr},
+    ), SweepCallbacks(on_start=lambda point: step(f"distilling {plan.student} {labels[point.teachers]}"),
+                      on_epoch=on_epoch, on_batch=on_batch))
+    runs = {labels[p.teachers]: students.results[p.name] for p in students.points}
+    return QuickstartResult(str(out), spec, store, plan.student, teach, runs, tracking, students.table)

@@ -29,8 +29,8 @@ import numpy as np
 import yaml
 from scipy.special import softmax
 
-from kd.core.complexity import Complexity, ExportedComplexity, complexity, exported_complexity
 from kd.core.checkpoints import DEVICE_MODELS, load_student
+from kd.core.complexity import Complexity, ExportedComplexity, complexity, exported_complexity
 from kd.data import Dataset, open_dataset
 from kd.data.open import parse_spec
 from kd.deploy.predict import Predictor, device_predictors, evaluate_predictor, is_onnx, open_predictor
@@ -39,7 +39,7 @@ from kd.tasks import ASC
 from kd.train.loaders import ClipDataset, make_loader
 from kd_errors import KdError
 
-__all__ = ["SubmitConfig", "Submission", "submit"]
+__all__ = ["Submission", "SubmitConfig", "submit"]
 
 LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 

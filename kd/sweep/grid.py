@@ -28,9 +28,10 @@ from kd.teach.placement import plan_workers, visible_gpus, worker_cluster
 from kd.track.compare import CompareTable, compare_runs, record_comparison
 from kd.track.tracking import init_tracking, resolve_tracking_uri, set_parent_run, tracked_run
 from kd.train.distill import DistillConfig, TeacherChoice, distill
+from kd.train.job import BatchCallback, EpochCallback
 from kd_errors import KdError
 
-__all__ = ["SweepConfig", "SweepPoint", "SweepResult", "expand", "sweep"]
+__all__ = ["PointResult", "SweepCallbacks", "SweepConfig", "SweepPoint", "SweepResult", "expand", "sweep"]
 
 DONE = "point.json"
 _TYPES = {"int": int, "float": float, "str": str}
@@ -59,7 +60,7 @@ class SweepConfig:
 
     Attributes:
         teachers: teacher choices; ``+`` joins an ensemble (``passt+ast``), ``none`` trains on labels alone.
-        seeds: seeds ``0 .. seeds - 1`` of every cell.
+        seeds: how many seeds each cell runs: ``first_seed .. first_seed + seeds - 1``.
         settings: swept ``DistillConfig`` fields and their values, e.g. ``(("kd_lambda", ("0.02", "0.1")),)``.
         options: ``DistillConfig`` fields every point shares (epochs, batch size, learning rate, ...).
         parallel: local worker processes (1: in this process, one point after the other).
@@ -73,6 +74,7 @@ class SweepConfig:
     teachers: tuple[str, ...]
     store: str | None = None
     seeds: int = 1
+    first_seed: int = 0
     settings: tuple[tuple[str, tuple[str, ...]], ...] = ()
     options: Mapping[str, Any] = field(default_factory=dict)
     parallel: int = 1
@@ -99,15 +101,46 @@ class SweepConfig:
 
 
 @dataclass(frozen=True)
+class PointResult:
+    """What a finished point recorded in its ``point.json``: its run, its scores and its cost."""
+
+    point: SweepPoint
+    run_id: str | None
+    metric: str
+    best: float | None  # the best evaluation's primary metric
+    final: dict[str, float]  # every score of the model the run hands on (averaged weights, else the last epoch's)
+    checkpoint: str
+    params: int | None
+    macs: int | None
+    started: float
+    finished: float
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> PointResult:
+        record = json.loads(text)
+        point = record.pop("point")
+        point["settings"] = tuple(tuple(pair) for pair in point["settings"])
+        return cls(SweepPoint(**point), **record)
+
+
+@dataclass(frozen=True)
 class SweepResult:
-    """The sweep's points, which of them ran now, their MLflow runs, and the comparison table."""
+    """The sweep's points, which of them ran now, what each recorded, and the comparison table."""
 
     points: list[SweepPoint]
     ran: list[SweepPoint]
-    run_ids: dict[str, str]  # by point name
+    results: dict[str, PointResult]  # by point name
     parent_run_id: str | None
     table: CompareTable
     tracking_uri: str
+
+    @property
+    def run_ids(self) -> dict[str, str]:
+        """The points' MLflow runs, by point name."""
+        return {name: r.run_id for name, r in self.results.items() if r.run_id}
 
 
 def expand(cfg: SweepConfig) -> list[SweepPoint]:
@@ -116,7 +149,8 @@ def expand(cfg: SweepConfig) -> list[SweepPoint]:
     values = [[_typed(k, v) for v in vs] for k, vs in cfg.settings]
     return [SweepPoint(student, teachers, seed, tuple(zip(keys, combo)))
             for student, teachers, seed, combo in itertools.product(
-                cfg.students, cfg.teachers, range(cfg.seeds), itertools.product(*values))]
+                cfg.students, cfg.teachers, range(cfg.first_seed, cfg.first_seed + cfg.seeds),
+                itertools.product(*values))]
 
 
 def point_config(cfg: SweepConfig, point: SweepPoint, tracking_uri: str) -> DistillConfig:
@@ -129,26 +163,40 @@ def point_config(cfg: SweepConfig, point: SweepPoint, tracking_uri: str) -> Dist
         **dict(cfg.options), **dict(point.settings))
 
 
-def finished(cfg: SweepConfig, point: SweepPoint) -> dict[str, Any] | None:
+def finished(cfg: SweepConfig, point: SweepPoint) -> PointResult | None:
     """What a finished point recorded (``point.json``), or None."""
     path = Path(cfg.out) / point.name / DONE
-    return json.loads(path.read_text()) if path.is_file() else None
+    return PointResult.from_json(path.read_text()) if path.is_file() else None
 
 
-def run_point(cfg: SweepConfig, point: SweepPoint, tracking_uri: str) -> dict[str, Any]:
+def run_point(cfg: SweepConfig, point: SweepPoint, tracking_uri: str, on_epoch: EpochCallback | None = None,
+              on_batch: BatchCallback | None = None) -> PointResult:
     """Train one point and record that it finished (what a worker runs)."""
     start = time.time()
-    result = distill(point_config(cfg, point, tracking_uri))
-    record = {"point": asdict(point), "run_id": result.run_id, "best": result.best, "metric": result.metric,
-              "checkpoint": result.checkpoint, "started": start, "finished": time.time()}
+    result = distill(point_config(cfg, point, tracking_uri), on_epoch=on_epoch, on_batch=on_batch)
+    record = PointResult(point, result.run_id, result.metric, result.best, result.final_metrics, result.checkpoint,
+                         result.cost.params if result.cost else None, result.cost.macs if result.cost else None,
+                         start, time.time())
     path = Path(cfg.out) / point.name / DONE
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record))
+    tmp.write_text(record.to_json())
     os.replace(tmp, path)  # last: the point counts as finished only once its run is complete
     return record
 
 
-def sweep(cfg: SweepConfig, on_point: Callable[[SweepPoint, dict[str, Any]], None] | None = None) -> SweepResult:
+@dataclass(frozen=True)
+class SweepCallbacks:
+    """What a caller follows: ``on_point(point, result)`` once a point has trained; where points run one after the
+    other, also ``on_start(point)`` before each and ``on_epoch``/``on_batch`` as ``kd distill`` calls them (the
+    workers of a cluster report nothing back but their results)."""
+
+    on_start: Callable[[SweepPoint], None] | None = None
+    on_point: Callable[[SweepPoint, PointResult], None] | None = None
+    on_epoch: EpochCallback | None = None
+    on_batch: BatchCallback | None = None
+
+
+def sweep(cfg: SweepConfig, callbacks: SweepCallbacks = SweepCallbacks()) -> SweepResult:
     """Run the points not finished yet, then compare all of them and file their runs under the sweep's parent run."""
     points = expand(cfg)
     todo = [p for p in points if finished(cfg, p) is None]
@@ -156,14 +204,15 @@ def sweep(cfg: SweepConfig, on_point: Callable[[SweepPoint, dict[str, Any]], Non
     tracking = resolve_tracking_uri(cfg.tracking_uri, folder=Path(cfg.out))
     init_tracking(tracking)  # before parallel points open it
     run = _run_serially if cfg.parallel == 1 and not cfg.scheduler else _run_on_dask
-    run(cfg, todo, tracking, on_point)
-    run_ids = {p.name: r["run_id"] for p in points if (r := finished(cfg, p)) and r.get("run_id")}
-    table = compare_runs(run_ids=list(run_ids.values()), by=[k for k, _ in cfg.settings], tracking_uri=tracking)
+    run(cfg, todo, tracking, callbacks)
+    results = {p.name: r for p in points if (r := finished(cfg, p))}
+    run_ids = [r.run_id for r in results.values() if r.run_id]
+    table = compare_runs(run_ids=run_ids, by=[k for k, _ in cfg.settings], tracking_uri=tracking)
     parent = _parent_run(cfg, table.experiments[0], len(points), tracking)
-    for run_id in run_ids.values():
+    for run_id in run_ids:
         set_parent_run(run_id, parent, tracking)
     record_comparison(table, tracking)
-    return SweepResult(points, todo, run_ids, parent, table, tracking)
+    return SweepResult(points, todo, results, parent, table, tracking)
 
 
 def _parent_run(cfg: SweepConfig, experiment: str, points: int, tracking: str) -> str:
@@ -182,16 +231,16 @@ def _parent_run(cfg: SweepConfig, experiment: str, points: int, tracking: str) -
     return run_id
 
 
-def _run_serially(cfg: SweepConfig, todo: Sequence[SweepPoint], tracking: str,
-                  on_point: Callable[[SweepPoint, dict[str, Any]], None] | None) -> None:
+def _run_serially(cfg: SweepConfig, todo: Sequence[SweepPoint], tracking: str, callbacks: SweepCallbacks) -> None:
     for point in todo:
-        record = run_point(cfg, point, tracking)
-        if on_point:
-            on_point(point, record)
+        if callbacks.on_start:
+            callbacks.on_start(point)
+        record = run_point(cfg, point, tracking, callbacks.on_epoch, callbacks.on_batch)
+        if callbacks.on_point:
+            callbacks.on_point(point, record)
 
 
-def _run_on_dask(cfg: SweepConfig, todo: Sequence[SweepPoint], tracking: str,
-                 on_point: Callable[[SweepPoint, dict[str, Any]], None] | None) -> None:
+def _run_on_dask(cfg: SweepConfig, todo: Sequence[SweepPoint], tracking: str, callbacks: SweepCallbacks) -> None:
     """Each point a task asking for one GPU; local workers declare one each (their GPU, or a token)."""
     from distributed import Client, as_completed
 
@@ -210,8 +259,8 @@ def _run_on_dask(cfg: SweepConfig, todo: Sequence[SweepPoint], tracking: str,
                                  resources={"GPU": 1.0}): point for point in todo}
         for future in as_completed(futures):
             record = future.result()  # a failed point raises here; the points finished before it are kept
-            if on_point:
-                on_point(futures[future], record)
+            if callbacks.on_point:
+                callbacks.on_point(futures[future], record)
     finally:
         client.close()
         if cluster is not None:

@@ -27,10 +27,10 @@ __all__ = [
     "check_dashboard",
     "chunk_resources",
     "local_cluster",
-    "worker_cluster",
     "plan_workers",
     "resolve_precision",
     "visible_gpus",
+    "worker_cluster",
 ]
 
 CHUNKS_PER_WORKER = 2  # chunks a worker holds at once: one on the device while the next decodes

@@ -54,11 +54,11 @@ __all__ = [
     "RunLogger",
     "RunRecord",
     "find_runs",
-    "init_tracking",
-    "set_parent_run",
     "flatten_params",
+    "init_tracking",
     "log_onnx_model",
     "resolve_tracking_uri",
+    "set_parent_run",
     "tracked_run",
 ]
 

@@ -148,6 +148,13 @@ class TrainingResult:
     run_id: str | None
     main_process: bool
     cost: Complexity | None = None
+    averaged_metrics: dict[str, float] | None = None  # the averaged weights' scores, with checkpoint averaging
+
+    @property
+    def final_metrics(self) -> dict[str, float]:
+        """The scores of the model the run hands on: the averaged weights' where it averaged, else the last
+        evaluation's (every run evaluates after its last epoch)."""
+        return self.averaged_metrics or next(r for r in reversed(self.history) if self.metric in r)
 
 
 def open_splits(options: TrainingOptions) -> tuple[Dataset, Dataset]:

@@ -36,4 +36,5 @@ def run_job(job: TrainingJob, on_epoch: EpochCallback | None = None,
             from kd.train.report import report  # matplotlib: loaded by the process that reports, not by every rank
 
             report(job, run, evaluate_best(job, best))
-        return TrainingResult(str(best), job.task.primary_metric, trainer.best, history, run.run_id, main, job.cost)
+        return TrainingResult(str(best), job.task.primary_metric, trainer.best, history, run.run_id, main, job.cost,
+                              trainer.averaged_metrics)

@@ -35,7 +35,10 @@ def test_quickstart_runs_the_whole_pipeline_and_ends_with_the_teacher_choice_tab
         assert label in result.output
 
     client = mlflow.MlflowClient(f"sqlite:///{database}")
-    distill_runs = client.search_runs([client.get_experiment_by_name("distill/demo-asc-asc").experiment_id])
+    runs = client.search_runs([client.get_experiment_by_name("distill/demo-asc-asc").experiment_id])
+    (parent,) = [r for r in runs if r.data.tags.get("kd_sweep") == "parent"]  # the students are one kd sweep
+    distill_runs = [r for r in runs if r is not parent]
+    assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in distill_runs)
     assert sorted(r.data.params["teachers"] for r in distill_runs) == ["ast", "cpr", "none", "passt", "passt,ast,cpr"]
     assert all(r.info.status == "FINISHED" and "accuracy" in r.data.metrics for r in distill_runs)
     best = {r.data.params["teachers"]: r.data.metrics["best_accuracy"] for r in distill_runs}

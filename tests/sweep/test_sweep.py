@@ -6,7 +6,7 @@ import json
 import pytest
 
 from kd.core.checkpoints import TeacherSpec
-from kd.sweep.grid import SweepConfig, SweepPoint, expand, sweep
+from kd.sweep.grid import PointResult, SweepCallbacks, SweepConfig, SweepPoint, expand, sweep
 from kd.teach.config import TeachConfig
 from kd.teach.run import run_teach
 from kd_errors import KdError
@@ -34,6 +34,7 @@ def test_the_grid_is_every_combination_of_its_choices():
         SweepConfig("d", "o", ("a",), ("none",), settings=(("seed", ("1",)),))
     with pytest.raises(KdError, match="need --store"):
         SweepConfig("d", "o", ("a",), ("t1",))
+    assert [p.seed for p in expand(SweepConfig("d", "o", ("a",), ("none",), seeds=2, first_seed=5))] == [5, 6]
     with pytest.raises(KdError, match="--set kd_lambda=high: not a float"):
         expand(SweepConfig("d", "o", ("a",), ("none",), settings=(("kd_lambda", ("high",)),)))
 
@@ -54,7 +55,7 @@ def test_a_sweep_resumes_after_a_kill_and_compares_its_cells(demo_asc, store, tm
             raise Killed
 
     with pytest.raises(Killed):
-        sweep(cfg, on_point=kill_after_three)
+        sweep(cfg, SweepCallbacks(on_point=kill_after_three))
     result = sweep(cfg)
     assert len(result.ran) == 5 and not set(result.ran) & set(done)  # only the missing points ran
     assert len(result.run_ids) == 8 and sweep(cfg).ran == []  # a finished sweep runs nothing
@@ -65,6 +66,10 @@ def test_a_sweep_resumes_after_a_kill_and_compares_its_cells(demo_asc, store, tm
         for column in table.columns:
             cell = table.cell(row, column)
             assert cell.n == 2 and cell.std is not None
+    for point in result.points:  # what a finished point keeps: its run, and the scores of the model it hands on
+        record = PointResult.from_json((tmp_path / "sweep" / point.name / "point.json").read_text())
+        assert record == result.results[point.name] and record.point == point
+        assert 0 <= record.final["accuracy"] <= 1 and record.params > 0 and record.macs > 0
     parent = json.loads((tmp_path / "sweep" / "sweep.json").read_text())["parent_run_id"]
     assert parent == result.parent_run_id
 
