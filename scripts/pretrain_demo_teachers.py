@@ -201,7 +201,12 @@ def pretrain(name: str, audio: np.ndarray, labels: np.ndarray, train_rows: np.nd
     """Train ``name`` on the corpus, from scratch or from ``args.init``, on the labels and, where ``logits`` is
     given, on a teacher's soft targets as well; returns the model at its best held-out epoch and the history."""
     torch.manual_seed(args.seed)
-    model = create_teacher(name, num_classes=len(SCENES), clip_seconds=1.0, **PRETRAINING_KWARGS[name])
+    kwargs = dict(PRETRAINING_KWARGS[name])
+    if args.no_masks:
+        kwargs |= {"freqm": 0, "timem": 0}
+    if args.patchout is not None and name == "passt_tiny":
+        kwargs |= {"s_patchout_t": args.patchout[0], "s_patchout_f": args.patchout[1]}
+    model = create_teacher(name, num_classes=len(SCENES), clip_seconds=1.0, **kwargs)
     if args.init:
         state = read_checkpoint(args.init)
         model.load_state_dict(state.get("model", state))  # a stage's best.pt or a release
@@ -261,6 +266,12 @@ def main() -> None:
     parser.add_argument("--mixstyle-p", type=float, default=0.0,
                         help="Freq-MixStyle probability (the corpus already varies the devices)")
     parser.add_argument("--gain-db", type=float, default=6.0)
+    parser.add_argument("--no-masks", action="store_true",
+                        help="no SpecAugment masks (for a model that underfits the corpus rather than memorising it)")
+    parser.add_argument("--patchout", type=int, nargs=2, default=None, metavar=("T", "F"),
+                        help=f"PaSST's structured patchout in time and frequency (default "
+                             f"{PRETRAINING_KWARGS['passt_tiny']['s_patchout_t']} and "
+                             f"{PRETRAINING_KWARGS['passt_tiny']['s_patchout_f']})")
     parser.add_argument("--seed", type=int, default=0, help="training seed")
     parser.add_argument("--init", type=Path, default=None,
                         help="weights to start from (a previous stage's best.pt, or a release)")
