@@ -420,29 +420,36 @@ def eval_cmd(model, dataset, split, device, as_json) -> None:
 
 
 @main.command("predict")
-@click.argument("model", type=click.Path(exists=True, dir_okay=False), metavar="CKPT|MODEL.onnx")
+@click.argument("model", metavar="MODEL")
 @click.argument("inputs", nargs=-1, required=True, metavar="AUDIO...")
-@click.option("--top", type=int, default=3, show_default=True, help="Classes shown per clip.")
-@click.option("--threshold", type=float, default=0.5, show_default=True, help="Event threshold (SED students).")
+@click.option("--top", type=int, default=3, show_default=True, help="Classes shown per file and per window.")
+@click.option("--threshold", type=float, default=0.5, show_default=True, help="Event threshold (frame-wise models).")
+@click.option("--window", type=float, default=None, metavar="SECONDS",
+              help="Window the model runs on (default: the clip length it was trained on).")
+@click.option("--hop", type=float, default=None, metavar="SECONDS",
+              help="Hop between windows (default: the window for clip models, half of it for frame-wise models).")
 @click.option("--format", "fmt", type=click.Choice(["table", *PREDICTION_FORMATS]), default="table", show_default=True,
-              help="csv and json print to stdout for scripts.")
-@click.option("--batch-size", type=int, default=16, show_default=True, help="Files of equal length run together.")
+              help="csv and json print every window (clip models) or event to stdout, for scripts.")
+@click.option("--batch-size", type=int, default=16, show_default=True, help="Windows (or short files) run together.")
 @click.option("--workers", type=int, default=4, show_default=True, help="Threads decoding audio.")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--device-id", default=None, metavar="DEVICE",
               help="The recording device of the audio: a device-specific checkpoint (`kd device-finetune`) runs with "
                    "its parameters for DEVICE (its general ones if it has none for DEVICE).")
-def predict_cmd(model, inputs, top, threshold, fmt, batch_size, workers, device, device_id) -> None:
-    """Top classes (clip students) or detected events (frame-wise students) for audio, one row per file.
+def predict_cmd(model, inputs, top, threshold, window, hop, fmt, batch_size, workers, device, device_id) -> None:
+    """What a model hears in audio files of any length: per file its top classes and a timeline of windows (clip
+    models), or the events it detects with onsets and offsets (frame-wise models).
 
-    AUDIO: audio files, folders (searched recursively), glob patterns ('clips/**/*.wav') or list files (.txt/.lst,
-    one path per line). MODEL: a `kd distill` checkpoint or a `kd export` .onnx file. Exit code 1 when some files
-    could not be decoded (their rows say why).
+    MODEL: a `kd distill` or `kd train-teacher` checkpoint, a `kd export` .onnx file, or a registered teacher (NAME
+    runs the release that ships with kd, NAME=CHECKPOINT another file, e.g. an official release). AUDIO: audio
+    files, folders (searched recursively), glob patterns ('clips/**/*.wav') or list files (.txt/.lst, one path per
+    line). Long recordings are read block by block in bounded memory. Exit code 1 when some files could not be
+    decoded (their rows say why).
     """
     from kd.deploy.predict import format_predictions, predict_files
 
     predictions = predict_files(model, inputs, top=top, threshold=threshold, device=device, batch_size=batch_size,
-                                workers=workers, device_id=device_id)
+                                workers=workers, device_id=device_id, window=window, hop=hop)
     if fmt != "table":
         click.echo(format_predictions(predictions, fmt), nl=False)
     else:
@@ -480,7 +487,10 @@ def submit_cmd(model, dataset, split, label, out, score_split, device) -> None:
 
 
 def _print_predictions(predictions) -> None:
-    """One table, a row per file; paths relative to the files' common folder (named in the title), never wrapped."""
+    """One table, a row per file; paths relative to the files' common folder (named in the title), never wrapped.
+    A file of several windows also shows its timeline, consecutive windows with the same top class as one span."""
+    from kd.deploy.predict import timeline_spans
+
     paths = [p.path for p in predictions]
     root = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths])
     shown = [os.path.relpath(os.path.abspath(p), root) for p in paths]
@@ -488,14 +498,19 @@ def _print_predictions(predictions) -> None:
     table = Table(title=f"{len(predictions)} files in {escape(root)}", title_justify="left")
     table.add_column("file", no_wrap=True, min_width=max(len(s) for s in shown))
     table.add_column("events (onset-offset)" if sed else "top classes (probability)")
+    if not sed and any(len(p.timeline or ()) > 1 for p in predictions):
+        table.add_column("timeline (top class of the windows)")
     for path, p in zip(shown, predictions):
         if p.error:
-            cell = f"[red]{escape(p.error)}[/]"
+            cells = [f"[red]{escape(p.error)}[/]"]
         elif sed:
-            cell = escape("\n".join(f"{on:.2f}-{off:.2f} s {name}" for on, off, name in p.events) or "-")
+            cells = [escape("\n".join(f"{on:.2f}-{off:.2f} s {name}" for on, off, name in p.events) or "-")]
         else:
-            cell = escape("   ".join(f"{name}\u00a0{prob:.3f}" for name, prob in p.top))  # no break inside an entry
-        table.add_row(escape(path), cell)
+            cells = [escape("   ".join(f"{name}\u00a0{prob:.3f}" for name, prob in p.top))]  # no break inside an entry
+            if len(p.timeline) > 1:
+                cells.append(escape("\n".join(f"{start:.1f}-{end:.1f} s {name} ({mean:.2f})"
+                                              for start, end, name, mean in timeline_spans(p.timeline))))
+        table.add_row(escape(path), *cells)
     out.print(table)
 
 

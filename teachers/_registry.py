@@ -26,6 +26,15 @@ DEMO_PRETRAINING = {
 }
 
 
+# What the demo releases were trained to tell apart (kd demo-data's scenes, in its class order): the class names
+# and task of their heads, for users who run a release as it ships (kd predict, kd embed).
+DEMO_HEAD = {
+    "task": "asc",
+    "classes": ["airport", "bus", "metro", "metro_station", "park", "public_square", "shopping_mall",
+                "street_pedestrian", "street_traffic", "tram"],
+}
+
+
 def list_teachers(pattern: str | None = None) -> list[str]:
     """Registered teacher names, sorted, optionally filtered by a shell-style pattern (``"passt_s_*"``)."""
     return TEACHERS.names(pattern)

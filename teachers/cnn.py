@@ -20,7 +20,7 @@ from students import Student, create_student
 from students.cp_resnet import checkpoint_filter_fn as cp_resnet_filter
 
 from ._base import Teacher, TeacherInputError, TeacherOutput
-from ._registry import DEMO_PRETRAINING, register_teacher
+from ._registry import DEMO_HEAD, DEMO_PRETRAINING, register_teacher
 
 __all__ = ["StudentAsTeacher", "checkpoint_filter_fn"]
 
@@ -70,6 +70,7 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) 
     "file": "cp_resnet_demo.pt",
     "sha256": "78f55d8f218f4fc3e7bb2d359a394f0f6be5b356b134a1b0dbc4adbb7d6d550c",
     "pretraining": {**DEMO_PRETRAINING, "epochs": 6, "heldout_accuracy": 0.820},
+    **DEMO_HEAD,
     "num_classes": 10,
     "sample_rate": 32000,
 }, checkpoint_filter=checkpoint_filter_fn)

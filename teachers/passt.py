@@ -37,7 +37,7 @@ from torch import nn
 from layers import CheckpointError, MelSTFT
 
 from ._base import TeacherInputError, TeacherOutput
-from ._registry import DEMO_PRETRAINING, register_teacher
+from ._registry import DEMO_HEAD, DEMO_PRETRAINING, register_teacher
 from ._vit import SpectrogramTransformer, patch_grid
 
 __all__ = ["PaSST", "checkpoint_filter_fn"]
@@ -389,6 +389,7 @@ _TINY = {
     "file": "passt_tiny_demo.pt",
     "sha256": "b01ab038705e3daa4e03c5e27b694d9f421170f434d5d0f71b38964fa3be4086",
     "pretraining": {**DEMO_PRETRAINING, "epochs": 14, "heldout_accuracy": 0.632},
+    **DEMO_HEAD,
     "num_classes": 10,
     "sample_rate": 32000,
 })

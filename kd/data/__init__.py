@@ -7,7 +7,7 @@ writes small synthetic datasets in the TAU22, AudioSet-HDF5 and AudioSet-Strong 
 The readers import no torch, scikit-learn or MLflow (dask and DataLoader workers and ``kd demo-data`` import
 them), and nothing of kd but :mod:`kd.tasks`, whose task each dataset carries.
 """
-from .audio import decode_audio, fit_length, load_audio
+from .audio import AudioStream, decode_audio, fit_length, load_audio
 from .base import ClipLengths, Dataset, read_class_list
 from .clip import Clip, Event
 from .errors import AudioError, DatasetError
@@ -16,6 +16,7 @@ from .open import FORMATS, open_dataset, parse_spec
 __all__ = [
     "FORMATS",
     "AudioError",
+    "AudioStream",
     "Clip",
     "ClipLengths",
     "Dataset",

@@ -7,6 +7,7 @@ rate than expected is not an error: it is resampled from the rate its header sta
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ import soxr
 
 from .errors import AudioError
 
-__all__ = ["decode_audio", "fit_length", "load_audio"]
+__all__ = ["AudioStream", "decode_audio", "fit_length", "load_audio"]
 
 
 def _open(source: str | Path | bytes, clip_id: str) -> str | io.BytesIO:
@@ -96,3 +97,50 @@ def load_audio(
         x = fit_length(x, num_samples) if pad else x[:num_samples]
         _check_content(x, clip_id, f" in the first {seconds:g} s")
     return np.ascontiguousarray(x, dtype=np.float32)
+
+
+class AudioStream:
+    """A file read block by block, mixed to mono and resampled to ``sample_rate`` as it goes (soxr's streaming
+    resampler), so that memory stays at a few blocks whatever the file's length.
+
+    Iterating yields float32 blocks of about ``block_seconds``; ``duration`` is the header's length. A file that
+    turns out to be silent or to hold non-finite samples raises :class:`AudioError` when its stream reaches the end
+    (silence) or the bad block, as :func:`decode_audio` would have.
+    """
+
+    def __init__(self, source: str | Path, sample_rate: int, block_seconds: float = 30.0, clip_id: str = "") -> None:
+        self.clip_id = clip_id or str(source)
+        self.path = _open(source, self.clip_id)
+        try:
+            info = sf.info(self.path)
+        except (sf.LibsndfileError, RuntimeError, ValueError, TypeError, EOFError) as e:
+            detail = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise AudioError(self.clip_id, f"unreadable: {detail}") from None
+        if info.frames == 0:
+            raise AudioError(self.clip_id, "empty (no samples)")
+        self.native_rate, self.sample_rate = int(info.samplerate), int(sample_rate)
+        self.duration = info.frames / info.samplerate
+        self.block_frames = max(1, round(block_seconds * self.native_rate))
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        resampler = (soxr.ResampleStream(self.native_rate, self.sample_rate, 1, dtype="float32", quality="HQ")
+                     if self.native_rate != self.sample_rate else None)
+        heard = False
+        try:
+            with sf.SoundFile(self.path) as f:
+                for block in f.blocks(self.block_frames, dtype="float32", always_2d=True):
+                    mono = block.mean(axis=1, dtype=np.float32) if block.shape[1] > 1 else block[:, 0]
+                    if not np.isfinite(mono).all():
+                        raise AudioError(self.clip_id, "non-finite samples")
+                    heard = heard or bool(np.any(mono))
+                    out = resampler.resample_chunk(mono) if resampler else mono
+                    if len(out):
+                        yield np.ascontiguousarray(out, dtype=np.float32)
+        except (sf.LibsndfileError, RuntimeError) as e:
+            raise AudioError(self.clip_id, f"unreadable: {str(e).splitlines()[0]}") from None
+        if resampler:
+            tail = resampler.resample_chunk(np.zeros(0, np.float32), last=True)
+            if len(tail):
+                yield np.ascontiguousarray(tail, dtype=np.float32)
+        if not heard:
+            raise AudioError(self.clip_id, "silent (all zeros)")

@@ -19,7 +19,7 @@ import io
 import json
 import os
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,20 +28,22 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from kd.core.checkpoints import DEVICE_MODELS, checkpoint_meta, load_student
+from kd.core.checkpoints import DEVICE_MODELS, TeacherSpec, build_teacher, checkpoint_meta, load_student
 from kd.core.devices import select_device
-from kd.data import AudioError, Dataset, load_audio, open_dataset
+from kd.data import AudioError, AudioStream, Dataset, load_audio, open_dataset
+from kd.deploy.windows import EventTracker, TimelineRow, Windowing, clip_timeline, frame_events, probabilities
 from kd.evaluate.loop import LogitsOf, run_loader, score
 from kd.options import PREDICTION_FORMATS, PredictionFormat
 from kd.tasks import Task, get_task
 from kd.train.loaders import ClipDataset, make_loader
 from kd_errors import KdError
 from students import Student
+from teachers import Teacher, create_teacher, list_teachers, teacher_cfg
 
 __all__ = [
-    "AUDIO_SUFFIXES", "LIST_SUFFIXES", "Prediction", "Predictor", "TorchPredictor", "collect_audio", "detect_events",
+    "AUDIO_SUFFIXES", "LIST_SUFFIXES", "Prediction", "Predictor", "TorchPredictor", "collect_audio",
     "device_predictors", "evaluate_checkpoint", "evaluate_predictor", "format_predictions", "is_onnx", "open_predictor",
-    "predict_files",
+    "predict_files", "teacher_predictor", "timeline_spans",
 ]
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".opus")
@@ -62,13 +64,14 @@ class Predictor(Protocol):
 
 
 class TorchPredictor:
-    """A student checkpoint on a torch device, in the :class:`Predictor` contract.
+    """A student (or a teacher) on a torch device, in the :class:`Predictor` contract.
 
     Args:
         seconds: the clip length it is run on (default: the length it was trained on, from ``meta``).
     """
 
-    def __init__(self, model: Student, meta: dict[str, Any], device: torch.device, seconds: float | None = None):
+    def __init__(self, model: Student | Teacher, meta: dict[str, Any], device: torch.device,
+                 seconds: float | None = None):
         self.model, self.device = model.to(device).eval(), device
         self.sample_rate, self.frames_per_second = model.sample_rate, model.frames_per_second
         self.classes, self.task = list(meta["classes"]), get_task(meta["task"])
@@ -85,24 +88,56 @@ def is_onnx(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() == ".onnx"
 
 
-def open_predictor(path: str, device: str = "auto", device_id: str | None = None) -> Predictor:
-    """The student in ``path``: an ``.onnx`` file from ``kd export`` (ONNX Runtime) or a ``kd distill`` checkpoint.
+def open_predictor(model: str, device: str = "auto", device_id: str | None = None) -> Predictor:
+    """The model ``model`` names, ready to run: an ``.onnx`` file from ``kd export`` (ONNX Runtime), a ``kd distill``
+    or ``kd train-teacher`` checkpoint, or a registered teacher as ``NAME`` (the release that ships with kd) or
+    ``NAME=CHECKPOINT`` (e.g. an official release file).
 
     Args:
         device_id: the recording device of the audio it will run on: a device-specific checkpoint (``kd
             device-finetune``) runs with that device's parameters, or its general ones for a device it has none for.
     """
-    if is_onnx(path):
+    if is_onnx(model):
         if device_id is not None:
-            raise KdError(f"{path} holds one model; --device-id picks a device's parameters from a device-specific "
+            raise KdError(f"{model} holds one model; --device-id picks a device's parameters from a device-specific "
                           "checkpoint (kd export --device-id writes one device's model)")
         try:  # onnxruntime comes with the optional [export] extra, so it is imported only for .onnx files
             from kd.deploy.onnx_runtime import OnnxStudent
         except ModuleNotFoundError as e:
-            raise KdError(f"running {path} needs ONNX Runtime: pip install 'kd-audio[export]' (no {e.name})") from None
-        return OnnxStudent(path, device=device)
-    model, meta = load_student(path, device_id)
-    return TorchPredictor(model, meta, select_device(device))
+            raise KdError(f"running {model} needs ONNX Runtime: pip install 'kd-audio[export]' (no {e.name})") from None
+        return OnnxStudent(model, device=device)
+    if Path(model).is_file():
+        meta = checkpoint_meta(model) or {}
+        if meta.get("kind") == "teacher":
+            return teacher_predictor(TeacherSpec(meta["name"], model), device, device_id)
+        student, meta = load_student(model, device_id)
+        return TorchPredictor(student, meta, select_device(device))
+    return teacher_predictor(TeacherSpec.parse(model), device, device_id)
+
+
+def teacher_predictor(spec: TeacherSpec, device: str = "auto", device_id: str | None = None) -> TorchPredictor:
+    """A teacher as a :class:`Predictor`: a ``kd train-teacher`` checkpoint with the classes it was trained on, or a
+    registered teacher with its shipped release (or ``spec.checkpoint``) and the classes its registry entry names
+    (numbered where it names none, as for the AudioSet releases).
+
+    Raises:
+        KdError: ``spec`` names no teacher and no file, or ``device_id`` (teachers have no device-specific parameters).
+    """
+    if device_id is not None:
+        raise KdError("--device-id picks a device's parameters from a kd device-finetune checkpoint; a teacher has none")
+    if spec.name not in list_teachers():
+        raise KdError(f"{spec.name}: no such file, and no registered teacher (see `kd teachers`)")
+    meta = checkpoint_meta(spec.checkpoint) if spec.checkpoint else None
+    if meta and meta.get("kind") == "teacher":
+        head = meta
+        model = build_teacher(spec)
+    else:
+        head = teacher_cfg(spec.name)
+        model = build_teacher(spec) if spec.checkpoint else create_teacher(spec.name, pretrained=True)
+    classes = head.get("classes") or [str(i) for i in range(model.num_classes)]
+    task = head.get("task") or ("sed" if model.frames_per_second else "tagging")
+    return TorchPredictor(model, {"classes": classes, "task": task, "seconds": model.clip_seconds},
+                          select_device(device))
 
 
 def device_predictors(path: str, device: str = "auto") -> dict[str, Predictor]:
@@ -154,21 +189,29 @@ def _numpy_logits(predictor: Predictor) -> LogitsOf:
 
 @dataclass(frozen=True)
 class Prediction:
-    """One file's answer: ``top`` classes with probabilities (clip students) or ``events`` (SED), or an ``error``."""
+    """One file's answer, or its ``error``. Clip models: ``top`` classes of the whole file (its windows' mean
+    probabilities) and the ``timeline`` of its windows; frame-wise models: ``events`` over the whole file."""
 
     path: str
     top: list[tuple[str, float]] | None = None
     events: list[tuple[float, float, str]] | None = None
     error: str | None = None
+    timeline: list[TimelineRow] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"path": self.path}
         if self.top is not None:
-            out["top"] = [{"class": name, "probability": p} for name, p in self.top]
+            out["top"] = _top_dicts(self.top)
+        if self.timeline is not None:
+            out["timeline"] = [{"start": r.start, "end": r.end, "top": _top_dicts(r.top)} for r in self.timeline]
         if self.events is not None:
             out["events"] = [{"onset": on, "offset": off, "event": name} for on, off, name in self.events]
         out["error"] = self.error
         return out
+
+
+def _top_dicts(top: list[tuple[str, float]]) -> list[dict[str, Any]]:
+    return [{"class": name, "probability": p} for name, p in top]
 
 
 def collect_audio(inputs: Sequence[str]) -> list[str]:
@@ -203,51 +246,97 @@ def collect_audio(inputs: Sequence[str]) -> list[str]:
 
 
 def predict_files(model: str, inputs: Sequence[str], top: int = 3, threshold: float = 0.5, device: str = "auto",
-                  batch_size: int = 16, workers: int = 4, device_id: str | None = None) -> list[Prediction]:
-    """Top classes per file (clip students) or detected events with onsets/offsets (frame-wise students).
+                  batch_size: int = 16, workers: int = 4, device_id: str | None = None, window: float | None = None,
+                  hop: float | None = None) -> list[Prediction]:
+    """Top classes and a timeline per file (clip models) or events with onsets and offsets (frame-wise models).
 
-    Each file is decoded whole (resampled to the model's rate) by one of ``workers`` threads; files shorter than
-    the clip length the model was trained on are padded with silence to it (events stop at the file's end), longer
-    ones run whole. Consecutive files of equal length run as one batch of up to ``batch_size``.
+    Every file runs in windows of ``window`` seconds every ``hop`` seconds (defaults: see
+    :meth:`kd.deploy.windows.Windowing.for_model`), the last one zero-padded: files up to one window long are
+    decoded whole by ``workers`` threads and run together in batches of ``batch_size``; longer ones are read in
+    blocks, resampled block by block, and their windows batched, so memory does not grow with a file's length.
 
     Args:
-        model: a ``kd distill`` checkpoint or a ``kd export`` ``.onnx`` file.
+        model: a ``kd distill`` checkpoint, a ``kd export`` ``.onnx`` file or a teacher (see :func:`open_predictor`).
         inputs: files, folders, glob patterns or list files (see :func:`collect_audio`).
-        device_id: the recording device of every input, for a device-specific checkpoint (see
-            :func:`open_predictor`).
+        device_id: the recording device of every input, for a device-specific checkpoint.
     """
     if top < 1 or batch_size < 1 or workers < 1:
         raise KdError("--top, --batch-size and --workers must be at least 1")
     files = collect_audio(inputs)
     predictor = open_predictor(model, device, device_id)
-    clip_samples = round(predictor.seconds * predictor.sample_rate)
+    frame_level = predictor.task.frame_level
+    windowing = Windowing.for_model(predictor.sample_rate, predictor.seconds,
+                                    predictor.frames_per_second if frame_level else None, window, hop)
+    answer = _Answerer(predictor, windowing, top, threshold, batch_size)
     results: list[Prediction | None] = [None] * len(files)
-    batch: list[tuple[int, np.ndarray]] = []
+    short: list[tuple[int, np.ndarray]] = []
 
     def flush() -> None:
-        lengths = [len(audio) for _, audio in batch]
-        waves = np.stack([np.pad(audio, (0, max(0, clip_samples - len(audio)))) for _, audio in batch])
-        for (index, _), logits, length in zip(batch, predictor.logits(waves), lengths):
-            results[index] = _prediction(files[index], logits, predictor, length, top, threshold)
-        batch.clear()
+        waves = np.stack([np.pad(audio, (0, windowing.window - len(audio))) for _, audio in short])
+        for (index, audio), logits in zip(short, predictor.logits(waves)):
+            results[index] = answer.one_window(files[index], logits, len(audio))
+        short.clear()
 
-    for index, audio in enumerate(_decoded(files, predictor.sample_rate, workers, window=4 * batch_size)):
-        if isinstance(audio, AudioError):
-            results[index] = Prediction(files[index], error=audio.reason)
-            continue
-        if batch and (len(batch) == batch_size or len(batch[0][1]) != len(audio)):
-            flush()
-        batch.append((index, audio))
-    if batch:
+    for index, item in enumerate(_opened(files, predictor.sample_rate, windowing, workers, 4 * batch_size)):
+        if isinstance(item, AudioError):
+            results[index] = Prediction(files[index], error=item.reason)
+        elif isinstance(item, np.ndarray) and len(item) <= windowing.window:
+            short.append((index, item))
+            if len(short) == batch_size:
+                flush()
+        else:
+            results[index] = answer.windowed(files[index], [item] if isinstance(item, np.ndarray) else item)
+    if short:
         flush()
     return [r for r in results if r is not None]
 
 
-def _decoded(files: Sequence[str], sample_rate: int, workers: int, window: int) -> Iterator[np.ndarray | AudioError]:
-    """Each file decoded at ``sample_rate`` (or its :class:`AudioError`), in order, at most ``window`` in flight."""
+class _Answerer:
+    """A file's :class:`Prediction` from one window's logits, or from the windows of its audio blocks."""
 
-    def decode(path: str) -> np.ndarray | AudioError:
+    def __init__(self, predictor: Predictor, windowing: Windowing, top: int, threshold: float, batch_size: int):
+        self.predictor, self.windowing, self.top, self.threshold = predictor, windowing, top, threshold
+        self.batch_size = batch_size
+
+    def one_window(self, path: str, logits: np.ndarray, valid: int) -> Prediction:
+        p, rate = self.predictor, self.windowing.sample_rate
+        probs = probabilities(p.task, logits)
+        if p.task.frame_level:
+            tracker = EventTracker(p.classes, p.frames_per_second, self.threshold)
+            tracker.push(probs[:int(np.ceil(valid * p.frames_per_second / rate))])
+            return Prediction(path, events=tracker.finish(valid / rate))
+        top = self._top(probs)
+        return Prediction(path, top=top, timeline=[TimelineRow(0.0, valid / rate, top)])
+
+    def windowed(self, path: str, blocks: Iterable[np.ndarray]) -> Prediction:
+        p = self.predictor
         try:
+            if p.task.frame_level:
+                return Prediction(path, events=frame_events(p.logits, p.task, p.classes, p.frames_per_second, blocks,
+                                                            self.windowing, self.threshold, self.batch_size))
+            timeline, mean = clip_timeline(p.logits, p.task, p.classes, blocks, self.windowing, self.top,
+                                           self.batch_size)
+            return Prediction(path, top=self._top(mean), timeline=timeline)
+        except AudioError as e:  # a bad block, or a file silent to its end
+            return Prediction(path, error=e.reason)
+
+    def _top(self, probs: np.ndarray) -> list[tuple[str, float]]:
+        classes = self.predictor.classes
+        best = np.argsort(-probs, kind="stable")[:min(self.top, len(classes))]
+        return [(classes[i], float(probs[i])) for i in best]
+
+
+def _opened(files: Sequence[str], sample_rate: int, windowing: Windowing, workers: int,
+            window: int) -> Iterator[np.ndarray | AudioStream | AudioError]:
+    """Each file in order, at most ``window`` in flight: decoded whole when its header says it fits one model window,
+    else as an :class:`AudioStream` to read block by block, or its :class:`AudioError`."""
+    longest = windowing.window / windowing.sample_rate
+
+    def open_one(path: str) -> np.ndarray | AudioStream | AudioError:
+        try:
+            stream = AudioStream(path, sample_rate, clip_id=path)
+            if stream.duration > longest:
+                return stream
             return load_audio(path, sample_rate, None, clip_id=path)
         except AudioError as e:
             return e
@@ -255,41 +344,29 @@ def _decoded(files: Sequence[str], sample_rate: int, workers: int, window: int) 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         pending: deque[Future] = deque()
         for path in files:
-            pending.append(pool.submit(decode, path))
+            pending.append(pool.submit(open_one, path))
             if len(pending) >= window:
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
 
 
-def _prediction(path: str, logits: np.ndarray, predictor: Predictor, length: int, top: int,
-                threshold: float) -> Prediction:
-    probs = predictor.task.probabilities(torch.from_numpy(np.asarray(logits, np.float32))).numpy()
-    classes = predictor.classes
-    if predictor.task.frame_level:
-        fps = predictor.frames_per_second
-        duration = length / predictor.sample_rate
-        events = [(on, min(off, duration), name) for on, off, name in detect_events(probs, fps, classes, threshold)
-                  if on < duration]
-        return Prediction(path, events=events)
-    best = np.argsort(-probs, kind="stable")[:min(top, len(classes))]
-    return Prediction(path, top=[(classes[i], float(probs[i])) for i in best])
-
-
-def detect_events(probs: np.ndarray, fps: float, classes: Sequence[str],
-                  threshold: float) -> list[tuple[float, float, str]]:
-    """Runs of frames above ``threshold``, as ``(onset, offset, class)`` sorted by onset."""
-    events = []
-    for c, name in enumerate(classes):
-        active = np.concatenate([[False], probs[:, c] > threshold, [False]])
-        edges = np.flatnonzero(active[1:] != active[:-1])
-        events += [(on / fps, off / fps, name) for on, off in zip(edges[::2], edges[1::2])]
-    return sorted(events)
+def timeline_spans(timeline: Sequence[TimelineRow]) -> list[tuple[float, float, str, float]]:
+    """Consecutive windows with the same top class joined: ``(start, end, class, mean probability)``."""
+    spans: list[tuple[float, float, str, list[float]]] = []
+    for row in timeline:
+        name, prob = row.top[0]
+        if spans and spans[-1][2] == name:
+            spans[-1] = (spans[-1][0], row.end, name, [*spans[-1][3], prob])
+        else:
+            spans.append((row.start, row.end, name, [prob]))
+    return [(start, end, name, float(np.mean(probs))) for start, end, name, probs in spans]
 
 
 def format_predictions(predictions: Sequence[Prediction], fmt: PredictionFormat) -> str:
-    """``csv`` (clip students: ``path, class_1, probability_1, ..., error``; SED: one row per event,
-    ``path, onset, offset, event, error``, a file without events on one empty row) or ``json`` (a list of objects)."""
+    """``csv`` or ``json`` (a list of objects). CSV rows: clip models one per window of each file's timeline,
+    ``path, start, end, class_1, probability_1, ..., error``; frame-wise models one per event, ``path, onset,
+    offset, event, error``; a file without windows or events (an error) on one row of empty cells."""
     if fmt == "json":
         return json.dumps([p.to_dict() for p in predictions], indent=2)
     if fmt not in PREDICTION_FORMATS:
@@ -303,9 +380,11 @@ def format_predictions(predictions: Sequence[Prediction], fmt: PredictionFormat)
             writer.writerows([[p.path, *row, p.error or ""] for row in rows])
         return buffer.getvalue()
     width = max((len(p.top) for p in predictions if p.top), default=0)
-    writer.writerow(["path", *(f"{kind}_{i}" for i in range(1, width + 1) for kind in ("class", "probability")),
-                     "error"])
+    writer.writerow(["path", "start", "end",
+                     *(f"{kind}_{i}" for i in range(1, width + 1) for kind in ("class", "probability")), "error"])
     for p in predictions:
-        cells = [cell for name, prob in (p.top or []) for cell in (name, f"{prob:.6f}")]
-        writer.writerow([p.path, *cells, *[""] * (2 * width - len(cells)), p.error or ""])
+        for row in p.timeline or [None]:
+            cells = [cell for name, prob in (row.top if row else []) for cell in (name, f"{prob:.6f}")]
+            span = [f"{row.start:.3f}", f"{row.end:.3f}"] if row else ["", ""]
+            writer.writerow([p.path, *span, *cells, *[""] * (2 * width - len(cells)), p.error or ""])
     return buffer.getvalue()

@@ -17,14 +17,14 @@ from kd.core.complexity import exported_complexity
 from kd.data import open_dataset
 from kd.deploy.config import ExportConfig
 from kd.deploy.export import export_student
-from kd.deploy.graph import ExportDynamicConv, ExportDyReLU, ExportFrontend, exact_frontend, exportable
 from kd.deploy.onnx_runtime import OnnxStudent
 from kd.deploy.predict import evaluate_checkpoint, format_predictions, predict_files
 from kd.deploy.quantize import FakeQuantized, fold_batchnorm
 from kd_errors import KdError
 from layers import CheckpointError, sha256_file
+from layers.mel import ExportMelSTFT, MelSTFT, exact_log_mel
 from students import create_student
-from students.dymn import DynamicConv, DyReLU
+from students.dymn import DynamicConv, DyReLU, ExportDynamicConv, ExportDyReLU
 
 PARITY = 1e-4  # max |logit difference| ONNX Runtime vs PyTorch, float32
 
@@ -109,32 +109,46 @@ def test_export_dynamic_relu_computes_the_same_function():
         torch.testing.assert_close(ExportDyReLU(act)(x, context), act(x, context), atol=1e-6, rtol=0)
 
 
-def test_exportable_replaces_every_dynamic_conv_and_keeps_the_original():
+def test_exportable_replaces_every_dynamic_conv_and_the_frontend_and_keeps_the_original():
     model = create_student("dymn04", 5).eval()
-    copy = exportable(model)
-    assert not any(isinstance(m, (DynamicConv, DyReLU)) for m in copy.modules())
+    copy = model.exportable()
+    assert not any(isinstance(m, (DynamicConv, DyReLU, MelSTFT)) for m in copy.modules())
+    assert isinstance(copy.frontend, ExportMelSTFT)
     assert sum(isinstance(m, DynamicConv) for m in model.modules()) == 44  # the model itself is untouched
+    assert isinstance(model.frontend, MelSTFT)
     spec = model.frontend(torch.randn(2, 32000))
     with torch.no_grad():
         torch.testing.assert_close(copy.forward_spectrogram(spec), model.forward_spectrogram(spec), atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("name", ["cp_mobile", "fmn_tiny"])
+@pytest.mark.parametrize("name", ["cp_mobile", "cp_resnet_dcase", "mn04", "fmn_tiny"])
 def test_export_frontend_computes_what_the_frontend_computes(demo_asc, name):
+    """Any clip length (the frame count follows the input) and batch size, within the parity bound of torch's FFT."""
     model = create_student(name, 10).eval()
-    audio = torch.from_numpy(eval_audio(demo_asc, model, 1.0))
+    audio = torch.from_numpy(eval_audio(demo_asc, model, 1.0, count=3))
+    export = model.frontend.exportable()
     with torch.no_grad():
-        torch.testing.assert_close(ExportFrontend(model.frontend)(audio), model.frontend(audio), atol=1e-6, rtol=0)
+        for clips in (audio, audio[:1, :20001], audio[:2, :model.min_input_samples()]):
+            torch.testing.assert_close(export(clips), model.frontend(clips), atol=PARITY, rtol=0)
+
+
+def test_export_frontend_keeps_the_mel_banks_band_only():
+    """CP-Mobile's 256 x 2049 mel matrix (2.1 MB) is stored as its non-zero band."""
+    frontend = create_student("cp_mobile", 10).frontend
+    export = frontend.exportable()
+    stored = sum(b.numel() for name, b in export.named_buffers() if name.startswith("band"))
+    assert stored < frontend.mel_basis.numel() / 8
+    assert sum(b.numel() for b in export.buffers()) * 4 < 400_000
 
 
 @pytest.mark.parametrize("name", ["cp_mobile", "fmn_tiny"])
-def test_exact_frontend_is_the_frontend_in_float64(demo_asc, name):
+def test_exact_log_mel_is_the_frontend_in_float64(demo_asc, name):
     """The float64 reference of the parity bound computes what MelSTFT computes (else the bound would mean nothing)."""
     model = create_student(name, 10).eval()
     audio = eval_audio(demo_asc, model, 1.0)
     with torch.no_grad():
         float32 = model.frontend(torch.from_numpy(audio))
-    exact = exact_frontend(model.frontend, audio)
+    exact = exact_log_mel(model.frontend, audio)
     assert exact.dtype == torch.float32 and exact.shape == float32.shape
     difference = (exact - float32).abs()
     assert difference.max() < 1e-4 and difference.median() < 1e-6
@@ -151,7 +165,7 @@ def test_exported_frontend_and_network_match_pytorch(demo_asc, tiny_asc, tmp_pat
     runtime = OnnxStudent(result.path, device="cpu")
     assert np.abs(runtime.logits(audio) - expected).max() <= PARITY
     assert result.parity <= PARITY and "train clips" in result.parity_inputs
-    # the frontend alone: ONNX's STFT operator against torch.stft
+    # the frontend alone: the exported transform against torch.stft
     from onnxruntime import InferenceSession
 
     merged = onnx.load(result.path)
@@ -229,6 +243,19 @@ def test_broken_foreign_and_unexportable_inputs_are_refused_in_one_line(demo_tag
 # --- kd eval / predict / complexity on exported files -------------------------------------------------------------
 
 
+def test_int8_of_a_dymn_is_refused_in_one_line_before_calibrating(demo_tagging, tmp_path):
+    data = open_dataset(demo_tagging["spec"], split="train")
+    checkpoint = tmp_path / "dymn.pt"
+    meta = {"kind": "student", "name": "dymn04", "classes": data.classes, "task": data.task.name,
+            "seconds": data.clip_seconds(), "dataset": demo_tagging["spec"]}
+    torch.save({"model": create_student("dymn04", len(data.classes)).state_dict(), "meta": meta}, checkpoint)
+    out = tmp_path / "dymn.onnx"
+    with pytest.raises(KdError, match="refused for dymn04") as error:
+        export_student(ExportConfig(str(checkpoint), str(out), quantize="int8", calibration=demo_tagging["spec"]))
+    assert "\n" not in str(error.value) and "float32" in str(error.value) and not out.exists()
+    assert create_student("fdymn10_tf", 5).int8_refusal() and create_student("mn04", 5).int8_refusal() is None
+
+
 def test_eval_of_the_onnx_file_matches_the_checkpoint(demo_asc, tiny_asc):
     checkpoint, result = tiny_asc
     from_checkpoint = evaluate_checkpoint(checkpoint, demo_asc["spec"], device="cpu")
@@ -264,8 +291,8 @@ def test_predict_takes_folders_globs_and_lists_and_reports_bad_files(demo_asc, t
             assert np.allclose([p for _, p in a.top], [p for _, p in b.top], atol=1e-5)
             assert len(a.top) == 3 and a.top[0][1] >= a.top[1][1] >= a.top[2][1]
     rows = list(csv.reader(io.StringIO(format_predictions(from_onnx, "csv"))))
-    assert rows[0] == ["path", "class_1", "probability_1", "class_2", "probability_2", "class_3", "probability_3",
-                       "error"]
+    assert rows[0] == ["path", "start", "end", "class_1", "probability_1", "class_2", "probability_2", "class_3",
+                       "probability_3", "error"]
     assert len(rows) == len(from_onnx) + 1 and rows[1 + expected_paths.index(str(folder / "broken.wav"))][-1]
     assert json.loads(format_predictions(from_onnx, "json"))[0]["top"][0]["class"] == from_onnx[0].top[0][0]
     with pytest.raises(KdError, match="no such file"):
@@ -315,7 +342,7 @@ def test_int8_export_quantises_the_network_and_checks_it(demo_asc, tiny_asc, tmp
     assert report.check_clips == len(open_dataset(demo_asc["spec"], split="eval").labelled_clips)
     assert report.drop == pytest.approx(report.float32 - report.int8)
     ops = {n.op_type for n in onnx.load(result.path).graph.node}
-    assert {"QuantizeLinear", "DequantizeLinear", "STFT"} <= ops
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops and "STFT" not in ops
     assert result.metadata["quantization"].startswith("int8")
     cost = result.complexity
     assert cost.stored_bytes["int8"] > 0.9 * cost.params and cost.quantization_bytes > 0
@@ -328,7 +355,7 @@ def test_folded_batchnorm_and_fake_quantisation_keep_the_function(demo_asc, tiny
     from kd.core.checkpoints import load_student
 
     model, _ = load_student(checkpoint)
-    folded = fold_batchnorm(exportable(model))
+    folded = fold_batchnorm(model.exportable())
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
     audio = torch.from_numpy(eval_audio(demo_asc, model, 1.0))
     with torch.no_grad():
@@ -419,7 +446,7 @@ def test_every_family_exports_and_matches_pytorch(name, demo_fixture, frontend, 
     else:
         with torch.inference_mode():
             spectrogram = model.frontend(torch.from_numpy(audio)).numpy()
-            exact = model.forward_spectrogram(exact_frontend(model.frontend, audio)).numpy()
+            exact = model.forward_spectrogram(exact_log_mel(model.frontend, audio)).numpy()
         frontend_graph = onnx.utils.Extractor(onnx.load(result.path)).extract_model(["waveform"], ["spectrogram"])
         from onnxruntime import InferenceSession
 

@@ -7,7 +7,7 @@ import torch
 
 import teachers._registry as registry
 from kd.core.checkpoints import TeacherSpec, build_teacher
-from kd.demo.data import make_demo_data
+from kd.demo.data import SCENES, make_demo_data
 from kd.train.teacher import TrainTeacherConfig, train_teacher
 from layers import CheckpointError, read_checkpoint, sha256_file
 from teachers import RELEASES, create_teacher, release_path, teacher_cfg
@@ -25,6 +25,7 @@ def test_release_is_registered_with_its_sha256_and_provenance(name):
     state = read_checkpoint(path)
     assert {t.dtype for t in state.values() if t.is_floating_point()} == {torch.float16}
     assert "scenes" in cfg["pretraining"]["corpus"] and cfg["pretraining"]["clips"] >= 10_000
+    assert cfg["task"] == "asc" and cfg["classes"] == list(SCENES)  # what kd predict and kd embed name its outputs
 
 
 @pytest.mark.parametrize("name", DEMO_TEACHERS)

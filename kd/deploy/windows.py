@@ -1,0 +1,175 @@
+"""A model over a recording of any length, in bounded memory: windows of the model's training length with a hop.
+
+The audio arrives in blocks (:class:`kd.data.AudioStream`), :func:`sliding_windows` cuts windows of ``window``
+samples every ``hop`` samples from them (the first starts at 0, the last is the first that reaches the file's end,
+zero-padded past it), and batches of windows go through the model. Clip models answer with a **timeline**, a row
+per window (:func:`clip_timeline`); frame-wise models with **events** over the whole file (:func:`frame_events`):
+the frame probabilities of overlapping windows are averaged on one frame grid, and frames become final, and pass
+to the event tracker, as soon as no later window covers them, so an event that crosses a window boundary comes
+out once. Nothing here keeps more than a window, a batch and the frames not yet final.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from kd.tasks import Task
+from kd_errors import KdError
+
+__all__ = ["EventTracker", "TimelineRow", "Windowing", "batched", "clip_timeline", "frame_events", "sliding_windows"]
+
+
+@dataclass(frozen=True)
+class Windowing:
+    """Window and hop in samples at ``sample_rate``; for frame-wise models the hop is a whole number of frames."""
+
+    window: int
+    hop: int
+    sample_rate: int
+
+    @classmethod
+    def for_model(cls, sample_rate: int, model_seconds: float, frames_per_second: float | None,
+                  window: float | None = None, hop: float | None = None) -> Windowing:
+        """The windowing of a model trained on ``model_seconds`` clips: ``window`` seconds (default: that length)
+        every ``hop`` seconds (default: the window for clip models, half of it for frame-wise models, whose frames
+        near a window's edges see less context).
+
+        Raises:
+            KdError: a window or hop that is not positive, or a hop longer than the window (audio would be skipped).
+        """
+        window = model_seconds if window is None else window
+        if hop is None:
+            hop = window if frames_per_second is None else window / 2
+        if window <= 0 or hop <= 0 or hop > window:
+            raise KdError(f"--window {window:g} s, --hop {hop:g} s: both must be positive and the hop at most the "
+                          "window (a longer hop skips audio)")
+        hop_samples = round(hop * sample_rate)
+        if frames_per_second:
+            frame = sample_rate / frames_per_second
+            hop_samples = max(1, round(hop_samples / frame)) * frame
+            if abs(hop_samples - round(hop_samples)) > 1e-6:
+                raise KdError(f"{frames_per_second:g} frames/s at {sample_rate} Hz is no whole number of samples per "
+                              "frame: windows cannot share one frame grid")
+        return cls(round(window * sample_rate), min(round(hop_samples), round(window * sample_rate)), sample_rate)
+
+
+def sliding_windows(blocks: Iterable[np.ndarray], window: int, hop: int) -> Iterator[tuple[int, np.ndarray, int]]:
+    """``(start, samples, valid)`` per window of the audio in ``blocks``: ``samples`` is ``window`` long (zero-padded
+    past the end), ``valid`` how many of them are audio. Windows start every ``hop`` samples from 0; the last is the
+    first that reaches the end, so the windows cover the audio exactly."""
+    buffer, buffer_start, start, total, covered = np.zeros(0, np.float32), 0, 0, 0, 0
+    for block in blocks:
+        buffer = np.concatenate([buffer, block])
+        total += len(block)
+        while start + window <= total:
+            yield start, buffer[start - buffer_start:start - buffer_start + window], window
+            covered, start = start + window, start + hop
+        buffer, buffer_start = buffer[start - buffer_start:], start
+    if total and covered < total:
+        tail = buffer[start - buffer_start:]
+        yield start, np.pad(tail, (0, window - len(tail))), len(tail)
+
+
+def batched(windows: Iterable[tuple[int, np.ndarray, int]], size: int) -> Iterator[list[tuple[int, np.ndarray, int]]]:
+    """Consecutive windows in lists of at most ``size``."""
+    batch = []
+    for item in windows:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+@dataclass(frozen=True)
+class TimelineRow:
+    """One window of a clip model's timeline: its span in seconds and its top classes."""
+
+    start: float
+    end: float
+    top: list[tuple[str, float]]
+
+
+def probabilities(task: Task, logits: np.ndarray) -> np.ndarray:
+    return task.probabilities(torch.from_numpy(np.asarray(logits, np.float32))).numpy()
+
+
+def clip_timeline(logits_of, task: Task, classes: Sequence[str], blocks: Iterable[np.ndarray], windowing: Windowing,
+                  top: int, batch_size: int = 16) -> tuple[list[TimelineRow], np.ndarray]:
+    """A clip model's timeline over the audio of ``blocks`` and the mean class probabilities of its windows (each
+    weighted by the audio it holds); ``logits_of(waveforms [B, N]) -> [B, C]`` runs the model."""
+    rate, rows = windowing.sample_rate, []
+    total, weight = np.zeros(len(classes), np.float64), 0
+    for batch in batched(sliding_windows(blocks, windowing.window, windowing.hop), batch_size):
+        probs = probabilities(task, logits_of(np.stack([samples for _, samples, _ in batch])))
+        for (start, _, valid), p in zip(batch, probs):
+            best = np.argsort(-p, kind="stable")[:min(top, len(classes))]
+            rows.append(TimelineRow(start / rate, (start + valid) / rate, [(classes[i], float(p[i])) for i in best]))
+            total += valid * p
+            weight += valid
+    return rows, (total / max(weight, 1)).astype(np.float32)
+
+
+class EventTracker:
+    """Events from final frame probabilities that arrive in order: a run of frames above ``threshold`` per class,
+    open across calls to :meth:`push` until a frame below it (or :meth:`finish`) closes it."""
+
+    def __init__(self, classes: Sequence[str], frames_per_second: float, threshold: float) -> None:
+        self.classes, self.fps, self.threshold = list(classes), frames_per_second, threshold
+        self.onsets = np.full(len(classes), -1, np.int64)  # the open event's first frame per class, -1: none open
+        self.events: list[tuple[float, float, str]] = []
+        self.next_frame = 0
+
+    def push(self, probs: np.ndarray) -> None:
+        """The next frames' probabilities ``[n, C]`` (following the previous push)."""
+        active = probs > self.threshold
+        for c in range(len(self.classes)):
+            flags = np.concatenate([[self.onsets[c] >= 0], active[:, c]])
+            for edge in np.flatnonzero(flags[1:] != flags[:-1]):  # edge e: frame next_frame + e changes state
+                frame = self.next_frame + int(edge)
+                if flags[edge + 1]:
+                    self.onsets[c] = frame
+                else:
+                    self.events.append((self.onsets[c] / self.fps, frame / self.fps, self.classes[c]))
+                    self.onsets[c] = -1
+        self.next_frame += len(probs)
+
+    def finish(self, duration: float) -> list[tuple[float, float, str]]:
+        """All events, sorted by onset; those still open end at ``duration`` seconds."""
+        for c in np.flatnonzero(self.onsets >= 0):
+            self.events.append((self.onsets[c] / self.fps, duration, self.classes[c]))
+        self.onsets[:] = -1
+        return sorted((on, min(off, duration), name) for on, off, name in self.events if on < duration)
+
+
+def frame_events(logits_of, task: Task, classes: Sequence[str], frames_per_second: float,
+                 blocks: Iterable[np.ndarray], windowing: Windowing, threshold: float,
+                 batch_size: int = 16) -> list[tuple[float, float, str]]:
+    """Events ``(onset, offset, class)`` of a frame-wise model over the audio of ``blocks``:
+    ``logits_of(waveforms [B, N]) -> [B, T, C]``; overlapping windows' frame probabilities are averaged."""
+    per_frame = windowing.sample_rate / frames_per_second
+    tracker = EventTracker(classes, frames_per_second, threshold)
+    sums, counts = np.zeros((0, len(classes)), np.float64), np.zeros(0, np.int64)  # from frame tracker.next_frame
+    audio_end = 0
+    for batch in batched(sliding_windows(blocks, windowing.window, windowing.hop), batch_size):
+        probs = probabilities(task, logits_of(np.stack([samples for _, samples, _ in batch])))
+        for (start, _, valid), p in zip(batch, probs):
+            first, frames = round(start / per_frame), min(len(p), int(np.ceil(valid / per_frame)))
+            end = first + frames - tracker.next_frame
+            if end > len(sums):
+                sums = np.concatenate([sums, np.zeros((end - len(sums), len(classes)))])
+                counts = np.concatenate([counts, np.zeros(end - len(counts), np.int64)])
+            sums[first - tracker.next_frame:end] += p[:frames]
+            counts[first - tracker.next_frame:end] += 1
+            audio_end = start + valid
+            final = first + round(windowing.hop / per_frame) - tracker.next_frame  # no later window reaches these
+            if final > 0:
+                tracker.push(sums[:final] / counts[:final, None])
+                sums, counts = sums[final:], counts[final:]
+    if len(sums):
+        tracker.push(sums / np.maximum(counts, 1)[:, None])
+    return tracker.finish(audio_end / windowing.sample_rate)
