@@ -6,16 +6,27 @@ frontend of EfficientAT and PaSST (Schmid et al., "Efficient Large-Scale Audio T
 Transformer-to-CNN Knowledge Distillation", ICASSP 2023; Koutini et al., "Efficient Training of Audio
 Transformers with Patchout", Interspeech 2022): pre-emphasis, a power STFT, Kaldi mel banks,
 ``log(x + 1e-5)`` and the fixed normalisation ``(x + 4.5) / 5``. In training it jitters the mel range and
-applies SpecAugment-style masks, as its authors do.
+applies SpecAugment-style masks, as its authors do. Those constants are defined here once (:data:`PREEMPHASIS`,
+:func:`log_mel`) for the frontend, its export form (:class:`ExportMelSTFT`, ``MelSTFT.exportable()``) and its
+float64 reference (:func:`exact_log_mel`).
 """
 from __future__ import annotations
 
 import math
 
+from typing import Any
+
+import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["MelSTFT", "kaldi_mel_banks", "mask_along_axis", "mel_scale"]
+from .dft import MatmulPowerSpectrum
+
+__all__ = ["PREEMPHASIS", "ExportMelSTFT", "MelSTFT", "exact_log_mel", "kaldi_mel_banks", "log_mel",
+           "mask_along_axis", "mel_scale"]
+
+PREEMPHASIS = 0.97  # x[n + 1] - 0.97 x[n]
+LOG_OFFSET, LOG_SHIFT, LOG_SCALE = 1e-5, 4.5, 5.0  # (log(mel + 1e-5) + 4.5) / 5
 
 
 def mel_scale(freq: torch.Tensor | float) -> torch.Tensor | float:
@@ -47,6 +58,11 @@ def kaldi_mel_banks(n_mels: int, n_fft: int, sample_rate: float, fmin: float, fm
     down = (right - bin_mel) / (right - centre)
     banks = torch.clamp(torch.minimum(up, down), min=0.0)
     return nn.functional.pad(banks, (0, 1))
+
+
+def log_mel(mel: torch.Tensor) -> torch.Tensor:
+    """The frontend's compression of mel energies: ``(log(mel + 1e-5) + 4.5) / 5``."""
+    return (torch.log(mel + LOG_OFFSET) + LOG_SHIFT) / LOG_SCALE
 
 
 def mask_along_axis(x: torch.Tensor, max_width: int, axis: int) -> torch.Tensor:
@@ -133,7 +149,7 @@ class MelSTFT(nn.Module):
         """``x[n + 1] - 0.97 x[n]`` (one sample shorter): the reference's 2-tap ``conv1d``, bit for bit, by slicing,
         which is 20x faster on a CPU (oneDNN's conv1d with a 2-tap kernel over 32 000 samples costs ~1 ms a clip)."""
         x = waveform.float()
-        return x[..., 1:] - 0.97 * x[..., :-1]
+        return x[..., 1:] - PREEMPHASIS * x[..., :-1]
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
         x = self.preemphasize(waveform)
@@ -145,8 +161,64 @@ class MelSTFT(nn.Module):
         basis = self._training_mel_basis() if self.training else self.mel_basis
         with torch.autocast(device_type=power.device.type, enabled=False):
             mel = torch.matmul(basis, power)
-        mel = torch.log(mel + 1e-5)
-        if self.training:
+        mel = log_mel(mel)
+        if self.training:  # masks zero the normalised values, as the reference does
             mel = mask_along_axis(mel, self.freqm, axis=1)
             mel = mask_along_axis(mel, self.timem, axis=2)
-        return ((mel + 4.5) / 5.0).unsqueeze(1)
+        return mel.unsqueeze(1)
+
+    def exportable(self) -> ExportMelSTFT:
+        """The eval-mode frontend in the form ``kd export`` writes (see :class:`ExportMelSTFT`)."""
+        return ExportMelSTFT(self)
+
+    def settings(self) -> dict[str, Any]:
+        """Everything the eval-mode frontend computes with (``kd export`` stores it in a file's metadata)."""
+        return {"type": "log-mel (kd MelSTFT)", "sample_rate": self.sample_rate, "n_mels": self.n_mels,
+                "n_fft": self.n_fft, "win_length": self.win_length, "hop_length": self.hop_length,
+                "fmin": float(self.fmin), "fmax": float(self.fmax), "window": "hann (symmetric), centred",
+                "steps": f"pre-emphasis {PREEMPHASIS:g}; power STFT (centred, reflect padding); Kaldi mel banks; "
+                         f"log(x + {LOG_OFFSET:g}); (x + {LOG_SHIFT:g}) / {LOG_SCALE:g}"}
+
+
+class ExportMelSTFT(nn.Module):
+    """:class:`MelSTFT` in eval mode as ONNX Runtime runs it fast, from the same window and mel banks.
+
+    The power STFT is :class:`layers.dft.MatmulPowerSpectrum` over the bins the mel banks use, and the mel
+    projection is kept only over its non-zero band: the filters in ``groups`` groups of neighbours, each a dense
+    matrix over the bins its filters cover (CP-Mobile's 256 x 2049 matrix, 2.1 MB, becomes 0.1 MB). The same
+    products with the zeros left out; the DFT rounds differently from torch's FFT (within ~5e-5 after the log).
+    """
+
+    def __init__(self, mel: MelSTFT, groups: int = 16) -> None:
+        super().__init__()
+        basis = mel.mel_basis
+        used = (basis != 0).any(dim=0).nonzero()[:, 0]
+        lo, hi = int(used[0]), int(used[-1]) + 1
+        self.power = MatmulPowerSpectrum(mel.window, mel.n_fft, mel.hop_length, (lo, hi))
+        edges = np.linspace(0, mel.n_mels, min(groups, mel.n_mels) + 1).round().astype(int)
+        self.bands: list[tuple[int, int]] = []  # bins of each group, buffer band{i}: [bins, filters]
+        for i, (start, stop) in enumerate(zip(edges[:-1], edges[1:], strict=True)):
+            rows = basis[start:stop, lo:hi]
+            columns = (rows != 0).any(dim=0).nonzero()[:, 0]
+            first, last = (int(columns[0]), int(columns[-1]) + 1) if len(columns) else (0, 1)
+            self.bands.append((first, last))
+            self.register_buffer(f"band{i}", rows[:, first:last].T.contiguous())
+
+    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        power = self.power(MelSTFT.preemphasize(waveform))  # [B, T, bins]
+        mel = torch.cat([power[..., a:b] @ getattr(self, f"band{i}") for i, (a, b) in enumerate(self.bands)], dim=-1)
+        return log_mel(mel).transpose(1, 2).unsqueeze(1)
+
+
+def exact_log_mel(frontend: MelSTFT, waveforms: np.ndarray) -> torch.Tensor:
+    """The eval-mode log-mel spectrogram of ``waveforms`` computed in float64, returned as float32.
+
+    The float32 frontend's FFT rounds low-energy bins by up to ~1e-5 after the log (its error is relative to a
+    frame's energy, not a bin's); this is the reference float32 implementations are measured against.
+    """
+    wave = torch.as_tensor(waveforms).double()
+    x = wave[:, 1:] - PREEMPHASIS * wave[:, :-1]
+    spec = torch.stft(x, frontend.n_fft, hop_length=frontend.hop_length, win_length=frontend.win_length,
+                      window=frontend.window.double(), center=True, return_complex=True)
+    mel = frontend.mel_basis.double() @ (spec.real.square() + spec.imag.square())
+    return log_mel(mel).unsqueeze(1).float()

@@ -6,6 +6,7 @@ import abc
 import torch
 from torch import nn
 
+from layers.export_forms import int8_refusal, with_export_forms
 from layers.probe import min_input_samples
 
 __all__ = ["Student", "init_mobile_weights"]
@@ -17,7 +18,8 @@ class Student(nn.Module, abc.ABC):
     Subclasses set ``sample_rate``, ``num_classes``, ``frames_per_second`` (None for clip-level students),
     ``frontend`` and ``classifier_names`` (the modules sized by ``num_classes``, which keep their fresh
     initialisation when ``create_student`` loads a checkpoint with another class count), and implement
-    ``forward_spectrogram``.
+    ``forward_spectrogram``. Modules that ONNX cannot hold (or runs slowly) provide their own export forms
+    (:mod:`layers.export_forms`), which :meth:`exportable` assembles.
     """
 
     sample_rate: int
@@ -33,6 +35,15 @@ class Student(nn.Module, abc.ABC):
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
         """Logits for a batch of waveforms ``[B, N]`` at ``sample_rate``."""
         return self.forward_spectrogram(self.frontend(waveform))
+
+    def exportable(self) -> Student:
+        """A copy in eval mode whose modules (frontend included) take the forms ``kd export`` writes: the same
+        function and weights, in operations ONNX holds and ONNX Runtime runs fast."""
+        return with_export_forms(self)
+
+    def int8_refusal(self) -> str | None:
+        """Why this student must not be exported in int8 (one line), or None when it may."""
+        return int8_refusal(self)
 
     def min_input_samples(self) -> int:
         """The fewest samples this student takes: shorter clips are padded with zeros up to it.

@@ -16,6 +16,12 @@ IEEE/ACM TASLP 2024 (github.com/fschmid56/EfficientAT, models/dymn). The MobileN
 
 Names follow the released checkpoints (``in_c``, ``layers.N.{exp,depth,proj}_{conv,norm}``, ``depth_act``,
 ``context_gen``, ``out_c``, ``classifier.{2,5}``); the dynamic kernels are stored as ``[1, 1, K, numel]``.
+
+Export forms (``exportable()``, see :mod:`layers.export_forms`): the dynamic convolution folds the batch into its
+groups, a group count ONNX cannot express; :class:`ExportDynamicConv` computes the same function with a fixed
+graph and :class:`ExportDyReLU` the dynamic ReLU with operations ONNX Runtime runs fast. int8 is refused
+(``int8_refusal``): the per-example kernels are products of two computed tensors, which stay float32 between
+quantised layers, and the file lost 9 points of mAP on dymn04 while running 3x slower than float32.
 """
 from __future__ import annotations
 
@@ -33,7 +39,11 @@ from ._base import Student, init_mobile_weights, strip_prefixes
 from ._registry import register_student
 from .mobilenet import EFFICIENTAT_NORM, MNV3_LARGE, Pair, as_pair, clip_block_strides, mlp_head, scaled
 
-__all__ = ["DyMN", "DynamicBlock", "DynamicConv", "checkpoint_filter_fn", "dymn_features"]
+__all__ = ["DyMN", "DyReLU", "DynamicBlock", "DynamicConv", "ExportDyReLU", "ExportDynamicConv", "checkpoint_filter_fn",
+           "dymn_features"]
+
+INT8_REFUSAL = ("DyMN's per-example kernels do not quantise (dymn04 lost 9 points of mAP in int8, running 3x slower "
+                "than float32); export it in float32")
 
 
 class DynamicConv(nn.Module):
@@ -42,6 +52,8 @@ class DynamicConv(nn.Module):
     ``weight`` keeps the released layout ``[1, 1, k, out * in / groups * kh * kw]``; ``residuals`` maps the context
     vector to the ``k`` mixing logits. The mixed kernels of a batch are applied as one grouped convolution.
     """
+
+    int8_refusal = INT8_REFUSAL
 
     def __init__(
         self, in_channels: int, out_channels: int, context_dim: int, kernel_size: int = 1, stride: Pair = 1,
@@ -67,6 +79,9 @@ class DynamicConv(nn.Module):
         out = F.conv2d(x.reshape(1, b * self.in_channels, f, t), kernels, stride=self.stride, padding=self.padding,
                        groups=self.groups * b)
         return out.reshape(b, self.out_channels, out.shape[-2], out.shape[-1])
+
+    def exportable(self) -> ExportDynamicConv:
+        return ExportDynamicConv(self)
 
     def count_macs(self, inputs: tuple, output: torch.Tensor) -> int:
         """Kernel mixing (``k`` MACs per kernel weight) plus the convolution with the mixed kernel."""
@@ -94,6 +109,76 @@ class DyReLU(nn.Module):
         coefs = theta.reshape(-1, self.channels, 1, 1, 2 * self.m) * self.lambdas + self.init_v
         mapped = x.unsqueeze(-1) * coefs[..., : self.m] + coefs[..., self.m:]
         return mapped.amax(dim=-1)
+
+    def exportable(self) -> ExportDyReLU:
+        return ExportDyReLU(self)
+
+
+class ExportDynamicConv(nn.Module):
+    """DyMN's :class:`students.dymn.DynamicConv` as a graph ONNX can hold, computing the same function.
+
+    The original mixes ``k`` kernels per example (``softmax(Linear(context) / temperature)``) and convolves the
+    batch folded into the groups, so the group count is ``groups * batch``. Here:
+
+    * 1x1 convolutions without groups (expand and project) mix the kernels the same way and apply each example's
+      ``[out, in]`` matrix with a batched matrix product;
+    * other convolutions (the depthwise ones) run the ``k`` kernels as one static grouped convolution and mix the
+      ``k`` outputs with the same weights: convolution is linear in its kernel, so
+      ``conv(x, sum_j a_j W_j) = sum_j a_j conv(x, W_j)``; only the rounding differs.
+    """
+
+    def __init__(self, conv: DynamicConv) -> None:
+        super().__init__()
+        self.residuals, self.temperature, self.k = conv.residuals, conv.temperature, conv.k
+        self.in_channels, self.out_channels, self.groups = conv.in_channels, conv.out_channels, conv.groups
+        self.stride, self.padding = conv.stride, conv.padding
+        weight = conv.weight.detach()[0, 0]  # [k, out * in / groups * kh * kw]
+        self.pointwise = conv.kernel_size == 1 and conv.groups == 1 and conv.stride == (1, 1)
+        if self.pointwise:
+            self.kernels = nn.Parameter(weight.clone(), requires_grad=False)
+        else:
+            g, per_group = conv.groups, conv.out_channels // conv.groups
+            kernels = weight.reshape(conv.k, g, per_group, conv.in_channels // g, conv.kernel_size, conv.kernel_size)
+            self.kernels = nn.Parameter(kernels.transpose(0, 1).reshape(g * conv.k * per_group, conv.in_channels // g,
+                                                                        conv.kernel_size, conv.kernel_size).clone(),
+                                        requires_grad=False)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        b = x.shape[0]
+        attention = torch.softmax(self.residuals(context.reshape(b, -1)) / self.temperature, dim=-1)
+        if self.pointwise:
+            kernels = (attention @ self.kernels).reshape(b, self.out_channels, self.in_channels)
+            out = torch.matmul(kernels, x.reshape(b, self.in_channels, -1))
+            return out.reshape(b, self.out_channels, x.shape[2], x.shape[3])
+        y = F.conv2d(x, self.kernels, stride=self.stride, padding=self.padding, groups=self.groups)
+        f, t = y.shape[-2], y.shape[-1]
+        y = y.reshape(b, self.groups, self.k, -1)  # per group, the k kernels' outputs one after another
+        out = y[:, :, 0] * attention[:, 0].reshape(b, 1, 1)
+        for j in range(1, self.k):  # multiply-adds of 3-D tensors: ONNX Runtime broadcasts over 6-D ones slowly
+            out = out + y[:, :, j] * attention[:, j].reshape(b, 1, 1)
+        return out.reshape(b, self.out_channels, f, t)
+
+
+class ExportDyReLU(nn.Module):
+    """DyMN's :class:`students.dymn.DyReLU` with the same arithmetic, ``max_j(a_j * x + b_j)`` taken as an
+    element-wise maximum of ``m`` 4-D tensors instead of a reduction over a trailing axis of size ``m`` (which ONNX
+    Runtime broadcasts and reduces slowly: most of dymn04's time before)."""
+
+    def __init__(self, act: DyReLU) -> None:
+        super().__init__()
+        self.coef_net, self.channels, self.m = act.coef_net, act.channels, act.m
+        self.register_buffer("lambdas", act.lambdas.clone())
+        self.register_buffer("init_v", act.init_v.clone())
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        b = x.shape[0]
+        theta = 2 * torch.sigmoid(self.coef_net(context.reshape(b, -1))) - 1
+        coefs = (theta.reshape(b, self.channels, 2 * self.m) * self.lambdas + self.init_v).reshape(
+            b, self.channels, 2 * self.m, 1, 1)
+        out = x * coefs[:, :, 0] + coefs[:, :, self.m]
+        for j in range(1, self.m):
+            out = torch.maximum(out, x * coefs[:, :, j] + coefs[:, :, self.m + j])
+        return out
 
 
 class ContextGen(nn.Module):

@@ -4,20 +4,19 @@ What the file holds:
 
 * **the network** (spectrogram ``[B, 1, F, T]`` -> logits), exported with torch's dynamo exporter (BatchNorm
   folded into the convolutions by its optimiser), and, unless ``frontend=False``, **the log-mel frontend** in front of
-  it (waveform ``[B, N]`` -> spectrogram) as a separate subgraph whose names start with ``frontend/``. The frontend's
-  STFT becomes ONNX's ``STFT`` operator with the same window, so nothing outside the file is needed. Batch size and
-  input length are dynamic (see :func:`~kd.deploy.graph.input_rules`);
+  it (waveform ``[B, N]`` -> spectrogram) as a separate subgraph whose names start with ``frontend/``: the STFT as
+  two matrix products and the mel projection over its non-zero band only (:class:`layers.mel.ExportMelSTFT`), so
+  nothing outside the file is needed. Batch size and input length are dynamic (see
+  :func:`~kd.deploy.graph.input_rules`);
 * **metadata properties** a deployer needs (:data:`kd.deploy.onnx_runtime.METADATA_KEYS`): class names, task, sample rate,
   clip length, frames per second (SED), the frontend's settings, the input length rules, the source
   checkpoint's sha256 and, from a device-specific checkpoint, the recording device whose parameters it holds
   (``device_id``; ``none``: the general model).
 
-Modules whose PyTorch formulation does not export, or exports slowly, are rewritten for export only, with the same
-weights (:class:`~kd.deploy.graph.ExportFrontend`: the frontend without two slow gathers):
-DyMN's dynamic convolution mixes a kernel per example and runs one grouped convolution with the batch folded into
-the groups (a group count that depends on the batch size, which ONNX cannot express);
-:class:`~kd.deploy.graph.ExportDynamicConv` computes the same function with a fixed graph (see its docstring), and
-:class:`~kd.deploy.graph.ExportDyReLU` its dynamic ReLU with operations ONNX Runtime runs fast.
+What is exported is the student's export form, ``Student.exportable()``: modules whose PyTorch formulation does not
+export, or exports slowly, provide a formulation with the same function and weights themselves (the frontend in
+:mod:`layers.mel`, DyMN's dynamic convolution and ReLU in :mod:`students.dymn`), so this package knows no student
+family (an import-linter contract says so).
 
 Checks before the file is written (a failed check leaves an existing file untouched):
 
@@ -25,15 +24,17 @@ Checks before the file is written (a failed check leaves an existing file untouc
   the network's logits on PyTorch's spectrograms within :data:`~kd.deploy.graph.PARITY_TOLERANCE` of PyTorch's (relative to the
   largest logit, at least 1), and the frontend's spectrograms within :data:`~kd.deploy.graph.PARITY_TOLERANCE` of PyTorch's. The
   whole file's logits are compared too and reported (:class:`~kd.deploy.config.ExportResult`), next to how far PyTorch's own float32
-  logits are from exact ones (:func:`~kd.deploy.graph.exact_frontend`): two float32 FFTs round quiet bins differently by ~1e-5
-  after the log (their error is relative to a frame's energy), and students with many output frames or a high
+  logits are from exact ones (:func:`layers.mel.exact_log_mel`): two float32 transforms round quiet bins differently by
+  ~5e-5 after the log (their error is relative to a frame's energy), and students with many output frames or a high
   gain carry that rounding past 1e-4, in PyTorch as much as in ONNX Runtime;
 * int8 (``quantize="int8"``): static post-training quantisation with ONNX Runtime's tools (QDQ format, int8 weights
   per output channel, uint8 layer inputs calibrated on clips of the training split of ``calibration``, the first
   convolution kept in float, see :class:`~kd.deploy.config.QuantRecipe`), then the task's metric of the int8 file against the float32
   checkpoint on the evaluation split. A drop above ``max_drop`` is reported in the result and, with
   ``strict=True``, refuses the file. (torch's PT2E flow lives in torchao, which kd does not depend on; on CP-Mobile
-  this recipe loses at most a point, see BENCHMARKS.md, so no quantisation-aware fine-tuning is needed.)
+  this recipe loses at most a point, see BENCHMARKS.md, so no quantisation-aware fine-tuning is needed.) A student
+  with a module that refuses int8 (``Student.int8_refusal()``: DyMN's dynamic kernels) is refused in one line before
+  anything is calibrated.
 
 The parts live beside this module: :mod:`kd.deploy.config` (settings and reports), :mod:`kd.deploy.graph` (graphs,
 metadata, parity) and :mod:`kd.deploy.quantize` (int8).
@@ -55,13 +56,9 @@ from kd.core.complexity import exported_complexity
 from kd.deploy.config import ExportConfig, ExportResult, ProgressFn
 from kd.deploy.graph import (
     PARITY_TOLERANCE,
-    ExportFrontend,
     Network,
     assemble,
     checked_parity,
-    exact_frontend,
-    exportable,
-    frontend_settings,
     input_rules,
     min_samples,
     probe_noise,
@@ -83,6 +80,7 @@ from kd.deploy.quantize import (
 from kd.tasks import get_task
 from kd_errors import KdError
 from layers import sha256_file
+from layers.mel import exact_log_mel
 from students import Student
 
 __all__ = ["export_student"]
@@ -96,6 +94,8 @@ def export_student(cfg: ExportConfig, on_step: ProgressFn | None = None) -> Expo
         # unlike kd predict, no fallback: a file named for a device that holds the general model would mislead
         raise KdError(f"{cfg.checkpoint} has no parameters for device {cfg.device_id} (it has: "
                       f"{', '.join(meta[DEVICE_MODELS])}); export without --device-id for the general model")
+    if cfg.quantize == "int8" and (reason := model.int8_refusal()):
+        raise KdError(f"--quantize int8 refused for {meta['name']}: {reason}")
     seconds = float(cfg.seconds or meta["seconds"])
     classes = list(meta["classes"])
     calibration = open_calibration(cfg, classes) if cfg.calibration else None
@@ -104,12 +104,13 @@ def export_student(cfg: ExportConfig, on_step: ProgressFn | None = None) -> Expo
     samples = round(seconds * model.sample_rate)
     with torch.no_grad():
         probe_spec = model.frontend(probe_noise(2, samples))
-    network = to_onnx(Network(exportable(model)), probe_spec, "spectrogram", "logits", {0: "batch", 3: "frames"},
+    exported = model.exportable()
+    network = to_onnx(Network(exported), probe_spec, "spectrogram", "logits", {0: "batch", 3: "frames"},
                        {0: "batch", 1: "logit_frames"} if model.frames_per_second else {0: "batch"})
     frontend = None
     if cfg.frontend:
         step("exporting the frontend")
-        frontend = to_onnx(ExportFrontend(model.frontend), probe_noise(2, samples), "waveform", "spectrogram",
+        frontend = to_onnx(exported.frontend, probe_noise(2, samples), "waveform", "spectrogram",
                             {0: "batch", 1: "samples"}, {0: "batch", 3: "frames"})
 
     if calibration is not None:
@@ -129,7 +130,7 @@ def export_student(cfg: ExportConfig, on_step: ProgressFn | None = None) -> Expo
     if frontend is not None:
         frontend_parity = checked_parity("the frontend's spectrograms", run_graph(frontend, probe), spectrogram, PARITY_TOLERANCE)
         with torch.inference_mode():
-            exact = model.forward_spectrogram(exact_frontend(model.frontend, probe)).numpy()
+            exact = model.forward_spectrogram(exact_log_mel(model.frontend, probe)).numpy()
         torch_vs_exact = float(np.abs(expected - exact).max())
     float_model = assemble(frontend, network)
     metadata = _metadata(cfg, model, meta, seconds, float_model)
@@ -186,7 +187,7 @@ def _metadata(cfg: ExportConfig, model: Student, meta: dict[str, Any], seconds: 
         "output_shape": json.dumps(out_shape) + (": frame logits [batch, frames, classes]" if model.frames_per_second
                                                  else ": logits [batch, classes]"),
         "min_samples": str(shortest),
-        "frontend": json.dumps(frontend_settings(model.frontend)),
+        "frontend": json.dumps(model.frontend.settings()),
         "activation": get_task(task).activation,
         "quantization": "none",
         "checkpoint": Path(cfg.checkpoint).name,

@@ -24,7 +24,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from kd.data import AudioError, Dataset, open_dataset
 from kd.deploy.config import CALIBRATORS, LAYER_OPS, ExportConfig, QuantRecipe, QuantReport
-from kd.deploy.graph import exportable, without_metadata
+from kd.deploy.graph import without_metadata
 from kd.deploy.onnx_runtime import OnnxStudent
 from kd.deploy.predict import TorchPredictor, evaluate_predictor
 from kd.train.loaders import ClipDataset, make_loader
@@ -120,7 +120,7 @@ def quantization_aware_finetune(model: Student, data: Dataset, seconds: float, c
     float32 model's outputs (the task's distillation loss at temperature 1, no labels needed) on the clips of
     ``data``, for ``cfg.qat_epochs`` epochs with Adam at ``cfg.qat_lr``; then it is quantised like any model.
     """
-    tuned = fold_batchnorm(exportable(model))
+    tuned = fold_batchnorm(model.exportable())
     layers = [(name, m) for name, m in tuned.named_modules()
               if isinstance(m, (nn.Conv2d, nn.Linear)) and not name.startswith("frontend")]
     keep = ({layers[0][0]} if "first" in cfg.recipe.keep_float else set()) | \
