@@ -10,8 +10,9 @@ out once. Nothing here keeps more than a window, a batch and the frames not yet 
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,7 +20,8 @@ import torch
 from kd.tasks import Task
 from kd_errors import KdError
 
-__all__ = ["EventTracker", "TimelineRow", "Windowing", "batched", "clip_timeline", "frame_events", "sliding_windows"]
+__all__ = ["EventTracker", "FrameGrid", "TimelineRow", "Windowing", "clip_timeline", "each_window", "frame_events",
+           "probabilities", "sliding_windows", "window_frames"]
 
 
 @dataclass(frozen=True)
@@ -73,16 +75,48 @@ def sliding_windows(blocks: Iterable[np.ndarray], window: int, hop: int) -> Iter
         yield start, np.pad(tail, (0, window - len(tail))), len(tail)
 
 
-def batched(windows: Iterable[tuple[int, np.ndarray, int]], size: int) -> Iterator[list[tuple[int, np.ndarray, int]]]:
-    """Consecutive windows in lists of at most ``size``."""
-    batch = []
-    for item in windows:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
+def each_window(run: Callable[[np.ndarray], Sequence], blocks: Iterable[np.ndarray], windowing: Windowing,
+                batch_size: int = 16) -> Iterator[tuple[int, int, Any]]:
+    """``(start, valid, output)`` per window of the audio in ``blocks`` (see :func:`sliding_windows`), where
+    ``run(waveforms [B, window])`` answers a batch of windows with one output per window."""
+    batch: list[tuple[int, np.ndarray, int]] = []
+    for item in [*sliding_windows(blocks, windowing.window, windowing.hop), None]:
+        if item is not None:
+            batch.append(item)
+        if batch and (item is None or len(batch) == batch_size):
+            outputs = run(np.stack([samples for _, samples, _ in batch]))
+            yield from ((start, valid, out) for (start, _, valid), out in zip(batch, outputs))
             batch = []
-    if batch:
-        yield batch
+
+
+class FrameGrid:
+    """Frame values ``[n, D]`` of overlapping windows averaged on one frame grid: :meth:`add` a window's frames at
+    their first frame index, :meth:`pop` the frames no later window reaches. Holds only the frames not yet popped."""
+
+    def __init__(self, width: int) -> None:
+        self.sums, self.counts, self.first = np.zeros((0, width)), np.zeros(0, np.int64), 0
+
+    def add(self, first: int, values: np.ndarray) -> None:
+        end = first + len(values) - self.first
+        if end > len(self.sums):
+            self.sums = np.concatenate([self.sums, np.zeros((end - len(self.sums), self.sums.shape[1]))])
+            self.counts = np.concatenate([self.counts, np.zeros(end - len(self.counts), np.int64)])
+        self.sums[first - self.first:end] += values
+        self.counts[first - self.first:end] += 1
+
+    def pop(self, upto: int | None = None) -> np.ndarray:
+        """The mean values of the frames before ``upto`` (all frames held when None), which leave the grid."""
+        n = len(self.sums) if upto is None else max(0, min(upto - self.first, len(self.sums)))
+        out = (self.sums[:n] / np.maximum(self.counts[:n], 1)[:, None]).astype(np.float32)
+        self.sums, self.counts, self.first = self.sums[n:], self.counts[n:], self.first + n
+        return out
+
+
+def window_frames(start: int, valid: int, frames: int, windowing: Windowing,
+                  frames_per_second: float) -> tuple[int, int]:
+    """``(first, count)``: the grid index of a window's first frame, and how many of its frames hold audio."""
+    per_frame = windowing.sample_rate / frames_per_second
+    return round(start / per_frame), min(frames, int(np.ceil(valid / per_frame)))
 
 
 @dataclass(frozen=True)
@@ -98,19 +132,22 @@ def probabilities(task: Task, logits: np.ndarray) -> np.ndarray:
     return task.probabilities(torch.from_numpy(np.asarray(logits, np.float32))).numpy()
 
 
-def clip_timeline(logits_of, task: Task, classes: Sequence[str], blocks: Iterable[np.ndarray], windowing: Windowing,
-                  top: int, batch_size: int = 16) -> tuple[list[TimelineRow], np.ndarray]:
+def _probabilities_of(task: Task, logits_of: Callable[[np.ndarray], np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
+    return lambda waveforms: probabilities(task, logits_of(waveforms))
+
+
+def clip_timeline(logits_of: Callable[[np.ndarray], np.ndarray], task: Task, classes: Sequence[str],
+                  blocks: Iterable[np.ndarray], windowing: Windowing, top: int,
+                  batch_size: int = 16) -> tuple[list[TimelineRow], np.ndarray]:
     """A clip model's timeline over the audio of ``blocks`` and the mean class probabilities of its windows (each
     weighted by the audio it holds); ``logits_of(waveforms [B, N]) -> [B, C]`` runs the model."""
     rate, rows = windowing.sample_rate, []
     total, weight = np.zeros(len(classes), np.float64), 0
-    for batch in batched(sliding_windows(blocks, windowing.window, windowing.hop), batch_size):
-        probs = probabilities(task, logits_of(np.stack([samples for _, samples, _ in batch])))
-        for (start, _, valid), p in zip(batch, probs):
-            best = np.argsort(-p, kind="stable")[:min(top, len(classes))]
-            rows.append(TimelineRow(start / rate, (start + valid) / rate, [(classes[i], float(p[i])) for i in best]))
-            total += valid * p
-            weight += valid
+    for start, valid, p in each_window(_probabilities_of(task, logits_of), blocks, windowing, batch_size):
+        best = np.argsort(-p, kind="stable")[:min(top, len(classes))]
+        rows.append(TimelineRow(start / rate, (start + valid) / rate, [(classes[i], float(p[i])) for i in best]))
+        total += valid * p
+        weight += valid
     return rows, (total / max(weight, 1)).astype(np.float32)
 
 
@@ -146,30 +183,18 @@ class EventTracker:
         return sorted((on, min(off, duration), name) for on, off, name in self.events if on < duration)
 
 
-def frame_events(logits_of, task: Task, classes: Sequence[str], frames_per_second: float,
-                 blocks: Iterable[np.ndarray], windowing: Windowing, threshold: float,
+def frame_events(logits_of: Callable[[np.ndarray], np.ndarray], task: Task, classes: Sequence[str],
+                 frames_per_second: float, blocks: Iterable[np.ndarray], windowing: Windowing, threshold: float,
                  batch_size: int = 16) -> list[tuple[float, float, str]]:
     """Events ``(onset, offset, class)`` of a frame-wise model over the audio of ``blocks``:
     ``logits_of(waveforms [B, N]) -> [B, T, C]``; overlapping windows' frame probabilities are averaged."""
-    per_frame = windowing.sample_rate / frames_per_second
-    tracker = EventTracker(classes, frames_per_second, threshold)
-    sums, counts = np.zeros((0, len(classes)), np.float64), np.zeros(0, np.int64)  # from frame tracker.next_frame
+    tracker, grid = EventTracker(classes, frames_per_second, threshold), FrameGrid(len(classes))
+    hop_frames = round(windowing.hop * frames_per_second / windowing.sample_rate)
     audio_end = 0
-    for batch in batched(sliding_windows(blocks, windowing.window, windowing.hop), batch_size):
-        probs = probabilities(task, logits_of(np.stack([samples for _, samples, _ in batch])))
-        for (start, _, valid), p in zip(batch, probs):
-            first, frames = round(start / per_frame), min(len(p), int(np.ceil(valid / per_frame)))
-            end = first + frames - tracker.next_frame
-            if end > len(sums):
-                sums = np.concatenate([sums, np.zeros((end - len(sums), len(classes)))])
-                counts = np.concatenate([counts, np.zeros(end - len(counts), np.int64)])
-            sums[first - tracker.next_frame:end] += p[:frames]
-            counts[first - tracker.next_frame:end] += 1
-            audio_end = start + valid
-            final = first + round(windowing.hop / per_frame) - tracker.next_frame  # no later window reaches these
-            if final > 0:
-                tracker.push(sums[:final] / counts[:final, None])
-                sums, counts = sums[final:], counts[final:]
-    if len(sums):
-        tracker.push(sums / np.maximum(counts, 1)[:, None])
+    for start, valid, p in each_window(_probabilities_of(task, logits_of), blocks, windowing, batch_size):
+        first, count = window_frames(start, valid, len(p), windowing, frames_per_second)
+        grid.add(first, p[:count])
+        tracker.push(grid.pop(first + hop_frames))  # the next window starts there: the frames before it are final
+        audio_end = start + valid
+    tracker.push(grid.pop())
     return tracker.finish(audio_end / windowing.sample_rate)
