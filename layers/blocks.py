@@ -84,6 +84,28 @@ class SqueezeExcitation(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.scale(x)
 
+    def exportable(self) -> nn.Module:
+        """Channel SE as global average pooling and 1x1 convolutions (operators ONNX Runtime runs in int8, with no
+        transposes between them); SE along frequency or time as it is."""
+        return ChannelSE(self) if self.axis == 1 else self
+
+
+class ChannelSE(nn.Module):
+    """The export form of a channel :class:`SqueezeExcitation`: the same function and weights, its linear layers as
+    1x1 convolutions on the pooled ``[B, C, 1, 1]`` tensor."""
+
+    def __init__(self, se: SqueezeExcitation) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = (nn.Conv2d(fc.in_features, fc.out_features, 1) for fc in (se.fc1, se.fc2))
+        with torch.no_grad():
+            for conv, fc in ((self.fc1, se.fc1), (self.fc2, se.fc2)):
+                conv.weight.copy_(fc.weight[:, :, None, None])
+                conv.bias.copy_(fc.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = nn.functional.adaptive_avg_pool2d(x, 1)
+        return x * torch.sigmoid(self.fc2(torch.relu(self.fc1(s))))
+
 
 class ConcurrentSE(nn.Module):
     """One SE per axis in ``axes`` applied to the same input, outputs aggregated element-wise.

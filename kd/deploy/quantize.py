@@ -50,22 +50,26 @@ class _Batches(CalibrationDataReader):
 def quantize_network(network: onnx.ModelProto, spectrograms: Iterator[np.ndarray], recipe: QuantRecipe) -> onnx.ModelProto:
     """The network (spectrogram input) statically quantised to int8 by ``recipe``, calibrated on ``spectrograms``.
 
-    Quantised are the layers with constant weights; products of two computed tensors (DyMN's per-example kernels
-    applied to its input) stay float32, as their int8 versions lose most of dymn04's mAP.
+    Quantised are the layers with constant weights and, with ``recipe.elementwise``, every other operator ONNX
+    Runtime has int8 kernels for; products of two computed tensors stay float32.
     """
     constants = {t.name for t in network.graph.initializer} | \
         {n.output[0] for n in network.graph.node if n.op_type == "Constant"}
-    layers = [n.name for n in network.graph.node if n.op_type in LAYER_OPS and n.input[1] in constants]
+    products = [n for n in network.graph.node if n.op_type in LAYER_OPS]
+    layers = [n.name for n in products if n.input[1] in constants]
     keep = set(layers[:1] if "first" in recipe.keep_float else []) | \
-        set(layers[-1:] if "last" in recipe.keep_float else [])
+        set(layers[-1:] if "last" in recipe.keep_float else []) | \
+        {n.name for n in products if n.input[1] not in constants}
+    selection = ({"nodes_to_exclude": sorted(keep)} if recipe.elementwise else
+                 {"nodes_to_quantize": [name for name in layers if name not in keep],
+                  "op_types_to_quantize": list(LAYER_OPS)})
     with tempfile.TemporaryDirectory() as tmp, _quiet():
         source, target = Path(tmp) / "float.onnx", Path(tmp) / "int8.onnx"
         onnx.save(without_metadata(network), source)
         quantize_static(
             str(source), str(target), _Batches(spectrograms), quant_format=QuantFormat.QDQ,
             per_channel=recipe.per_channel, weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
-            calibrate_method=CALIBRATORS[recipe.calibrate_method],
-            nodes_to_quantize=[name for name in layers if name not in keep], op_types_to_quantize=list(LAYER_OPS),
+            calibrate_method=CALIBRATORS[recipe.calibrate_method], **selection,
         )
         return onnx.load(target)
 

@@ -265,3 +265,17 @@ def test_masks_are_drawn_per_example_and_bounded():
     assert zero_rows.max() <= 10
     assert len(set(zero_rows.tolist())) > 1
     assert torch.equal(mask_along_axis(x, 0, axis=2), x)
+
+
+def test_channel_se_export_form_computes_the_same_function_with_convolutions():
+    from layers.blocks import SqueezeExcitation
+
+    torch.manual_seed(0)
+    se = SqueezeExcitation(24, 8).eval()
+    export = se.exportable()
+    assert not any(isinstance(m, torch.nn.Linear) for m in export.modules())
+    x = torch.randn(3, 24, 7, 11)
+    with torch.no_grad():
+        torch.testing.assert_close(export(x), se(x), atol=1e-6, rtol=1e-6)
+    frequency_se = SqueezeExcitation(7, 8, axis="f")
+    assert frequency_se.exportable() is frequency_se  # exports as it is
