@@ -460,6 +460,43 @@ def predict_cmd(model, inputs, top, threshold, window, hop, fmt, batch_size, wor
         sys.exit(1)
 
 
+@main.command("embed")
+@click.argument("model", metavar="MODEL")
+@click.argument("inputs", nargs=-1, required=True, metavar="AUDIO...")
+@click.option("--out", required=True, type=click.Path(), metavar="OUT.zarr|OUT.npz",
+              help="Where the embeddings go: a Zarr group, or a NumPy .npz file.")
+@click.option("--window", type=float, default=None, metavar="SECONDS",
+              help="Window the model runs on (default: the clip length it was trained on).")
+@click.option("--hop", type=float, default=None, metavar="SECONDS",
+              help="Hop between windows (default: the window for clip models, half of it for frame-wise models).")
+@click.option("--batch-size", type=int, default=16, show_default=True, help="Windows run together.")
+@click.option("--device", default="auto", show_default=True)
+def embed_cmd(model, inputs, out, window, hop, batch_size, device) -> None:
+    """Embeddings of audio files of any length: per file a scene embedding, and timestamped embeddings (one per
+    window for clip models, one per frame for frame-wise models) with their times.
+
+    MODEL: a `kd distill` or `kd train-teacher` checkpoint, a `kd export` .onnx file, or a registered teacher (NAME
+    or NAME=CHECKPOINT). The embedding is what the model's classifier reads. OUT holds `scene` [files, D],
+    `embeddings` [rows, D] with `timestamps` (seconds) and `offsets` [files + 1] (file i owns rows offsets[i] to
+    offsets[i+1]), and the files' paths. Python: kd.embed.load_model / get_scene_embeddings /
+    get_timestamp_embeddings (the HEAR API).
+    """
+    from kd.embed import embed_files, load_model, write_embeddings
+
+    embedder = load_model(model, device=device, window=window, hop=hop, batch_size=batch_size)
+    with console.status(f"embedding with {model}"):
+        done, failed = embed_files(embedder, inputs)
+    for path, reason in failed.items():
+        console.print(f"[yellow]skipped {escape(path)}: {escape(reason)}[/]", highlight=False)
+    written = write_embeddings(done, out, model)
+    rows = sum(len(e.timestamps) for e in done)
+    console.print(f"{len(done)} files: scene embeddings [{len(done)}, {embedder.scene_embedding_size}], "
+                  f"{rows} timestamped embeddings [{rows}, {embedder.timestamp_embedding_size}] in {written}",
+                  highlight=False)
+    if failed:
+        sys.exit(1)
+
+
 @main.command("submit")
 @click.argument("model", type=click.Path(exists=True, dir_okay=False), metavar="CKPT|MODEL.onnx")
 @click.option("--dataset", required=True, metavar="FORMAT:PATH",
