@@ -189,7 +189,7 @@ class ExportMelSTFT(nn.Module):
     products with the zeros left out; the DFT rounds differently from torch's FFT (within ~5e-5 after the log).
     """
 
-    def __init__(self, mel: MelSTFT, groups: int = 16) -> None:
+    def __init__(self, mel: MelSTFT, groups: int = 32) -> None:
         super().__init__()
         basis = mel.mel_basis
         used = (basis != 0).any(dim=0).nonzero()[:, 0]
