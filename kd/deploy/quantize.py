@@ -6,6 +6,7 @@ the float32 checkpoint (:func:`quant_report`), measured by the predictors of ``k
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import logging
 import tempfile
@@ -31,7 +32,7 @@ from kd.train.loaders import ClipDataset, make_loader
 from kd_errors import KdError
 from students import Student
 
-__all__ = ["FakeQuantized", "fold_batchnorm", "load_clips", "open_calibration", "quant_report",
+__all__ = ["FakeQuantized", "fold_batchnorm", "in_int8_operators", "load_clips", "open_calibration", "quant_report",
            "quantization_aware_finetune", "quantize_network", "spectrogram_batches", "spread"]
 
 
@@ -63,6 +64,8 @@ def quantize_network(network: onnx.ModelProto, spectrograms: Iterator[np.ndarray
     selection = ({"nodes_to_exclude": sorted(keep)} if recipe.elementwise else
                  {"nodes_to_quantize": [name for name in layers if name not in keep],
                   "op_types_to_quantize": list(LAYER_OPS)})
+    if recipe.elementwise:
+        network = in_int8_operators(network)
     with tempfile.TemporaryDirectory() as tmp, _quiet():
         source, target = Path(tmp) / "float.onnx", Path(tmp) / "int8.onnx"
         onnx.save(without_metadata(network), source)
@@ -72,6 +75,46 @@ def quantize_network(network: onnx.ModelProto, spectrograms: Iterator[np.ndarray
             calibrate_method=CALIBRATORS[recipe.calibrate_method], **selection,
         )
         return onnx.load(target)
+
+
+def in_int8_operators(network: onnx.ModelProto) -> onnx.ModelProto:
+    """``network`` computing the same function in operators ONNX Runtime has int8 kernels for, where it can.
+
+    ``HardSwish(x)`` becomes ``x * clip(x + 3, 0, 6) * (1 / 6)`` (an addition, a clip and two products, all
+    quantised) and a ``ReduceMean`` over both axes of a 4-D tensor that keeps them becomes ``GlobalAveragePool``;
+    in int8 both would otherwise be float32 islands (dequantise, compute, quantise again) between quantised layers.
+    """
+    network = copy.deepcopy(network)
+    graph = network.graph
+    values = {t.name: onnx.numpy_helper.to_array(t) for t in graph.initializer}
+    values.update({n.output[0]: onnx.numpy_helper.to_array(n.attribute[0].t) for n in graph.node
+                   if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"})
+    ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in (*graph.value_info, *graph.input)}
+    for name, value in (("kd_int8_three", 3.0), ("kd_int8_zero", 0.0), ("kd_int8_six", 6.0), ("kd_int8_sixth", 1 / 6)):
+        graph.initializer.append(onnx.numpy_helper.from_array(np.array(value, dtype=np.float32), name))
+    nodes = []
+    for node in graph.node:
+        if node.op_type == "HardSwish":
+            x, out, base = node.input[0], node.output[0], node.name or node.output[0]
+            nodes += [onnx.helper.make_node("Add", [x, "kd_int8_three"], [f"{out}/shifted"], f"{base}/add"),
+                      onnx.helper.make_node("Clip", [f"{out}/shifted", "kd_int8_zero", "kd_int8_six"],
+                                            [f"{out}/clipped"], f"{base}/clip"),
+                      onnx.helper.make_node("Mul", [x, f"{out}/clipped"], [f"{out}/scaled"], f"{base}/mul"),
+                      onnx.helper.make_node("Mul", [f"{out}/scaled", "kd_int8_sixth"], [out], f"{base}/sixth")]
+        elif node.op_type == "ReduceMean" and _pools_both_axes(node, values, ranks):
+            nodes.append(onnx.helper.make_node("GlobalAveragePool", [node.input[0]], list(node.output), node.name))
+        else:
+            nodes.append(node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return network
+
+
+def _pools_both_axes(node: onnx.NodeProto, values: dict[str, np.ndarray], ranks: dict[str, int]) -> bool:
+    keepdims = next((a.i for a in node.attribute if a.name == "keepdims"), 1)
+    if keepdims != 1 or len(node.input) < 2 or node.input[1] not in values or ranks.get(node.input[0]) != 4:
+        return False
+    return sorted(int(a) % 4 for a in np.atleast_1d(values[node.input[1]])) == [2, 3]
 
 
 def fold_batchnorm(model: nn.Module) -> nn.Module:

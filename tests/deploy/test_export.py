@@ -466,3 +466,23 @@ def test_every_family_exports_and_matches_pytorch(name, demo_fixture, frontend, 
         events = predict_files(result.path, [open_dataset(demo["spec"], split="eval").clips[0].source],
                                threshold=0.0, device="cpu")[0].events
         assert events and all(0 <= on < off <= seconds for on, off, _ in events)
+
+
+def test_int8_operator_forms_compute_the_same_function():
+    """HardSwish and spatial means become operators ONNX Runtime runs in int8, with the same outputs in float32."""
+    from onnxruntime import InferenceSession
+
+    from kd.deploy.graph import Network, to_onnx
+    from kd.deploy.quantize import in_int8_operators
+
+    torch.manual_seed(0)
+    model = create_student("mn01", 5).eval()
+    spec = torch.randn(2, 1, 128, 64)
+    network = to_onnx(Network(model.exportable()), spec, "spectrogram", "logits", {0: "batch", 3: "frames"},
+                      {0: "batch"})
+    rewritten = in_int8_operators(network)
+    ops = {n.op_type for n in rewritten.graph.node}
+    assert "HardSwish" not in ops and "GlobalAveragePool" in ops
+    run = [InferenceSession(g.SerializeToString()).run(None, {"spectrogram": spec.numpy()})[0]
+           for g in (network, rewritten)]
+    np.testing.assert_allclose(run[1], run[0], atol=1e-5, rtol=0)
