@@ -4,9 +4,11 @@ ONNX Runtime's ``STFT`` operator transforms frame after frame without a fast FFT
 costs ``n_fft`` multiply-adds per bin and frame. Splitting the ``n_fft = N1 * N2`` point DFT in two
 (``n = N2 * n1 + n2``, ``k = k1 + N1 * k2``) turns it into a real ``N1``-point DFT along ``n1`` for each ``n2``,
 twiddle factors, and a complex ``N2``-point DFT along ``n2``: two dense matrix products ONNX Runtime runs at full
-speed, about ``N1 + N2`` multiply-adds per bin. Frames are cut from ``hop``-sample blocks by slicing (a gather of
-every sample is slower than the transform itself), rows of the frame the window leaves at zero are skipped, and
-only the bins a caller asks for are computed.
+speed, about ``N1 + N2`` multiply-adds per bin. The input is real, so the first stage computes only
+``k1 <= N1 / 2``: the power at ``k1 + N1 * k2`` for a larger ``k1`` equals that at
+``(N1 - k1) + N1 * (N2 - 1 - k2)`` (``X[N - k]`` is the conjugate of ``X[k]``), and a gather picks each requested
+bin. Frames are cut from ``hop``-sample blocks by slicing (a gather of every sample is slower than the transform
+itself) and rows of the frame the window leaves at zero are skipped.
 """
 from __future__ import annotations
 
@@ -42,19 +44,25 @@ class MatmulPowerSpectrum(nn.Module):
         first, last = offset // n2, -(-(offset + window.numel()) // n2)  # rows n1 the window reaches
         self.n_fft, self.hop_length, self.lo, self.hi = n_fft, hop_length, lo, hi
         self.n1, self.n2, self.first, self.rows = n1, n2, first * n2, last - first
-        self.k2 = -(-hi // n1)  # k = k1 + N1 * k2 < hi
+        half = n1 // 2 + 1  # real input: the k1 above N1 / 2 mirror those below
+        self.half = half
         padded = torch.zeros(n_fft, dtype=torch.float64)
         padded[offset:offset + window.numel()] = window.double()
         self.register_buffer("window", padded.reshape(n1, n2)[first:last].float().contiguous())  # [rows, N2]
-        k1 = torch.arange(n1, dtype=torch.float64)[:, None]
+        k1 = torch.arange(half, dtype=torch.float64)[:, None]
         angle = 2 * math.pi * k1 * torch.arange(first, last, dtype=torch.float64)[None, :] / n1
-        self.register_buffer("stage1", torch.cat([angle.cos(), -angle.sin()]).float())  # [2 N1, rows]
-        twiddle = -2 * math.pi * k1 * torch.arange(n2, dtype=torch.float64)[None, :] / n_fft  # [N1, N2]
+        self.register_buffer("stage1", torch.cat([angle.cos(), -angle.sin()]).float())  # [2 H, rows]
+        twiddle = -2 * math.pi * k1 * torch.arange(n2, dtype=torch.float64)[None, :] / n_fft  # [H, N2]
         self.register_buffer("twiddle_cos", twiddle.cos().float())
         self.register_buffer("twiddle_sin", twiddle.sin().float())
-        angle = 2 * math.pi * torch.arange(n2, dtype=torch.float64)[:, None] * torch.arange(self.k2)[None, :] / n2
+        angle = 2 * math.pi * torch.arange(n2, dtype=torch.float64)[:, None] * torch.arange(n2)[None, :] / n2
         cos, sin = angle.cos(), angle.sin()
         self.register_buffer("stage2", torch.cat([torch.cat([cos, -sin], 1), torch.cat([sin, cos], 1)]).float())
+        k = torch.arange(lo, hi)
+        low, high = k % n1, k // n1
+        mirrored = low > n1 // 2
+        index = torch.where(mirrored, (n1 - low) * n2 + (n2 - 1 - high), low * n2 + high)
+        self.register_buffer("bins", index)
 
     def frames(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, frames, rows, N2]``: each frame's samples the window reaches (``n1`` major), from hop blocks."""
@@ -70,11 +78,11 @@ class MatmulPowerSpectrum(nn.Module):
         return framed.reshape(batch, count, self.rows, self.n2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        stage1 = self.stage1 @ (self.frames(x) * self.window)  # [B, T, 2 N1, N2]: real N1-point DFTs along n1
-        re, im = stage1[:, :, :self.n1], stage1[:, :, self.n1:]
+        stage1 = self.stage1 @ (self.frames(x) * self.window)  # [B, T, 2 H, N2]
+        re, im = stage1[:, :, :self.half], stage1[:, :, self.half:]
         twiddled = torch.cat([re * self.twiddle_cos - im * self.twiddle_sin,
-                              re * self.twiddle_sin + im * self.twiddle_cos], dim=3)  # [B, T, N1, 2 N2]
-        stage2 = twiddled @ self.stage2  # [B, T, N1, 2 K2]: complex N2-point DFTs along n2
-        re, im = stage2[..., :self.k2], stage2[..., self.k2:]
-        power = re * re + im * im  # [B, T, N1 (k1), K2 (k2)]
-        return power.transpose(2, 3).flatten(2)[:, :, self.lo:self.hi]  # bin k1 + N1 * k2
+                              re * self.twiddle_sin + im * self.twiddle_cos], dim=3)  # [B, T, H, 2 N2]
+        stage2 = twiddled @ self.stage2  # [B, T, H, 2 N2]
+        re, im = stage2[..., :self.n2], stage2[..., self.n2:]
+        power = (re * re + im * im).flatten(2)  # [B, T, H N2]: bin k1 + N1 k2 at k1 N2 + k2
+        return power[:, :, self.bins]

@@ -51,7 +51,7 @@ def probe_noise(batch: int, samples: int) -> torch.Tensor:
 
 def to_onnx(module: nn.Module, example: torch.Tensor, input_name: str, output_name: str,
              input_axes: dict[int, str], output_axes: dict[int, str]) -> onnx.ModelProto:
-    """``module`` as an ONNX graph with one input and one output.
+    """``module`` as an ONNX graph with one input and one output, without the exporter's per-node provenance.
 
     The ``input_axes`` stay symbolic where the module allows it; they and the ``output_axes`` get readable names
     (``batch``, ``samples``, ...) in place of the exporter's ``s16``-style symbols, wherever those appear.
@@ -66,6 +66,7 @@ def to_onnx(module: nn.Module, example: torch.Tensor, input_name: str, output_na
     for index, node in enumerate(proto.graph.node):  # the quantiser addresses nodes by name
         if not node.name:
             node.name = f"{node.op_type}_{index}"
+        del node.metadata_props[:]  # the exporter's provenance (stack traces, module paths): a quarter of a small file
     names = {}
     for value, axes in ((proto.graph.input[0], input_axes), (proto.graph.output[0], output_axes)):
         dims = value.type.tensor_type.shape.dim
