@@ -21,9 +21,20 @@ from torch import nn
 __all__ = ["MatmulPowerSpectrum", "dft_factors"]
 
 
-def dft_factors(n_fft: int) -> tuple[int, int]:
-    """``(N1, N2)`` with ``N1 * N2 = n_fft``, ``N2`` the largest divisor not above ``sqrt(n_fft)``."""
-    n2 = max(d for d in range(1, math.isqrt(n_fft) + 1) if n_fft % d == 0)
+def dft_factors(n_fft: int, win_length: int | None = None) -> tuple[int, int]:
+    """``(N1, N2)`` with ``N1 * N2 = n_fft`` and the fewest multiply-adds per frame for a ``win_length`` window.
+
+    Per frame, the first stage costs ``2 H * rows * N2`` and the second ``H * (2 N2) ** 2``, with ``H = N1 // 2 + 1``
+    and ``rows`` the rows of ``N2`` samples the centred window reaches.
+    """
+    win_length = win_length or n_fft
+
+    def cost(n2: int) -> int:
+        half, offset = n_fft // n2 // 2 + 1, (n_fft - win_length) // 2
+        rows = -(-(offset + win_length) // n2) - offset // n2
+        return 2 * half * rows * n2 + half * 4 * n2 * n2
+
+    n2 = min((d for d in range(1, n_fft + 1) if n_fft % d == 0), key=cost)
     return n_fft // n2, n2
 
 
@@ -39,7 +50,7 @@ class MatmulPowerSpectrum(nn.Module):
         lo, hi = bins
         if not 0 <= lo < hi <= n_fft // 2 + 1:
             raise ValueError(f"bins {lo}..{hi} outside the {n_fft // 2 + 1} bins of a {n_fft}-point DFT")
-        n1, n2 = dft_factors(n_fft)
+        n1, n2 = dft_factors(n_fft, window.numel())
         offset = (n_fft - window.numel()) // 2
         first, last = offset // n2, -(-(offset + window.numel()) // n2)  # rows n1 the window reaches
         self.n_fft, self.hop_length, self.lo, self.hi = n_fft, hop_length, lo, hi
