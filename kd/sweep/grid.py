@@ -19,6 +19,7 @@ import itertools
 import json
 import os
 import time
+import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -34,7 +35,6 @@ from kd_errors import KdError
 __all__ = ["PointResult", "SweepCallbacks", "SweepConfig", "SweepPoint", "SweepResult", "expand", "sweep"]
 
 DONE = "point.json"
-_TYPES = {"int": int, "float": float, "str": str}
 
 
 @dataclass(frozen=True)
@@ -268,12 +268,13 @@ def _run_on_dask(cfg: SweepConfig, todo: Sequence[SweepPoint], tracking: str, ca
 
 
 def _typed(key: str, text: str) -> Any:
-    """A swept value as the type of the ``DistillConfig`` field it sets."""
-    annotation = str({f.name: f.type for f in fields(DistillConfig)}[key])
-    for name, cast in _TYPES.items():
-        if annotation.startswith(name) or f"{name} |" in annotation or f"| {name}" in annotation:
+    """A swept value as the type of the ``DistillConfig`` field it sets (its annotation's int or float, if any)."""
+    annotation = typing.get_type_hints(DistillConfig)[key]
+    kinds = typing.get_args(annotation) or (annotation,)
+    for cast in (int, float):
+        if cast in kinds:
             try:
                 return cast(text)
             except ValueError:
-                raise KdError(f"--set {key}={text}: not a {name}") from None
+                raise KdError(f"--set {key}={text}: not a{'n' if cast is int else ''} {cast.__name__}") from None
     return text
