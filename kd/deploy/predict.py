@@ -31,7 +31,15 @@ import torch
 from kd.core.checkpoints import DEVICE_MODELS, TeacherSpec, build_teacher, checkpoint_meta, load_student
 from kd.core.devices import select_device
 from kd.data import AudioError, AudioStream, Dataset, load_audio, open_dataset
-from kd.deploy.windows import EventTracker, TimelineRow, Windowing, clip_timeline, frame_events, probabilities
+from kd.deploy.windows import (
+    EventTracker,
+    TimelineRow,
+    Windowing,
+    clip_timeline,
+    frame_events,
+    probabilities,
+    windows_per_batch,
+)
 from kd.evaluate.loop import LogitsOf, run_loader, score
 from kd.options import PREDICTION_FORMATS, PredictionFormat
 from kd.tasks import Task, get_task
@@ -252,8 +260,9 @@ def predict_files(model: str, inputs: Sequence[str], top: int = 3, threshold: fl
 
     Every file runs in windows of ``window`` seconds every ``hop`` seconds (defaults: see
     :meth:`kd.deploy.windows.Windowing.for_model`), the last one zero-padded: files up to one window long are
-    decoded whole by ``workers`` threads and run together in batches of ``batch_size``; longer ones are read in
-    blocks, resampled block by block, and their windows batched, so memory does not grow with a file's length.
+    decoded whole by ``workers`` threads and run together in batches; longer ones are read in blocks, resampled
+    block by block, and their windows batched, so memory does not grow with a file's length. A batch holds
+    ``batch_size`` windows, and at most 32 s of audio (:func:`kd.deploy.windows.windows_per_batch`).
 
     Args:
         model: a ``kd distill`` checkpoint, a ``kd export`` ``.onnx`` file or a teacher (see :func:`open_predictor`).
@@ -282,7 +291,7 @@ def predict_files(model: str, inputs: Sequence[str], top: int = 3, threshold: fl
             results[index] = Prediction(files[index], error=item.reason)
         elif isinstance(item, np.ndarray) and len(item) <= windowing.window:
             short.append((index, item))
-            if len(short) == batch_size:
+            if len(short) == windows_per_batch(windowing, batch_size):
                 flush()
         else:
             results[index] = answer.windowed(files[index], [item] if isinstance(item, np.ndarray) else item)

@@ -10,6 +10,7 @@ out once. Nothing here keeps more than a window, a batch and the frames not yet 
 """
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +22,7 @@ from kd.tasks import Task
 from kd_errors import KdError
 
 __all__ = ["EventTracker", "FrameGrid", "TimelineRow", "Windowing", "clip_timeline", "each_window", "frame_events",
-           "probabilities", "sliding_windows", "window_frames"]
+           "probabilities", "sliding_windows", "window_frames", "windows_per_batch"]
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,14 @@ class Windowing:
         return cls(round(window * sample_rate), min(round(hop_samples), round(window * sample_rate)), sample_rate)
 
 
+BATCH_AUDIO_SECONDS = 32.0  # audio per batch at most: a batch of 10 s windows through mn10 takes ~100 MB per window
+
+
+def windows_per_batch(windowing: Windowing, batch_size: int) -> int:
+    """At most ``batch_size`` windows, and at most :data:`BATCH_AUDIO_SECONDS` of audio, per batch (at least one)."""
+    return max(1, min(batch_size, int(BATCH_AUDIO_SECONDS * windowing.sample_rate // windowing.window)))
+
+
 def sliding_windows(blocks: Iterable[np.ndarray], window: int, hop: int) -> Iterator[tuple[int, np.ndarray, int]]:
     """``(start, samples, valid)`` per window of the audio in ``blocks``: ``samples`` is ``window`` long (zero-padded
     past the end), ``valid`` how many of them are audio. Windows start every ``hop`` samples from 0; the last is the
@@ -78,9 +87,11 @@ def sliding_windows(blocks: Iterable[np.ndarray], window: int, hop: int) -> Iter
 def each_window(run: Callable[[np.ndarray], Sequence], blocks: Iterable[np.ndarray], windowing: Windowing,
                 batch_size: int = 16) -> Iterator[tuple[int, int, Any]]:
     """``(start, valid, output)`` per window of the audio in ``blocks`` (see :func:`sliding_windows`), where
-    ``run(waveforms [B, window])`` answers a batch of windows with one output per window."""
+    ``run(waveforms [B, window])`` answers a batch of windows (see :func:`windows_per_batch`) with one output per
+    window. Holds one batch of windows at a time."""
+    batch_size = windows_per_batch(windowing, batch_size)
     batch: list[tuple[int, np.ndarray, int]] = []
-    for item in [*sliding_windows(blocks, windowing.window, windowing.hop), None]:
+    for item in itertools.chain(sliding_windows(blocks, windowing.window, windowing.hop), [None]):
         if item is not None:
             batch.append(item)
         if batch and (item is None or len(batch) == batch_size):

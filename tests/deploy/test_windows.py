@@ -15,7 +15,7 @@ from cli import main
 from kd.data import AudioError, AudioStream, load_audio, open_dataset
 from kd.deploy import predict as predict_module
 from kd.deploy.predict import open_predictor, predict_files
-from kd.deploy.windows import EventTracker, Windowing, frame_events, sliding_windows
+from kd.deploy.windows import EventTracker, Windowing, each_window, frame_events, sliding_windows, windows_per_batch
 from kd.tasks import get_task
 from kd_errors import KdError
 from students import create_student
@@ -37,6 +37,21 @@ def test_windows_cover_the_audio_exactly_whatever_the_blocks(total, window, hop_
     for start, samples, valid in windows:
         assert len(samples) == window and valid == min(window, total - start)
         assert np.array_equal(samples[:valid], audio[start:start + valid]) and not samples[valid:].any()
+
+
+def test_windows_run_as_the_blocks_arrive_not_after_the_whole_file():
+    """Bounded memory: the first batch answers after a batch's worth of blocks, not after the file's last."""
+    read = []
+
+    def endless_blocks():  # 1 000 blocks of a second: the first answers must come long before the end
+        for i in range(1000):
+            read.append(i)
+            yield np.ones(100, np.float32)
+
+    windowing = Windowing(window=100, hop=100, sample_rate=100)
+    first = next(each_window(lambda waves: waves.sum(axis=1), endless_blocks(), windowing, batch_size=4))
+    assert first == (0, 100, 100.0) and len(read) <= 5
+    assert windows_per_batch(Windowing(320000, 320000, 32000), 16) == 3  # at most 32 s of audio in a batch
 
 
 def test_windowing_defaults_come_from_the_model_and_bad_hops_are_refused():
