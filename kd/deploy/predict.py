@@ -262,7 +262,7 @@ def predict_files(model: str, inputs: Sequence[str], top: int = 3, threshold: fl
     :meth:`kd.deploy.windows.Windowing.for_model`), the last one zero-padded: files up to one window long are
     decoded whole by ``workers`` threads and run together in batches; longer ones are read in blocks, resampled
     block by block, and their windows batched, so memory does not grow with a file's length. A batch holds
-    ``batch_size`` windows, and at most 32 s of audio (:func:`kd.deploy.windows.windows_per_batch`).
+    ``batch_size`` windows, and at most 20 s of audio (:func:`kd.deploy.windows.windows_per_batch`).
 
     Args:
         model: a ``kd distill`` checkpoint, a ``kd export`` ``.onnx`` file or a teacher (see :func:`open_predictor`).

@@ -59,7 +59,7 @@ class Windowing:
         return cls(round(window * sample_rate), min(round(hop_samples), round(window * sample_rate)), sample_rate)
 
 
-BATCH_AUDIO_SECONDS = 32.0  # audio per batch at most: a batch of 10 s windows through mn10 takes ~100 MB per window
+BATCH_AUDIO_SECONDS = 20.0  # audio per batch at most: each 10 s window through mn10 takes ~70 MB of activations
 
 
 def windows_per_batch(windowing: Windowing, batch_size: int) -> int:
