@@ -64,8 +64,9 @@ def test_a_frame_wise_model_embeds_each_frame(tmp_path):
 def test_a_teacher_embeds_what_its_head_reads(recording):
     model = load_model("passt_tiny")  # the demo release that ships with kd
     audio = torch.from_numpy(sf.read(recording, dtype="float32")[0])[None]
-    embeddings, _ = get_timestamp_embeddings(audio, model)
+    embeddings, stamps = get_timestamp_embeddings(audio, model)
     assert embeddings.shape == (1, 8, 192) and torch.isfinite(embeddings).all()
+    assert np.allclose(stamps[0], [500, 1500, 2500, 3500, 4500, 5500, 6500, 7150])  # its 1 s clips as windows
     with pytest.raises(KdError, match="needs a model"):
         load_model("")
 
