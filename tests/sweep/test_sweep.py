@@ -84,3 +84,24 @@ def test_two_local_workers_with_a_gpu_token_each_run_two_points_at_once(demo_asc
     assert len(result.ran) == 2
     first, second = sorted(spans, key=lambda r: r["started"])
     assert second["started"] < first["finished"]  # they overlapped
+
+
+@pytest.mark.slow
+def test_the_sweep_command_adds_later_seeds_to_the_same_grid(demo_asc, tmp_path):
+    from click.testing import CliRunner
+
+    from cli import main
+
+    def run(*seeds):
+        return CliRunner().invoke(main, ["sweep", "--dataset", demo_asc["spec"], "--teachers", "none", "--students",
+                                         "cp_mobile_tiny", "--epochs", "1", "--batch-size", "8", "--device", "cpu",
+                                         "--out", str(tmp_path / "sweep"), "--tracking-uri",
+                                         f"sqlite:///{tmp_path / 'm.db'}", *seeds])
+
+    first = run("--seeds", "1")
+    assert first.exit_code == 0, first.output
+    assert "1 of 1 points ran now" in first.output and "(n=" not in first.output
+    later = run("--seeds", "2", "--first-seed", "1")
+    assert later.exit_code == 0 and "2 of 2 points ran now" in later.output and "(n=2)" in later.output
+    assert sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir()) == [
+        f"cp_mobile_tiny_teachers-none_seed{s}" for s in range(3)]
