@@ -722,6 +722,7 @@ def quickstart_cmd(**options) -> None:
         table.add_row(label, f"{run.best:.4f}", f"{run.params:,}", f"{run.macs / 1e6:.2f}", run.run_id)
     out.print(table)
     _print_comparison(result.compare)
+    out.print(f"The table as a figure: {result.figure}", highlight=False, soft_wrap=True)
     out.print(f"Compare the runs in MLflow:\n  {result.mlflow_ui}\nthen open http://127.0.0.1:5000 and pick "
               "\"Model training\" in the sidebar (MLflow 3 opens on its GenAI view)", highlight=False, soft_wrap=True)
 

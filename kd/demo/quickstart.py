@@ -26,7 +26,7 @@ from kd.demo.data import make_demo_data
 from kd.sweep.grid import PointResult, SweepCallbacks, SweepConfig, sweep
 from kd.teach.config import TeachConfig, TeachSummary
 from kd.teach.run import run_teach
-from kd.track.compare import CompareTable
+from kd.track.compare import CompareTable, plot_comparison
 from kd.track.tracking import resolve_tracking_uri
 from kd.train.job import TrainingResult
 from kd.train.teacher import TrainTeacherConfig, train_teacher
@@ -95,6 +95,7 @@ class QuickstartResult:
     runs: dict[str, PointResult]
     tracking_uri: str
     compare: CompareTable  # the teacher-choice table of the runs (kd compare)
+    figure: str  # the table as a figure (OUT/teacher_choice.png; MLflow's compare run holds it too)
 
     @property
     def mlflow_ui(self) -> str:
@@ -166,4 +167,5 @@ def quickstart(cfg: QuickstartConfig, on_step: Callable[[str], None] | None = No
     ), SweepCallbacks(on_start=lambda point: step(f"distilling {plan.student} {labels[point.teachers]}"),
                       on_epoch=on_epoch, on_batch=on_batch))
     runs = {labels[p.teachers]: students.results[p.name] for p in students.points}
-    return QuickstartResult(str(out), spec, store, plan.student, teach, runs, tracking, students.table)
+    figure = plot_comparison(students.table, out / "teacher_choice.png")
+    return QuickstartResult(str(out), spec, store, plan.student, teach, runs, tracking, students.table, str(figure))

@@ -44,6 +44,7 @@ def test_quickstart_runs_the_whole_pipeline_and_ends_with_the_teacher_choice_tab
     best = {r.data.params["teachers"]: r.data.metrics["best_accuracy"] for r in distill_runs}
     table = result.output[result.output.index("teacher choice"):]
     assert "labels only" in table and all(f"{score:.4f}" in table for score in best.values())
+    assert (out / "teacher_choice.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "teacher_choice.png" in table
     (compared,) = client.search_runs([client.get_experiment_by_name("compare").experiment_id])
     assert "teacher_choice.png" in {a.path for a in client.list_artifacts(compared.info.run_id)}
     assert client.get_experiment_by_name("teach") is not None
