@@ -1,8 +1,10 @@
 """Embeddings from an exported file: the tensor its classifier reads, exposed as a second graph output.
 
 ``kd export`` keeps the parameters' names (``classifier.5.weight``, ``feed_forward.0.weight``, under the module
-the export wraps the student in, with suffixes after quantisation), so the classifier's first node is the first compute node that reads a parameter of the student's
-first classifier layer; its first input is the embedding (taken before quantisation where the file is int8).
+the export wraps the student in, with suffixes after quantisation; a linear layer's weight may be folded into an
+unnamed transposed constant, its bias keeps the name), so the classifier's first node is the first compute node
+that reads a parameter of the student's first classifier layer (or the product whose result its bias is added
+to); its first input is the embedding, taken before quantisation where the file is int8.
 """
 from __future__ import annotations
 
@@ -32,8 +34,10 @@ def classifier_input(graph: onnx.GraphProto, classifier_names: Sequence[str]) ->
             continue
         if any(_is_classifier_parameter(_parameter_name(name, producers), classifier_names)
                for name in node.input[1:]):
+            if node.op_type == "Add" and node.input[0] in producers:  # the bias kept its name, the folded weight not
+                node = producers[_parameter_name(node.input[0], producers)]
             tensor = node.input[0]
-            while tensor in producers and producers[tensor].op_type == "QuantizeLinear":
+            while tensor in producers and producers[tensor].op_type in QUANTISATION_OPS:
                 tensor = producers[tensor].input[0]  # an int8 file: the float tensor before quantisation
             return tensor
     raise KdError(f"found no node reading the classifier ({', '.join(classifier_names)}) in the graph: this file "

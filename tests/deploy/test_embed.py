@@ -96,3 +96,36 @@ def test_embed_writes_zarr_and_npz_and_an_exported_file_embeds_like_its_checkpoi
     assert list(exported["paths"]) == [recording, str(short)]
     assert np.allclose(exported["embeddings"], group["embeddings"][:], atol=1e-4)
     assert np.allclose(exported["timestamps"], group["timestamps"][:])
+
+
+def _graph(nodes, initializers):
+    from onnx import TensorProto, helper
+
+    inits = [helper.make_tensor(name, TensorProto.FLOAT, [1], [0.0]) for name in initializers]
+    return helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+                             [helper.make_tensor_value_info("logits", TensorProto.FLOAT, None)], inits)
+
+
+def test_the_classifier_input_is_found_in_float_int8_and_folded_graphs():
+    from onnx import helper
+
+    from kd.embed.onnx_graph import classifier_input
+
+    conv = _graph([helper.make_node("Relu", ["x"], ["features"]),
+                   helper.make_node("Conv", ["features", "student.feed_forward.0.weight"], ["logits"])],
+                  ["student.feed_forward.0.weight"])
+    assert classifier_input(conv, ("feed_forward.0", "feed_forward.1")) == "features"
+    folded = _graph([helper.make_node("Relu", ["x"], ["frames"]),  # the linear's weight became an unnamed constant
+                     helper.make_node("MatMul", ["frames", "val_7"], ["product"]),
+                     helper.make_node("Add", ["product", "student.strong_head.bias"], ["logits"])],
+                    ["val_7", "student.strong_head.bias"])
+    assert classifier_input(folded, ("strong_head",)) == "frames"
+    int8 = _graph([helper.make_node("Relu", ["x"], ["pooled"]),
+                   helper.make_node("QuantizeLinear", ["pooled", "s", "z"], ["pooled_q"]),
+                   helper.make_node("DequantizeLinear", ["pooled_q", "s", "z"], ["pooled_dq"]),
+                   helper.make_node("DequantizeLinear", ["classifier.5.weight_quantized", "s", "z"], ["w"]),
+                   helper.make_node("Gemm", ["pooled_dq", "w"], ["logits"])],
+                  ["classifier.5.weight_quantized", "s", "z", "classifier.2.weight"])
+    assert classifier_input(int8, ("classifier.5",)) == "pooled"  # the float tensor before quantisation
+    with pytest.raises(KdError, match="gives no embedding"):
+        classifier_input(conv, ("head",))
