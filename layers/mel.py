@@ -12,8 +12,8 @@ float64 reference (:func:`exact_log_mel`).
 """
 from __future__ import annotations
 
+import itertools
 import math
-
 from typing import Any
 
 import numpy as np
@@ -197,7 +197,7 @@ class ExportMelSTFT(nn.Module):
         self.power = MatmulPowerSpectrum(mel.window, mel.n_fft, mel.hop_length, (lo, hi))
         edges = np.linspace(0, mel.n_mels, min(groups, mel.n_mels) + 1).round().astype(int)
         self.bands: list[tuple[int, int]] = []  # bins of each group, buffer band{i}: [bins, filters]
-        for i, (start, stop) in enumerate(zip(edges[:-1], edges[1:], strict=True)):
+        for i, (start, stop) in enumerate(itertools.pairwise(edges)):
             rows = basis[start:stop, lo:hi]
             columns = (rows != 0).any(dim=0).nonzero()[:, 0]
             first, last = (int(columns[0]), int(columns[-1]) + 1) if len(columns) else (0, 1)

@@ -7,7 +7,6 @@ numcodecs only (no torch; remote URLs go through Zarr's ``FsspecStore``), so Dat
 workers can import it cheaply.
 """
 from logit_store.codecs import Codec
-from logit_store.registry import CODECS, get_codec
 from logit_store.errors import (
     DatasetMismatch,
     IncompatibleStore,
@@ -22,6 +21,7 @@ from logit_store.errors import (
     ViewMismatch,
     VocabularyMismatch,
 )
+from logit_store.registry import CODECS, get_codec
 from logit_store.schema import FORMAT_VERSION
 from logit_store.store import DEFAULT_CACHE_BYTES, LogitStore, Problem
 

@@ -30,7 +30,6 @@ import numpy as np
 from logit_store import ensemble, progress, schema, storage, writer
 from logit_store import views as views_module
 from logit_store.codecs import F32Codec
-from logit_store.registry import default_frame_codec, get_codec
 from logit_store.errors import (
     DatasetMismatch,
     IncompatibleStore,
@@ -47,6 +46,7 @@ from logit_store.errors import (
 )
 from logit_store.index import IdIndex
 from logit_store.reader import DecodedCache, Reader
+from logit_store.registry import default_frame_codec, get_codec
 from logit_store.verify import Problem, verify
 
 __all__ = ["DEFAULT_CACHE_BYTES", "LogitStore", "Problem"]
@@ -633,7 +633,6 @@ class LogitStore:
         total_logits = total_bytes = 0
         for name in self.teachers:
             info = self.teacher_info(name)
-            group = self._teacher_group(name)
             done = self.done_chunks(name)
             rows_done = sum(self.chunk_rows(i).stop - self.chunk_rows(i).start for i in np.nonzero(done)[0])
             shapes = {level: self._logit_shape(name, level) for level in info["levels"]}

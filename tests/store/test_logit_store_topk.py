@@ -44,7 +44,7 @@ def test_bit_packing_round_trips(case):
 @given(logit_rows(), st.sampled_from(["softmax", "sigmoid"]), st.sampled_from([4, 8, 12]))
 def test_topk_round_trips_within_its_bound(case, rest, bits):
     """The kept classes are the k largest, each within half a code step (in asinh) of its logit; the others
-    keep their softmax mass (rest=softmax) or mean sigmoid (rest=sigmoid) up to the float16 offset."""
+    keep their softmax mass (rest=softmax) or mean sigmoid (rest=sigmoid) up to the float16 offset's rounding."""
     x, k = case
     codec = TopKCodec(k=k, bits=bits, rest=rest).for_classes(x.shape[1])
     stored, profile = codec.encode(x, 0, BLOCK)
@@ -66,8 +66,10 @@ def test_topk_round_trips_within_its_bound(case, rest, bits):
     else:
         p = lambda z: 0.5 * (1 + np.tanh(z / 2))
         err = np.abs(p(rest_got).mean(-1) - p(rest_orig).mean(-1)) / np.maximum(p(rest_orig).mean(-1), 1e-30)
-    offset_ulp = np.maximum(np.abs(rest_orig).max(-1), 1.0) * 2**-10
-    assert (err <= 2 * offset_ulp + 1e-4).all()
+    # the offset is float16: it rounds at the size of the offset itself, a log-sum-exp of the row's dropped classes
+    # less one of the block's class profile (found by hypothesis: a block whose other row peaks at 20)
+    offset_size = np.abs(rest_orig).max(-1) + np.abs(x).max() + np.log(x.shape[1])
+    assert (err <= np.maximum(offset_size, 1.0) * 2**-10 + 1e-4).all()
 
 
 def test_topk_keeps_a_view_of_527_classes_below_cefs_84_bytes():
