@@ -48,14 +48,25 @@ def decode_audio(source: str | Path | bytes, clip_id: str = "") -> tuple[np.ndar
     handle = _open(source, clip_id)
     try:
         data, rate = sf.read(handle, dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError, ValueError, TypeError, EOFError) as e:
-        detail = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise AudioError(clip_id, f"unreadable: {detail}") from None
+    except _READ_ERRORS as e:
+        raise _unreadable(clip_id, e) from None
     if data.shape[0] == 0:
         raise AudioError(clip_id, "empty (no samples)")
-    mono = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
+    mono = _mono(data)
     _check_content(mono, clip_id)
     return np.ascontiguousarray(mono), int(rate)
+
+
+_READ_ERRORS = (sf.LibsndfileError, RuntimeError, ValueError, TypeError, EOFError)  # a corrupt or unknown file
+
+
+def _unreadable(clip_id: str, error: Exception) -> AudioError:
+    return AudioError(clip_id, f"unreadable: {str(error).splitlines()[0] if str(error) else type(error).__name__}")
+
+
+def _mono(data: np.ndarray) -> np.ndarray:
+    """``[frames, channels]`` averaged over the channels."""
+    return data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
 
 
 def _check_content(x: np.ndarray, clip_id: str, where: str = "") -> None:
@@ -113,9 +124,8 @@ class AudioStream:
         self.path = _open(source, self.clip_id)
         try:
             info = sf.info(self.path)
-        except (sf.LibsndfileError, RuntimeError, ValueError, TypeError, EOFError) as e:
-            detail = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise AudioError(self.clip_id, f"unreadable: {detail}") from None
+        except _READ_ERRORS as e:
+            raise _unreadable(self.clip_id, e) from None
         if info.frames == 0:
             raise AudioError(self.clip_id, "empty (no samples)")
         self.native_rate, self.sample_rate = int(info.samplerate), int(sample_rate)
@@ -129,15 +139,15 @@ class AudioStream:
         try:
             with sf.SoundFile(self.path) as f:
                 for block in f.blocks(self.block_frames, dtype="float32", always_2d=True):
-                    mono = block.mean(axis=1, dtype=np.float32) if block.shape[1] > 1 else block[:, 0]
+                    mono = _mono(block)
                     if not np.isfinite(mono).all():
                         raise AudioError(self.clip_id, "non-finite samples")
                     heard = heard or bool(np.any(mono))
                     out = resampler.resample_chunk(mono) if resampler else mono
                     if len(out):
                         yield np.ascontiguousarray(out, dtype=np.float32)
-        except (sf.LibsndfileError, RuntimeError) as e:
-            raise AudioError(self.clip_id, f"unreadable: {str(e).splitlines()[0]}") from None
+        except _READ_ERRORS as e:  # a file corrupt past its header
+            raise _unreadable(self.clip_id, e) from None
         if resampler:
             tail = resampler.resample_chunk(np.zeros(0, np.float32), last=True)
             if len(tail):

@@ -38,6 +38,7 @@ from kd.deploy.windows import (
     clip_timeline,
     frame_events,
     probabilities,
+    window_frames,
     windows_per_batch,
 )
 from kd.evaluate.loop import LogitsOf, run_loader, score
@@ -312,7 +313,7 @@ class _Answerer:
         probs = probabilities(p.task, logits)
         if p.task.frame_level:
             tracker = EventTracker(p.classes, p.frames_per_second, self.threshold)
-            tracker.push(probs[:int(np.ceil(valid * p.frames_per_second / rate))])
+            tracker.push(probs[:window_frames(0, valid, len(probs), self.windowing, p.frames_per_second)[1]])
             return Prediction(path, events=tracker.finish(valid / rate))
         top = self._top(probs)
         return Prediction(path, top=top, timeline=[TimelineRow(0.0, valid / rate, top)])

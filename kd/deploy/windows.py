@@ -21,8 +21,8 @@ import torch
 from kd.tasks import Task
 from kd_errors import KdError
 
-__all__ = ["EventTracker", "FrameGrid", "TimelineRow", "Windowing", "clip_timeline", "each_window", "frame_events",
-           "probabilities", "sliding_windows", "window_frames", "windows_per_batch"]
+__all__ = ["EventTracker", "FrameGrid", "TimelineRow", "Windowing", "clip_timeline", "each_window", "final_frames",
+           "frame_events", "probabilities", "sliding_windows", "window_frames", "windows_per_batch"]
 
 
 @dataclass(frozen=True)
@@ -130,6 +130,23 @@ def window_frames(start: int, valid: int, frames: int, windowing: Windowing,
     return round(start / per_frame), min(frames, int(np.ceil(valid / per_frame)))
 
 
+def final_frames(run: Callable[[np.ndarray], Sequence[np.ndarray]], blocks: Iterable[np.ndarray],
+                 windowing: Windowing, frames_per_second: float, width: int,
+                 batch_size: int = 16) -> Iterator[tuple[np.ndarray, int]]:
+    """The frame values ``[n, width]`` that ``run(waveforms [B, window]) -> [B, T, width]`` gives the audio of
+    ``blocks``, overlapping windows averaged on one :class:`FrameGrid`, in order as they become final (no later
+    window reaches them), each with the number of audio samples heard so far."""
+    grid = FrameGrid(width)
+    hop_frames = round(windowing.hop * frames_per_second / windowing.sample_rate)
+    audio_end = 0
+    for start, valid, values in each_window(run, blocks, windowing, batch_size):
+        first, count = window_frames(start, valid, len(values), windowing, frames_per_second)
+        grid.add(first, values[:count])
+        audio_end = start + valid
+        yield grid.pop(first + hop_frames), audio_end  # the next window starts there: the frames before it are final
+    yield grid.pop(), audio_end
+
+
 @dataclass(frozen=True)
 class TimelineRow:
     """One window of a clip model's timeline: its span in seconds and its top classes."""
@@ -199,13 +216,8 @@ def frame_events(logits_of: Callable[[np.ndarray], np.ndarray], task: Task, clas
                  batch_size: int = 16) -> list[tuple[float, float, str]]:
     """Events ``(onset, offset, class)`` of a frame-wise model over the audio of ``blocks``:
     ``logits_of(waveforms [B, N]) -> [B, T, C]``; overlapping windows' frame probabilities are averaged."""
-    tracker, grid = EventTracker(classes, frames_per_second, threshold), FrameGrid(len(classes))
-    hop_frames = round(windowing.hop * frames_per_second / windowing.sample_rate)
-    audio_end = 0
-    for start, valid, p in each_window(_probabilities_of(task, logits_of), blocks, windowing, batch_size):
-        first, count = window_frames(start, valid, len(p), windowing, frames_per_second)
-        grid.add(first, p[:count])
-        tracker.push(grid.pop(first + hop_frames))  # the next window starts there: the frames before it are final
-        audio_end = start + valid
-    tracker.push(grid.pop())
+    tracker, audio_end = EventTracker(classes, frames_per_second, threshold), 0
+    for probs, audio_end in final_frames(_probabilities_of(task, logits_of), blocks, windowing, frames_per_second,
+                                         len(classes), batch_size):
+        tracker.push(probs)
     return tracker.finish(audio_end / windowing.sample_rate)

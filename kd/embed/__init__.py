@@ -23,7 +23,7 @@ from torch import nn
 
 from kd.data import AudioError, AudioStream
 from kd.deploy.predict import Predictor, TorchPredictor, collect_audio, open_predictor
-from kd.deploy.windows import FrameGrid, Windowing, each_window, window_frames
+from kd.deploy.windows import Windowing, each_window, final_frames
 from kd_errors import KdError
 
 __all__ = ["EmbeddingModel", "FileEmbedding", "embed_files", "get_scene_embeddings", "get_timestamp_embeddings",
@@ -71,13 +71,8 @@ class EmbeddingModel(nn.Module):
 
     def _frame_embeddings(self, path: str, blocks: Iterable[np.ndarray]) -> FileEmbedding:
         fps = self.predictor.frames_per_second
-        grid, kept = FrameGrid(self.timestamp_embedding_size), []
-        for start, valid, frames in each_window(lambda w: self._embed(w)[1], blocks, self.windowing,
-                                                self.batch_size):
-            first, count = window_frames(start, valid, len(frames), self.windowing, fps)
-            grid.add(first, frames[:count])
-            kept.append(grid.pop(first + round(self.windowing.hop * fps / self.sample_rate)))
-        embeddings = np.concatenate([*kept, grid.pop()])
+        embeddings = np.concatenate([frames for frames, _ in final_frames(
+            lambda w: self._embed(w)[1], blocks, self.windowing, fps, self.timestamp_embedding_size, self.batch_size)])
         return FileEmbedding(path, embeddings.mean(axis=0), embeddings, (np.arange(len(embeddings)) + 0.5) / fps)
 
 
