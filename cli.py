@@ -23,6 +23,7 @@ from kd.options import (
     PRECISIONS,
     PREDICTION_FORMATS,
     QUANTIZATIONS,
+    SOFT_LOSSES,
     SPACES,
     TASK_NAMES,
     VIEW_MODES,
@@ -327,6 +328,10 @@ def distillation_options(command):
         click.option("--kd-lambda", type=float, default=None,
                      help="Weight of the label loss; the KD loss gets 1 - lambda (default: asc 0.02, else 0.1)."),
         click.option("--temperature", type=float, default=None, help="KD temperature (default: asc 2, else 1)."),
+        click.option("--soft-loss", type=click.Choice(SOFT_LOSSES), default="probs", show_default=True,
+                     help="What the KD loss matches: the teacher's probabilities at --temperature (KL for scenes, "
+                          "BCE for tags and events) or its logits (mean squared error; needs every logit, so not a "
+                          "store taught with --codec topk)."),
         click.option("--missing", type=click.Choice(MISSING_POLICIES), default="error", show_default=True,
                      help="What to do with training clips that have no stored logits."),
         click.option("--transfer", multiple=True, metavar="FORMAT:PATH",

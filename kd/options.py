@@ -18,6 +18,7 @@ __all__ = [
     "PREDICTION_FORMATS",
     "QUANTIZATIONS",
     "REPLAYED_VIEWS",
+    "SOFT_LOSSES",
     "SPACES",
     "TASK_NAMES",
     "VIEW_MODES",
@@ -26,6 +27,7 @@ __all__ = [
     "Precision",
     "PredictionFormat",
     "Quantization",
+    "SoftLoss",
     "Space",
     "TaskName",
     "ViewMode",
@@ -42,6 +44,11 @@ CLIP_CODECS: tuple[ClipCodec, ...] = get_args(ClipCodec)
 ViewMode = Literal["consistent", "clean", "random", "clean-targets"]
 VIEW_MODES: tuple[ViewMode, ...] = get_args(ViewMode)
 REPLAYED_VIEWS: tuple[ViewMode, ...] = ("consistent", "clean-targets")  # replay the stored view's augmentation
+
+# what kd distill's soft loss matches (kd distill --soft-loss; kd.train.loss.DistillLoss): the task's loss on the
+# teacher's probabilities, or the teacher's logits themselves (mean squared error, every logit)
+SoftLoss = Literal["probs", "logits"]
+SOFT_LOSSES: tuple[SoftLoss, ...] = get_args(SoftLoss)
 
 # what kd distill does with labelled clips the store has no logits for (kd distill --missing)
 MissingPolicy = Literal["error", "drop"]

@@ -19,13 +19,18 @@ Transfer clips (clips without labels, ``kd distill --transfer``) take the soft l
 averages over the batch's labelled clips, the soft loss over all its clips. ``kd_lambda`` so keeps its meaning
 (the weight of the label term against the teacher term, per clip that has each), and a larger share of
 transfer clips adds teacher signal without diluting the label loss.
+
+Logit matching (``kd distill --soft-loss logits``), for every task: the mean squared error between the student's
+and the teacher's logits, which Kim et al. ("Comparing Kullback-Leibler Divergence and Mean Squared Error Loss
+in Knowledge Distillation", IJCAI 2021) found to transfer more than KL. It reads every logit, so it needs stores
+that keep them all (not ``topk``), and mixup mixes the teacher's logits themselves.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["binary_cross_entropy", "soft_cross_entropy", "tempered_kl"]
+__all__ = ["binary_cross_entropy", "logit_mse", "soft_cross_entropy", "tempered_kl"]
 
 
 def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -46,6 +51,12 @@ def tempered_kl(logits: torch.Tensor, targets: torch.Tensor, temperature: float)
     log_q = (logits.float() / temperature).log_softmax(dim=-1)
     kl = torch.xlogy(targets, targets) - targets * log_q
     return kl.mean() * temperature**2
+
+
+def logit_mse(logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """Mean squared error between student and teacher logits (clip ``[B, C]`` or frame ``[B, T, C]``)."""
+    _check_shapes(logits, teacher_logits)
+    return F.mse_loss(logits.float(), teacher_logits.float())
 
 
 def _check_shapes(logits: torch.Tensor, targets: torch.Tensor) -> None:

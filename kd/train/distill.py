@@ -30,7 +30,17 @@ from kd.core.complexity import complexity
 from kd.core.failures import describe_failures
 from kd.core.views import ImpulseResponses, ViewConfig
 from kd.data import Dataset, open_dataset
-from kd.options import MISSING_POLICIES, REPLAYED_VIEWS, SPACES, VIEW_MODES, MissingPolicy, Space, ViewMode
+from kd.options import (
+    MISSING_POLICIES,
+    REPLAYED_VIEWS,
+    SOFT_LOSSES,
+    SPACES,
+    VIEW_MODES,
+    MissingPolicy,
+    SoftLoss,
+    Space,
+    ViewMode,
+)
 from kd.tasks import Task
 from kd.track.tracking import DatasetInput
 from kd.train.job import (
@@ -90,6 +100,8 @@ class DistillConfig(TrainingOptions):
         student_checkpoint: a checkpoint the student starts from (``kd distill --pretrained``, e.g. an official
             EfficientAT release), loaded by :func:`students.create_student`.
         kd_lambda, temperature: the KD loss; ``None`` takes the task's default (:mod:`kd.tasks`).
+        soft_loss: the soft term matches the teacher's ``probs`` (the task's loss at ``temperature``) or its
+            ``logits`` (mean squared error; every logit, so a ``topk`` store is refused).
         space: ensemble members are averaged as ``logit``s or as probabilities (``prob``).
         missing: training clips without stored logits are an ``error`` or are ``drop``ped.
         transfer: ``FORMAT:PATH`` of datasets whose clips the store holds logits for, used without labels.
@@ -106,6 +118,7 @@ class DistillConfig(TrainingOptions):
     student_checkpoint: str | None = None
     kd_lambda: float | None = None
     temperature: float | None = None
+    soft_loss: SoftLoss = "probs"
     missing: MissingPolicy = "error"
     transfer: tuple[str, ...] = ()
     transfer_ratio: float = 1.0
@@ -117,6 +130,8 @@ class DistillConfig(TrainingOptions):
             raise KdError("--teachers needs --store (or use --teachers none for the label-only baseline)")
         if self.missing not in MISSING_POLICIES:
             raise KdError(f"--missing must be one of {', '.join(MISSING_POLICIES)}, got {self.missing}")
+        if self.soft_loss not in SOFT_LOSSES:
+            raise KdError(f"--soft-loss must be one of {', '.join(SOFT_LOSSES)}, got {self.soft_loss}")
         if self.space not in SPACES:
             raise KdError(f"--space must be one of {', '.join(SPACES)}, got {self.space}")
         if self.transfer and not self.teachers.names:
@@ -163,6 +178,8 @@ def join_store(cfg: DistillConfig, data: Dataset, transfer: list[Dataset]) -> St
         raise KdError(f"store {cfg.store} has no teacher {', '.join(unknown)} (it has: {', '.join(store.teachers)})")
     store.check_classes(data.classes)
     infos = {t: store.teacher_info(t) for t in cfg.teachers.names}
+    if cfg.soft_loss == "logits":
+        check_every_logit_kept(cfg.store, infos)
     task = data.task
     fps = None
     if task.frame_level:
@@ -197,6 +214,16 @@ def join_store(cfg: DistillConfig, data: Dataset, transfer: list[Dataset]) -> St
                   "views": {"mode": mode, "count": store.num_views, **(store.views or {})}}
     return StoreJoin(keep, kept_transfer, targets, infos[cfg.teachers.names[0]].get("clip_seconds"), provenance,
                      irs, store.user_attrs.get("clip_lengths", {}).get("pad_to_seconds", 0.0))
+
+
+def check_every_logit_kept(store: str, infos: Mapping[str, Mapping[str, Any]]) -> None:
+    """Logit matching reads every logit: refuse teachers whose store keeps only the largest ones per view."""
+    for name, info in infos.items():
+        if info.get("codec") == "topk":
+            kept = info["codec_config"]["k"]
+            raise KdError(f"--soft-loss logits matches every logit, but {store} keeps only the {kept} largest of "
+                          f"teacher {name}'s {info['num_classes']} per view (codec topk); distil with --soft-loss "
+                          "probs, or teach a store with --codec q8")
 
 
 def why_missing(store: LogitStore, missing: Sequence[str], failures: Mapping[str, str]) -> str:
@@ -274,12 +301,13 @@ def prepare_distillation(cfg: DistillConfig) -> TrainingJob:
     replayed = join is not None and join.targets.views in REPLAYED_VIEWS and join.targets.num_views > 1
     options = replace(cfg, dir_folder=None) if replayed else cfg  # the stored views bring their impulse responses
     seconds = student_seconds(cfg, join, train_data, student)
-    loss = DistillLoss(task, kd_lambda=cfg.kd_lambda if join else 1.0, temperature=cfg.temperature)
+    loss = DistillLoss(task, kd_lambda=cfg.kd_lambda if join else 1.0, temperature=cfg.temperature,
+                       soft_loss=cfg.soft_loss)
     # parameters: the choices that distinguish runs, the same keys for every run (MLflow's parallel-coordinates plot
     # opens on the first parameters, in name order, whose values differ); bookkeeping goes in tags
     provenance = dict(join.provenance) if join else {}
     params = {"student": cfg.student, "teachers": str(cfg.teachers), "kd_lambda": loss.kd_lambda,
-              "temperature": cfg.temperature, "space": cfg.space, "views": join.targets.views if join else "clean",
+              "temperature": cfg.temperature, "soft_loss": cfg.soft_loss, "space": cfg.space, "views": join.targets.views if join else "clean",
               "pretrained": cfg.student_checkpoint, "transfer": ",".join(cfg.transfer) or "none",
               "transfer_ratio": cfg.transfer_ratio, "transfer_clips": provenance.pop("transfer_clips", 0)}
     if "views" in provenance:

@@ -1,12 +1,14 @@
 """The loss of a training step: ``kd_lambda * hard + (1 - kd_lambda) * soft`` (see :mod:`kd.tasks.losses` for the
-terms and why ``kd_lambda`` weights the label loss); the task picks each term (:class:`kd.tasks.Task`)."""
+terms and why ``kd_lambda`` weights the label loss); the task picks each term (:class:`kd.tasks.Task`), unless the
+soft term matches the teacher's logits (``soft_loss="logits"``)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
 
-from kd.tasks import Task
+from kd.options import SOFT_LOSSES, SoftLoss
+from kd.tasks import Task, losses
 from kd_errors import KdError
 
 __all__ = ["DistillLoss", "LossTerms"]
@@ -26,14 +28,20 @@ class DistillLoss:
     task: Task
     kd_lambda: float = 0.5
     temperature: float = 1.0
+    soft_loss: SoftLoss = "probs"
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.kd_lambda <= 1.0:
             raise KdError(f"kd_lambda must lie in [0, 1], got {self.kd_lambda}")
         if self.temperature <= 0:
             raise KdError(f"temperature must be positive, got {self.temperature}")
+        if self.soft_loss not in SOFT_LOSSES:
+            raise KdError(f"--soft-loss must be one of {', '.join(SOFT_LOSSES)}, got {self.soft_loss}")
 
     def targets(self, teacher_logits: torch.Tensor) -> torch.Tensor:
+        """What the soft loss matches (and mixup mixes): the teacher's probabilities, or its logits."""
+        if self.soft_loss == "logits":
+            return teacher_logits.float()
         return self.task.soft_targets(teacher_logits, self.temperature)
 
     def __call__(
@@ -49,5 +57,8 @@ class DistillLoss:
             hard = logits.sum() * 0.0  # a batch of transfer clips alone: no label term, but a graph for backward
         if teacher_targets is None:
             return LossTerms(hard, hard, None)
-        soft = self.task.soft_loss(logits, teacher_targets, self.temperature)
+        if self.soft_loss == "logits":
+            soft = losses.logit_mse(logits, teacher_targets)
+        else:
+            soft = self.task.soft_loss(logits, teacher_targets, self.temperature)
         return LossTerms(self.kd_lambda * hard + (1.0 - self.kd_lambda) * soft, hard, soft)

@@ -264,6 +264,11 @@ def test_consistent_distillation_from_a_topk_store(demo_asc, irs, tmp_path):
         np.testing.assert_array_equal(target, expected)
         assert len(np.unique(np.sort(target)[:-4])) == 1  # the six classes outside the top 4 share one logit
     assert views - {0}
+    with pytest.raises(KdError, match="--soft-loss logits matches every logit"):  # logit matching needs them all
+        prepare_distillation(DistillConfig(
+            dataset=demo_asc["spec"], student="cp_mobile_tiny", out=str(tmp_path / "run2"),
+            store=str(tmp_path / "s.zarr"), teachers=TeacherChoice.parse("passt_tiny"), dir_folder=str(irs.folder),
+            device="cpu", epochs=1, soft_loss="logits"))
 
 
 def test_topk_keeping_every_class_is_refused_in_one_line(demo_asc, tmp_path):

@@ -58,6 +58,17 @@ def test_kd_lambda_weights_the_label_loss():
     assert no_teacher.soft is None and no_teacher.total.item() == pytest.approx(terms.hard.item())
 
 
+@pytest.mark.parametrize("task,shape", [(ASC, (4, 10)), (TAGGING, (4, 30)), (SED, (2, 25, 5))])
+def test_logit_matching_is_the_mean_squared_logit_difference_at_any_temperature(task, shape):
+    torch.manual_seed(0)
+    s, t = torch.randn(shape), 3 * torch.randn(shape)
+    for temperature in (1.0, 4.0):
+        loss = DistillLoss(task, kd_lambda=0.0, temperature=temperature, soft_loss="logits")
+        assert torch.equal(loss.targets(t), t)  # what mixup mixes: the logits themselves
+        assert loss(s, torch.zeros(shape), loss.targets(t)).total.item() == pytest.approx(
+            ((s - t) ** 2).mean().item(), rel=1e-6)
+
+
 def test_mixed_soft_targets_give_the_mixed_losses_gradient():
     """Mixing teacher probabilities equals mixing the two partners' losses (EfficientAT's formulation)."""
     torch.manual_seed(0)
@@ -72,6 +83,8 @@ def test_mixed_soft_targets_give_the_mixed_losses_gradient():
 def test_bad_arguments_are_refused():
     with pytest.raises(KdError, match="kd_lambda"):
         DistillLoss(ASC, kd_lambda=1.5)
+    with pytest.raises(KdError, match="--soft-loss must be one of probs, logits"):
+        DistillLoss(ASC, soft_loss="mse")
     with pytest.raises(KdError, match="unknown task"):
         get_task("speech")
     with pytest.raises(ValueError, match="differ in shape"):

@@ -129,6 +129,24 @@ def test_store_of_other_classes_or_unknown_teacher_is_refused(demo_asc, demo_tag
         distill(_cfg(demo_asc, asc_store, tmp_path / "r", tracking_uri, teachers="nope", epochs=1))
 
 
+def test_logit_matching_refuses_a_topk_store_in_one_line(tmp_path):
+    """A store keeping the 20 largest of 527 logits per view cannot give the logits a --soft-loss logits run matches;
+    a q8 store can."""
+    from kd.train.distill import check_every_logit_kept
+    from logit_store import LogitStore
+
+    ids, classes = [f"c{i}" for i in range(8)], [f"k{i}" for i in range(527)]
+    store = LogitStore.create(str(tmp_path / "s.zarr"), ids, classes, dataset="demo", dataset_fingerprint="fp",
+                              chunk_size=8, views={"count": 2}, view_param_names=["gain_db"])
+    store.add_teacher("sparse", codec={"name": "topk", "k": 20})
+    store.add_teacher("dense", codec="q8")
+    infos = {name: store.teacher_info(name) for name in ("dense", "sparse")}
+    check_every_logit_kept("s.zarr", {"dense": infos["dense"]})
+    with pytest.raises(KdError, match=r"keeps only the 20 largest of teacher sparse's 527 per view") as refusal:
+        check_every_logit_kept("s.zarr", infos)
+    assert "\n" not in str(refusal.value)
+
+
 def test_sed_distillation_aligns_frame_targets(demo_sed, tmp_path, tracking_uri):
     store = tmp_path / "sed.zarr"
     _teach(demo_sed["spec"], store, tracking_uri, ("passt_tiny_frame",))
