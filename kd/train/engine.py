@@ -23,7 +23,7 @@ import math
 import os
 import random
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +114,12 @@ EvalFn = Callable[[nn.Module], dict[str, float]]
 EpochEnd = Callable[[int, dict[str, float]], None]
 
 
+def settings_as_of_now(saved: Mapping[str, Any]) -> dict[str, Any]:
+    """A checkpoint's ``OptimConfig`` with the settings added since it was written at their defaults: the run
+    behaved as those defaults do, so it resumes under them."""
+    return {**{f.name: f.default for f in fields(OptimConfig)}, **saved}
+
+
 class Trainer:
     """Runs epochs of ``step`` over a loader, evaluates, checkpoints, resumes.
 
@@ -195,8 +201,12 @@ class Trainer:
         if not path.is_file():
             return False
         state = read_checkpoint(path, map_location=self.device)
-        if state.get("optim_config") != asdict(self.cfg) or state.get("seed") != self.seed:
-            raise KdError(f"{path} was written with other training settings; resume needs the same options")
+        saved = settings_as_of_now(state.get("optim_config", {}))
+        changed = [k for k, v in asdict(self.cfg).items() if saved.get(k) != v]
+        changed += ["seed"] if state.get("seed") != self.seed else []
+        if changed:
+            raise KdError(f"{path} was written with other training settings ({', '.join(changed)}); resume needs "
+                          "the same options")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])

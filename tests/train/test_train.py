@@ -101,8 +101,19 @@ def test_resume_refuses_other_settings(tmp_path):
     loader = _problem()
     _trainer(tmp_path, epochs=1).fit(loader, _step, _evaluate(loader))
     other = _trainer(tmp_path, epochs=5)
-    with pytest.raises(KdError, match="other training settings"):
+    with pytest.raises(KdError, match=r"other training settings \(epochs\)"):
         other.resume()
+
+
+def test_resume_takes_settings_added_since_the_checkpoint_at_their_defaults(tmp_path):
+    """A run killed before an option existed behaved as its default does: a newer kd resumes it."""
+    loader = _problem()
+    _trainer(tmp_path, epochs=1).fit(loader, _step, _evaluate(loader))
+    path = tmp_path / "last.pt"
+    state = torch.load(path, weights_only=True)
+    del state["optim_config"]["average_from"]  # as written before checkpoint averaging existed
+    torch.save(state, path)
+    assert _trainer(tmp_path, epochs=1).resume()
 
 
 def _bn_trainer(tmp_path, average_from, epochs=4):
