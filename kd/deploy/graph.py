@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
+import onnxscript
+import onnxscript.rewriter.onnx_fusions
 import torch
 from torch import nn
 
@@ -22,12 +24,13 @@ import kd
 from kd_errors import KdError
 from students import Student
 
-__all__ = ["OPSET", "PARITY_TOLERANCE", "Network", "assemble", "checked_parity", "input_rules", "min_frames",
+__all__ = ["FOLD_LIMIT", "OPSET", "PARITY_TOLERANCE", "Network", "assemble", "checked_parity", "input_rules", "min_frames",
            "min_samples", "probe_noise", "run_graph", "to_onnx", "with_metadata", "without_metadata",
            "write_atomically"]
 
 OPSET = 18
 PARITY_TOLERANCE = 1e-4
+FOLD_LIMIT = 4096  # elements: the exporter stores a larger computed constant only where it replaces as many
 
 
 class Network(nn.Module):
@@ -54,14 +57,19 @@ def to_onnx(module: nn.Module, example: torch.Tensor, input_name: str, output_na
     """``module`` as an ONNX graph with one input and one output, without the exporter's per-node provenance.
 
     The ``input_axes`` stay symbolic where the module allows it; they and the ``output_axes`` get readable names
-    (``batch``, ``samples``, ...) in place of the exporter's ``s16``-style symbols, wherever those appear.
+    (``batch``, ``samples``, ...) in place of the exporter's ``s16``-style symbols, wherever those appear. The
+    exporter's optimiser runs as torch runs it, except that a table the module computes from smaller constants (the
+    frontend's DFT basis) stays computed in the file when it is larger than :data:`FOLD_LIMIT` elements: ONNX
+    Runtime folds it when it loads the file, and the file stays small (CP-Mobile's basis is 1.6 MB).
     """
     shapes = ({axis: torch.export.Dim.AUTO for axis in input_axes},)
     with warnings.catch_warnings(), torch.inference_mode(False):
         warnings.simplefilter("ignore")  # the exporter's deprecation and tracing chatter
         program = torch.onnx.export(module.eval(), (example,), None, input_names=[input_name],
                                     output_names=[output_name], dynamic_shapes=shapes, opset_version=OPSET,
-                                    dynamo=True, external_data=False, verbose=False)
+                                    dynamo=True, external_data=False, verbose=False, optimize=False)
+        onnxscript.optimizer.optimize_ir(program.model, output_size_limit=FOLD_LIMIT)
+        onnxscript.rewriter.onnx_fusions.fuse(program.model)
     proto = program.model_proto
     for index, node in enumerate(proto.graph.node):  # the quantiser addresses nodes by name
         if not node.name:

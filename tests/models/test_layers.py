@@ -283,17 +283,20 @@ def test_channel_se_export_form_computes_the_same_function_with_convolutions():
 
 @pytest.mark.parametrize(("n_fft", "win_length", "hop", "bins"), [(1024, 800, 320, (1, 481)), (4096, 3072, 500, (1, 1984)),
                                                                   (400, 400, 160, (0, 201)), (510, 300, 100, (7, 200))])
-def test_matmul_power_spectrum_is_the_power_of_torch_stft(n_fft, win_length, hop, bins):
-    """Any FFT size (odd factors, no factors), window shorter than the FFT, a band of bins, any length."""
-    from layers.dft import MatmulPowerSpectrum
+def test_squared_stft_sums_to_the_power_of_torch_stft(n_fft, win_length, hop, bins):
+    """Any FFT size (odd factors, no factors), window shorter than the FFT, hop a multiple of the block or not, a band
+    of bins, any length."""
+    from layers.dft import SquaredSTFT
 
     window = torch.hann_window(win_length, periodic=False)
-    power = MatmulPowerSpectrum(window, n_fft, hop, bins)
+    stft = SquaredSTFT(window, n_fft, hop)
+    real, imaginary = stft.rows(torch.arange(*bins))
     for length in (n_fft // 2 + 1, 7 * hop + 3, 32000):
         x = torch.randn(2, length, generator=torch.Generator().manual_seed(length))
         spec = torch.stft(x, n_fft, hop_length=hop, win_length=win_length, window=window, center=True,
                           return_complex=True)
-        expected = spec.abs().square()[:, bins[0]:bins[1]].transpose(1, 2)
-        got = power(x)
+        expected = spec.abs().square()[:, bins[0]:bins[1]]
+        squares = stft(x)
+        got = squares[:, real] + squares[:, imaginary]
         assert got.shape == expected.shape
         assert (got - expected).abs().max() <= 1e-5 * expected.abs().max()
