@@ -5,8 +5,9 @@ What the file holds:
 * **the network** (spectrogram ``[B, 1, F, T]`` -> logits), exported with torch's dynamo exporter (BatchNorm
   folded into the convolutions by its optimiser), and, unless ``frontend=False``, **the log-mel frontend** in front of
   it (waveform ``[B, N]`` -> spectrogram) as a separate subgraph whose names start with ``frontend/``: the STFT as
-  two matrix products and the mel projection over its non-zero band only (:class:`layers.mel.ExportMelSTFT`), so
-  nothing outside the file is needed. Batch size and input length are dynamic (see
+  a grouped convolution (its basis computed in the graph, folded by ONNX Runtime at load) and a matrix product, and
+  the mel projection over its non-zero band only (:class:`layers.mel.ExportMelSTFT`), so nothing outside the file is
+  needed. Batch size and input length are dynamic (see
   :func:`~kd.deploy.graph.input_rules`);
 * **metadata properties** a deployer needs (:data:`kd.deploy.onnx_runtime.METADATA_KEYS`): class names, task, sample rate,
   clip length, frames per second (SED), the frontend's settings, the input length rules, the source
