@@ -184,7 +184,7 @@ class ExportMelSTFT(nn.Module):
     """:class:`MelSTFT` in eval mode as ONNX Runtime runs it fast, from the same window and mel banks.
 
     The STFT is :class:`layers.dft.SquaredSTFT` (the squares of each bin's real and imaginary part, in the order its
-    two stages leave them), and the mel projection is kept only over its non-zero band: the filters in ``groups``
+    stages leave them), and the mel projection is kept only over its non-zero band: the filters in ``groups``
     groups of neighbours, each a dense matrix over the squares of the bins its filters cover (stored twice, for the
     real and the imaginary parts), gathered by one index (CP-Mobile's 256 x 2049 matrix, 2.1 MB, becomes 0.14 MB).
     The products of ``MelSTFT`` with the zeros left out and each power's sum taken inside the projection; the DFT

@@ -399,7 +399,9 @@ def test_export_command_reports_the_checks(demo_asc, tiny_asc, tmp_path):
     result = _run("export", checkpoint, "--out", str(out), "--json")
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
-    assert report["parity"] <= PARITY and report["metadata"]["student"] == "cp_mobile_tiny" and out.is_file()
+    # the whole file within PyTorch's own distance from exact logits, as in test_exported_frontend_and_network_match_pytorch
+    assert report["parity"] <= max(PARITY, 4 * report["torch_vs_exact"])
+    assert report["metadata"]["student"] == "cp_mobile_tiny" and out.is_file()
     table = _run("export", checkpoint, "--out", str(out))
     assert table.exit_code == 0 and "float32 parity" in table.output and "DCASE'23" in table.output
 

@@ -282,10 +282,11 @@ def test_channel_se_export_form_computes_the_same_function_with_convolutions():
 
 
 @pytest.mark.parametrize(("n_fft", "win_length", "hop", "bins"), [(1024, 800, 320, (1, 481)), (4096, 3072, 500, (1, 1984)),
-                                                                  (400, 400, 160, (0, 201)), (510, 300, 100, (7, 200))])
+                                                                  (4096, 4096, 1024, (0, 2049)), (400, 400, 160, (0, 201)),
+                                                                  (510, 300, 100, (7, 200))])
 def test_squared_stft_sums_to_the_power_of_torch_stft(n_fft, win_length, hop, bins):
-    """Any FFT size (odd factors, no factors), window shorter than the FFT, hop a multiple of the block or not, a band
-    of bins, any length."""
+    """Any FFT size (odd factors, no factors), two stages or three (4096), window shorter than the FFT, hop a
+    multiple of the block or not, a band of bins, any length."""
     from layers.dft import SquaredSTFT
 
     window = torch.hann_window(win_length, periodic=False)
