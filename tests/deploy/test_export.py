@@ -488,3 +488,34 @@ def test_int8_operator_forms_compute_the_same_function():
     run = [InferenceSession(g.SerializeToString()).run(None, {"spectrogram": spec.numpy()})[0]
            for g in (network, rewritten)]
     np.testing.assert_allclose(run[1], run[0], atol=1e-5, rtol=0)
+
+
+def test_products_by_a_constant_between_quantisations_become_scales():
+    """``Q -> DQ -> Mul(1/6) -> Q`` (HardSwish's last product) becomes one quantisation, within one step of the
+    original; a product by a negative constant or by a computed tensor stays."""
+    from onnx import TensorProto, helper, numpy_helper
+    from onnxruntime import InferenceSession
+
+    from kd.deploy.quantize import constant_products_as_scales
+
+    def const(name, value, dtype=np.float32):
+        return numpy_helper.from_array(np.array(value, dtype=dtype), name)
+
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s1", "z"], ["qx"]),
+             helper.make_node("DequantizeLinear", ["qx", "s1", "z"], ["dx"]),
+             helper.make_node("DequantizeLinear", ["qc", "sc", "zc"], ["c"]),
+             helper.make_node("Mul", ["dx", "c"], ["y"], name="sixth"),
+             helper.make_node("QuantizeLinear", ["y", "s2", "z"], ["qy"]),
+             helper.make_node("DequantizeLinear", ["qy", "s2", "z"], ["dy"]),
+             helper.make_node("Mul", ["dy", "negative"], ["out"], name="negated")]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [64])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [64])],
+        [const("s1", 0.05), const("s2", 0.05 / 6), const("z", 0, np.uint8), const("qc", 85, np.uint8),
+         const("sc", 1 / 510), const("zc", 0, np.uint8), const("negative", -1.0)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    folded = constant_products_as_scales(model)
+    assert [n.name for n in folded.graph.node if n.op_type == "Mul"] == ["negated"]
+    x = np.linspace(0, 12, 64, dtype=np.float32)
+    before, after = (InferenceSession(m.SerializeToString()).run(None, {"x": x})[0] for m in (model, folded))
+    assert np.abs(after - before).max() <= 0.05 / 6 + 1e-7
