@@ -5,7 +5,7 @@ What the file holds:
 * **the network** (spectrogram ``[B, 1, F, T]`` -> logits), exported with torch's dynamo exporter (BatchNorm
   folded into the convolutions by its optimiser), and, unless ``frontend=False``, **the log-mel frontend** in front of
   it (waveform ``[B, N]`` -> spectrogram) as a separate subgraph whose names start with ``frontend/``: the STFT as
-  a grouped convolution (its basis computed in the graph, folded by ONNX Runtime at load) and a matrix product, and
+  a grouped convolution (its basis computed in the graph, folded by ONNX Runtime at load) and matrix products, and
   the mel projection over its non-zero band only (:class:`layers.mel.ExportMelSTFT`), so nothing outside the file is
   needed. Batch size and input length are dynamic (see
   :func:`~kd.deploy.graph.input_rules`);
