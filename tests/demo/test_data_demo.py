@@ -1,6 +1,7 @@
 """kd.demo.data: exact layouts, determinism by seed, device structure of the ASC data, learnable but not trivial."""
 import csv
 import filecmp
+import itertools
 import warnings
 
 import h5py
@@ -30,7 +31,7 @@ def test_asc_layout_and_device_structure_match_tau22(tmp_path):
     assert sorted({c.device for c in evaluate}) == sorted(ASC_DEVICES)
     subsets = [open_dataset(info["spec"], split=f"split{p}") for p in (5, 10, 25, 50, 100)]
     assert [len(d) for d in subsets] == [info["splits"][f"split{p}"] for p in (5, 10, 25, 50, 100)]
-    assert subsets[-1].ids == sorted(train.ids) and all(set(a.ids) <= set(b.ids) for a, b in zip(subsets, subsets[1:]))
+    assert subsets[-1].ids == sorted(train.ids) and all(set(a.ids) <= set(b.ids) for a, b in itertools.pairwise(subsets))
     assert all({c.labels for c in d} == {c.labels for c in train} for d in subsets)  # every scene in every subset
     assert evaluate.unseen_devices == info["devices"]["unseen"] == ["s4", "s5", "s6"]
     assert set(range(10)) == {c.labels[0] for c in train} == {c.labels[0] for c in evaluate}

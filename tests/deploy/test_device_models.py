@@ -119,7 +119,7 @@ def test_predict_with_a_device_id_uses_that_devices_parameters(demo_asc, device_
 
 
 def test_a_device_model_from_other_weights_is_refused(demo_asc, device_checkpoint, tmp_path):
-    path, plain, _ = device_checkpoint
+    _, plain, _ = device_checkpoint
     torch.manual_seed(0)
     other = _save(tmp_path / "other.pt", create_student("cp_mobile", 10).state_dict(), demo_asc)
     with pytest.raises(CheckpointError, match="another model"):

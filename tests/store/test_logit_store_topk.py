@@ -23,8 +23,8 @@ def _u(z, scale: float = 1.0) -> np.ndarray:
 
 
 @st.composite
-def logit_rows(draw, classes=st.integers(6, 40), k=st.integers(1, 5)):
-    c, keep = draw(classes), draw(k)
+def logit_rows(draw):
+    c, keep = draw(st.integers(6, 40)), draw(st.integers(1, 5))
     rows = draw(st.integers(1, 3 * BLOCK))
     x = draw(hnp.arrays(np.float32, (rows, c), elements=st.floats(-30, 30, width=32), unique=False))
     return x, keep

@@ -58,7 +58,7 @@ def test_every_clip_meets_its_own_logits_in_shuffled_batches(asc_with_store, wor
 @pytest.mark.parametrize("cache_bytes, decodes", [(1 << 30, 1), (0, 2)])
 def test_the_training_process_decodes_each_clip_once(asc_with_store, monkeypatch, cache_bytes, decodes):
     """Every epoch, the precise-BN pass and each evaluation read the same clips: kept decoded, handed out as copies."""
-    data, store_path = asc_with_store
+    data, _ = asc_with_store
     dataset = ClipDataset(data, data.clips, sample_rate=16000, seconds=1.0, audio_cache_bytes=cache_bytes)
     calls = []
     decode = data.load_audio
