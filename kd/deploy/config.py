@@ -28,9 +28,9 @@ class QuantRecipe:
     with ``elementwise`` so do the operators between them that ONNX Runtime has int8 kernels for (residual
     additions, gating products, sigmoids, ReLUs, pooling), so that no float32 island (dequantise, compute,
     quantise again) sits between two quantised layers: on CP-Mobile's network that made int8 faster than float32
-    (0.79 against 0.99 ms on one thread) where quantising the layers alone left it as slow (0.95 ms). Operators
-    without int8 kernels (Hardswish, ReduceMean, GRN's norms) stay float32, and so do products of two computed
-    tensors.
+    (0.79 against 0.99 ms on one thread) where quantising the layers alone left it as slow (0.95 ms). HardSwish and
+    spatial means are first rewritten into operators that have int8 kernels (:func:`kd.deploy.quantize.in_int8_operators`);
+    what still has none (other ReduceMeans, GRN's norms) stays float32.
 
     Attributes:
         per_channel: one weight scale per output channel (else one per tensor).
