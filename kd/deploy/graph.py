@@ -24,8 +24,8 @@ import kd
 from kd_errors import KdError
 from students import Student
 
-__all__ = ["FOLD_LIMIT", "OPSET", "PARITY_TOLERANCE", "Network", "assemble", "checked_parity", "input_rules", "min_frames",
-           "min_samples", "probe_noise", "run_graph", "to_onnx", "with_metadata", "without_metadata",
+__all__ = ["FOLD_LIMIT", "OPSET", "PARITY_TOLERANCE", "Network", "assemble", "checked_parity", "input_rules",
+           "min_frames", "min_samples", "probe_noise", "run_graph", "to_onnx", "with_metadata", "without_metadata",
            "write_atomically"]
 
 OPSET = 18

@@ -32,8 +32,8 @@ from kd.train.loaders import ClipDataset, make_loader
 from kd_errors import KdError
 from students import Student
 
-__all__ = ["FakeQuantized", "constant_products_as_scales", "fold_batchnorm", "in_int8_operators", "load_clips", "open_calibration", "quant_report",
-           "quantization_aware_finetune", "quantize_network", "spectrogram_batches", "spread"]
+__all__ = ["FakeQuantized", "constant_products_as_scales", "fold_batchnorm", "in_int8_operators", "load_clips",
+           "open_calibration", "quant_report", "quantization_aware_finetune", "quantize_network", "spectrogram_batches", "spread"]
 
 
 # --- int8 ----------------------------------------------------------------------------------------------------------

@@ -33,7 +33,6 @@ from kd.data import Dataset, open_dataset
 from kd.options import (
     MISSING_POLICIES,
     REPLAYED_VIEWS,
-    SOFT_LOSSES,
     SPACES,
     VIEW_MODES,
     MissingPolicy,
@@ -130,8 +129,6 @@ class DistillConfig(TrainingOptions):
             raise KdError("--teachers needs --store (or use --teachers none for the label-only baseline)")
         if self.missing not in MISSING_POLICIES:
             raise KdError(f"--missing must be one of {', '.join(MISSING_POLICIES)}, got {self.missing}")
-        if self.soft_loss not in SOFT_LOSSES:
-            raise KdError(f"--soft-loss must be one of {', '.join(SOFT_LOSSES)}, got {self.soft_loss}")
         if self.space not in SPACES:
             raise KdError(f"--space must be one of {', '.join(SPACES)}, got {self.space}")
         if self.transfer and not self.teachers.names:
@@ -307,7 +304,8 @@ def prepare_distillation(cfg: DistillConfig) -> TrainingJob:
     # opens on the first parameters, in name order, whose values differ); bookkeeping goes in tags
     provenance = dict(join.provenance) if join else {}
     params = {"student": cfg.student, "teachers": str(cfg.teachers), "kd_lambda": loss.kd_lambda,
-              "temperature": cfg.temperature, "soft_loss": cfg.soft_loss, "space": cfg.space, "views": join.targets.views if join else "clean",
+              "temperature": cfg.temperature, "soft_loss": cfg.soft_loss, "space": cfg.space,
+              "views": join.targets.views if join else "clean",
               "pretrained": cfg.student_checkpoint, "transfer": ",".join(cfg.transfer) or "none",
               "transfer_ratio": cfg.transfer_ratio, "transfer_clips": provenance.pop("transfer_clips", 0)}
     if "views" in provenance:
