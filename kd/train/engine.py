@@ -201,7 +201,7 @@ class Trainer:
         if not path.is_file():
             return False
         state = read_checkpoint(path, map_location=self.device)
-        saved = settings_as_of_now(state.get("optim_config", {}))
+        saved = settings_as_of_now(state["optim_config"]) if "optim_config" in state else {}  # not a run's
         changed = [k for k, v in asdict(self.cfg).items() if saved.get(k) != v]
         changed += ["seed"] if state.get("seed") != self.seed else []
         if changed:
