@@ -218,7 +218,8 @@ def pretrain(name: str, audio: np.ndarray, labels: np.ndarray, train_rows: np.nd
     train = torch.utils.data.DataLoader(CorpusClips(audio, labels, train_rows, logits), batch_size=args.batch_size,
                                         shuffle=True, drop_last=True)
     heldout = torch.utils.data.DataLoader(CorpusClips(audio, labels, heldout_rows), batch_size=128)
-    optim = OptimConfig(epochs=args.epochs or EPOCHS[name], lr=args.lr, warmup_epochs=args.warmup_epochs)
+    optim = OptimConfig(epochs=args.epochs or EPOCHS[name], lr=args.lr, warmup_epochs=args.warmup_epochs,
+                        rampdown_start=args.rampdown_start)
     trainer = Trainer(model, optim, steps_per_epoch=len(train), out_dir=out,
                       primary_metric="accuracy", meta={"kind": "pretraining", "name": name}, seed=args.seed,
                       device=device, train_module=AugmentedForward(model, ASC, mixstyle_p=args.mixstyle_p))
@@ -266,6 +267,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--warmup-epochs", type=float, default=0.2)
+    parser.add_argument("--rampdown-start", type=float, default=0.5,
+                        help="fraction of the steps after which the learning rate ramps down linearly (0: at once, "
+                             "to continue a stage's ramp-down from its release)")
     parser.add_argument("--mixup", type=float, default=0.0, help="fresh clips need no mixup")
     parser.add_argument("--mixstyle-p", type=float, default=0.0,
                         help="Freq-MixStyle probability (the corpus already varies the devices)")
