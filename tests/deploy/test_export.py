@@ -445,9 +445,12 @@ def test_every_family_exports_and_matches_pytorch(name, demo_fixture, frontend, 
     got = runtime.logits(audio)
     assert got.shape == expected.shape
     parity = float(np.abs(got - expected).max())
-    assert result.network_parity <= PARITY
+    # the exporter's bound: 1e-4 relative to the largest logit (a BiGRU's float32 rounding over 250 frames differs
+    # with PyTorch's thread count by ~1.5e-4 on logits of a few units)
+    network_bound = PARITY * max(1.0, float(np.abs(expected).max()))
+    assert result.network_parity <= network_bound
     if not frontend:
-        assert parity <= PARITY and result.frontend_parity is None
+        assert parity <= network_bound and result.frontend_parity is None
     else:
         with torch.inference_mode():
             spectrogram = model.frontend(torch.from_numpy(audio)).numpy()
