@@ -1,5 +1,7 @@
 """Shared fixtures: small demo datasets written once per test session (each test copies what it modifies)."""
 import os
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -41,3 +43,27 @@ def no_inherited_tracking_uri(monkeypatch):
 @pytest.fixture
 def tracking_uri(tmp_path):
     return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def migrated_mlflow_databases(tmp_path_factory):
+    """A new MLflow SQLite database runs every schema migration first (1-2 s, in each of the many tests that track
+    to their own database); here each starts as a copy of one database migrated once per session instead."""
+    from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore as RegistryStore
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore as TrackingStore
+
+    template = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    TrackingStore(f"sqlite:///{template}", str(template.parent / "mlruns"))
+
+    def from_template(init):
+        def wrapped(self, db_uri, *args, **kwargs):
+            path = Path(db_uri.removeprefix("sqlite:///")) if db_uri.startswith("sqlite:///") else None
+            if path is not None and not path.exists() and path.parent.is_dir():
+                shutil.copyfile(template, path)
+            init(self, db_uri, *args, **kwargs)
+        return wrapped
+
+    with pytest.MonkeyPatch.context() as patch:
+        for store in (TrackingStore, RegistryStore):
+            patch.setattr(store, "__init__", from_template(store.__init__))
+        yield
