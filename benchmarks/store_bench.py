@@ -35,8 +35,8 @@ view, its bytes per view on disk (records and class profiles after zstd), the bi
 tagging targets, and on scene-like logits (10 classes, CP-ResNet-shaped, 5 kept) the softmax KL at T = 1 and 2;
 for each way of reading back the other classes (``rest`` sigmoid or softmax, with the class profile or an even
 floor). Teaching views (``bench_teach_views``): ``kd teach`` of ``passt_tiny`` on demo scenes into a topk store at
-K = 1, 8 and 40, the steady seconds per view relative to K = 1 (``teach_time_per_view_vs_k1``; at most 1 means
-teach time grows no faster than K).
+K = 1, 8 and 40 (``--quick``: 1 and 8), the steady seconds per view relative to K = 1 (``teach_time_per_view_vs_k1``;
+at most 1 means teach time grows no faster than K).
 The last line is one JSON object: the default codec's (q8) ``bytes_per_logit``, ``max_abs_dsigmoid``,
 ``kl_t1``, ``kl_t2``, ``read_vs_memmap`` (ids as a list of str), ``read_vs_memmap_id_array``,
 ``read_vs_h5py`` and the default frame codec's (qb) ``frame_bytes_per_logit``, ``frame_max_abs_dsigmoid``,
@@ -324,10 +324,11 @@ def bench_topk(root: Path, clip: np.ndarray, k: int = 20, scene_k: int = 5) -> d
 
 
 TAUGHT_VIEWS = (1, 8, 40)
+QUICK_TAUGHT_VIEWS = (1, 8)  # K = 40 is most of the quick run's time
 
 
-def bench_teach_views(root: Path, clips: int) -> dict:
-    """``kd teach`` of ``passt_tiny`` (one worker) into a topk store at K = 1, 8 and 40 views of demo scenes: the
+def bench_teach_views(root: Path, clips: int, counts: tuple[int, ...] = TAUGHT_VIEWS) -> dict:
+    """``kd teach`` of ``passt_tiny`` (one worker) into a topk store at K = ``counts`` views of demo scenes: the
     steady-state seconds per view, relative to K = 1 (the clip is decoded once; its views are drawn from their
     seeds and augmented in the decode threads)."""
     from teach_bench import timed_teach  # kd and torch: only this part of the benchmark needs them
@@ -338,7 +339,7 @@ def bench_teach_views(root: Path, clips: int) -> dict:
 
     demo = make_demo_data(root / "views-demo", "asc", clips=clips, seed=0)
     seconds_per_view = {}
-    for count in TAUGHT_VIEWS:
+    for count in counts:
         cfg = TeachConfig(dataset=demo["spec"], store=str(root / f"views-{count}.zarr"), split="train",
                           teachers=(TeacherSpec("passt_tiny"),), codec="topk", topk=5, views=count,
                           augment=("roll", "gain", "speed") if count > 1 else (), batch_size=8, chunk_size=4,
@@ -491,7 +492,7 @@ def main() -> None:
         print(f"views: {json.dumps(views)}", file=sys.stderr)
         topk = bench_topk(root, clip[:nv // VIEWS])
         print(f"topk: {json.dumps(topk)}", file=sys.stderr)
-        taught = bench_teach_views(root, clips=20 if args.quick else 60)
+        taught = bench_teach_views(root, *((20, QUICK_TAUGHT_VIEWS) if args.quick else (60, TAUGHT_VIEWS)))
         print(f"teach views: {json.dumps(taught)}", file=sys.stderr)
     finally:
         shutil.rmtree(root, ignore_errors=True)
