@@ -28,9 +28,9 @@ PLAN = PLANS["asc"]
 TEACHERS = dict(PLAN.teachers)
 
 
-def demo_asc(work: Path, clips: int, seed: int = 0) -> str:
-    """The quick start's demo ASC data (written once per work folder); its dataset spec."""
-    folder = work / "demo-asc"
+def demo_asc(work: Path, clips: int, seed: int = 0, name: str = "demo-asc") -> str:
+    """The quick start's demo ASC data (written once per work folder, into ``work/name``); its dataset spec."""
+    folder = work / name
     if not (folder / "meta.csv").is_file():
         make_demo_data(folder, "asc", clips=clips, seed=seed)
     return f"tau22:{folder}"
