@@ -28,11 +28,11 @@ PLAN = PLANS["asc"]
 TEACHERS = dict(PLAN.teachers)
 
 
-def demo_asc(work: Path, clips: int, seed: int = 0, name: str = "demo-asc") -> str:
+def demo_asc(work: Path, clips: int, seed: int = 0, name: str = "demo-asc", eval_clips: int | None = None) -> str:
     """The quick start's demo ASC data (written once per work folder, into ``work/name``); its dataset spec."""
     folder = work / name
     if not (folder / "meta.csv").is_file():
-        make_demo_data(folder, "asc", clips=clips, seed=seed)
+        make_demo_data(folder, "asc", clips=clips, seed=seed, eval_clips=eval_clips)
     return f"tau22:{folder}"
 
 
@@ -116,18 +116,21 @@ def seed_study_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="small data and budget, one seed (< 1 minute)")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per run: FIRST .. FIRST + N - 1")
     parser.add_argument("--first-seed", type=int, default=0)
-    parser.add_argument("--clips", type=int, default=600, help="demo ASC clips over both splits (train 70 %%)")
+    parser.add_argument("--clips", type=int, default=PLAN.clips, help="demo ASC clips over both splits")
+    parser.add_argument("--eval-clips", type=int, default=PLAN.eval_clips, help="of which in the eval split")
     parser.add_argument("--student-epochs", type=int, default=PLAN.student_epochs)
     parser.add_argument("--teacher-epochs", type=int, default=PLAN.teacher_epochs)
     parser.add_argument("--workdir", default=None, help="keep everything here; a rerun reuses data, teachers, stores")
 
 
 def study_sizes(args: argparse.Namespace) -> tuple[dict[str, int], range]:
-    """``(sizes, seeds)`` of a study: the full one, or ``--quick``'s 40 clips, one epoch each and one seed."""
+    """``(sizes, seeds)`` of a study: the full one, or ``--quick``'s 40 clips (12 eval), one epoch each and one
+    seed."""
     if args.quick:
-        return {"clips": 40, "teacher_epochs": 1, "student_epochs": 1}, range(args.first_seed, args.first_seed + 1)
-    return ({"clips": args.clips, "teacher_epochs": args.teacher_epochs, "student_epochs": args.student_epochs},
-            range(args.first_seed, args.first_seed + args.seeds))
+        return ({"clips": 40, "eval_clips": 12, "teacher_epochs": 1, "student_epochs": 1},
+                range(args.first_seed, args.first_seed + 1))
+    return ({"clips": args.clips, "eval_clips": args.eval_clips, "teacher_epochs": args.teacher_epochs,
+             "student_epochs": args.student_epochs}, range(args.first_seed, args.first_seed + args.seeds))
 
 
 def train_students(work: Path, dataset: str, runs: dict[str, dict], seeds: range, epochs: int, tracking: str,
@@ -171,8 +174,8 @@ def run_study(doc: str, run: Callable[..., dict],
               extra_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
               options: Callable[[argparse.Namespace], dict] | None = None) -> None:
     """A seed study's command line: parse the shared options (and ``extra_arguments``), call
-    ``run(work, seeds=..., clips=..., teacher_epochs=..., student_epochs=..., **options(args))`` and print its
-    result as the last line."""
+    ``run(work, seeds=..., clips=..., eval_clips=..., teacher_epochs=..., student_epochs=..., **options(args))``
+    and print its result as the last line."""
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     seed_study_arguments(parser)
     if extra_arguments:

@@ -34,12 +34,12 @@ AVERAGE_LAST = 3
 DEVICE_EPOCHS, DEVICE_LR = 2, 1e-4
 
 
-def run(work: Path, clips: int, teacher_epochs: int, student_epochs: int, seeds: range, teacher_clips: int,
-        pretrain_epochs: int, splits: tuple[str, ...] = SUBSET_SPLITS) -> dict:
+def run(work: Path, clips: int, eval_clips: int, teacher_epochs: int, student_epochs: int, seeds: range,
+        teacher_clips: int, pretrain_epochs: int, splits: tuple[str, ...] = SUBSET_SPLITS) -> dict:
     start = time.perf_counter()
     work.mkdir(parents=True, exist_ok=True)
     tracking = f"sqlite:///{work / 'mlflow.db'}"
-    demo = demo_asc(work, clips)
+    demo = demo_asc(work, clips, eval_clips=eval_clips)
     split_accuracy, teacher_accuracy, scores = {}, {}, {}
     for split in splits:
         teachers, accuracy = cnn_teachers(work, demo, teacher_clips, pretrain_epochs, teacher_epochs, tracking,

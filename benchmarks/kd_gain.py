@@ -38,11 +38,12 @@ from kd.teach.run import run_teach
 TEST_SEED = 1  # the quick start's data is seed 0
 
 
-def run(work: Path, clips: int, teacher_epochs: int, student_epochs: int, seeds: range, test_clips: int) -> dict:
+def run(work: Path, clips: int, eval_clips: int, teacher_epochs: int, student_epochs: int, seeds: range,
+        test_clips: int) -> dict:
     start = time.perf_counter()
     work.mkdir(parents=True, exist_ok=True)
     tracking = f"sqlite:///{work / 'mlflow.db'}"
-    data = demo_asc(work, clips)
+    data = demo_asc(work, clips, eval_clips=eval_clips)
     teachers, teacher_accuracy = finetuned_teachers(work, data, teacher_epochs, tracking)
     store = str(work / "store.zarr")
     teach = run_teach(TeachConfig(dataset=data, store=store, teachers=tuple(teachers), tracking_uri=tracking,
@@ -63,7 +64,7 @@ def run(work: Path, clips: int, teacher_epochs: int, student_epochs: int, seeds:
         "seeds": list(seeds), "per_seed": scores, "test_per_seed": test_scores,
         "test_clips": len(open_dataset(test, split="eval").labelled_clips), "teacher_accuracy": teacher_accuracy,
         "ensemble_accuracy_on_train": teach.metrics["ensemble"]["accuracy"],
-        "clips": clips, "teacher_epochs": teacher_epochs, "student_epochs": student_epochs,
+        "clips": clips, "eval_clips": eval_clips, "teacher_epochs": teacher_epochs, "student_epochs": student_epochs,
         "wall_seconds": time.perf_counter() - start,
     }
 

@@ -36,11 +36,11 @@ from kd.teach.run import run_teach
 LABELLED_DEVICES = ("a",)
 
 
-def run(work: Path, clips: int, teacher_epochs: int, student_epochs: int, seeds: range) -> dict:
+def run(work: Path, clips: int, eval_clips: int, teacher_epochs: int, student_epochs: int, seeds: range) -> dict:
     start = time.perf_counter()
     work.mkdir(parents=True, exist_ok=True)
     tracking = f"sqlite:///{work / 'mlflow.db'}"
-    demo = demo_asc(work, clips)
+    demo = demo_asc(work, clips, eval_clips=eval_clips)
     labelled_rows = (manifest_rows(demo, "train", lambda c: c.device in LABELLED_DEVICES)
                      + manifest_rows(demo, "eval", lambda c: True))
     labelled = write_manifest(work / "labelled.csv", labelled_rows)

@@ -58,12 +58,12 @@ def synthetic_impulse_responses(folder: Path, count: int = 24, sample_rate: int 
     return folder
 
 
-def run(work: Path, clips: int, teacher_epochs: int, student_epochs: int, seeds: range, irs: str | None,
-        teacher_clips: int, pretrain_epochs: int) -> dict:
+def run(work: Path, clips: int, eval_clips: int, teacher_epochs: int, student_epochs: int, seeds: range,
+        irs: str | None, teacher_clips: int, pretrain_epochs: int) -> dict:
     start = time.perf_counter()
     work.mkdir(parents=True, exist_ok=True)
     tracking = f"sqlite:///{work / 'mlflow.db'}"
-    demo = demo_asc(work, clips)
+    demo = demo_asc(work, clips, eval_clips=eval_clips)
     irs = irs or str(synthetic_impulse_responses(work / "impulse-responses"))
     teachers, teacher_accuracy = cnn_teachers(work, demo, teacher_clips, pretrain_epochs, teacher_epochs, tracking,
                                               dir_folder=irs, **ONLINE)

@@ -51,6 +51,7 @@ DEMO_DEFAULTS = {
 EVAL_FRACTION = {"asc": 0.3, "tagging": 0.25, "sed": 0.25}
 MIN_CLIPS = {"asc": 20, "tagging": 2, "sed": 2}
 MIN_REASON = {"asc": "every scene in the training split", "tagging": "one per split", "sed": "one per split"}
+MIN_TRAIN_CLIPS = {"asc": 10, "tagging": 1, "sed": 1}  # asc: a split of 10 clips holds every scene
 
 # --- acoustic scenes ---------------------------------------------------------------------------------------------
 
@@ -169,18 +170,17 @@ def _split_counts(total: int, shares: dict[str, float]) -> dict[str, int]:
     return counts
 
 
-def _asc_recordings(rng: np.random.Generator, clips: int) -> list[tuple[_Location, int, int, str]]:
-    n_eval = max(1, round(clips * EVAL_FRACTION["asc"]))
+def _asc_recordings(rng: np.random.Generator, clips: int, n_eval: int) -> list[tuple[_Location, int, int, str]]:
     per_split = {
         "train": _split_counts(clips - n_eval, TRAIN_DEVICE_SHARE),
         "eval": {d: n_eval // 9 + (i < n_eval % 9) for i, d in enumerate(EVAL_DEVICE_ORDER)},
     }
     scenes = list(SCENES)
     n_locations = max(3, round(clips / len(scenes) / 6))
+    n_eval_loc = min(n_locations - 2, max(1, round(n_locations * n_eval / clips)))  # about 6 clips a location
     locations: dict[tuple[str, str], list[_Location]] = {}
     number = 0
     for scene in scenes:
-        n_eval_loc = max(1, round(n_locations * EVAL_FRACTION["asc"]))
         for i in range(n_locations):
             split = "eval" if i < n_eval_loc else "train"
             locations.setdefault((scene, split), []).append(new_location(rng, scene, number, split))
@@ -207,7 +207,7 @@ def _asc_recordings(rng: np.random.Generator, clips: int) -> list[tuple[_Locatio
     return recordings
 
 
-def _write_tau22(out: Path, clips: int, seed: int, seconds: float) -> dict:
+def _write_tau22(out: Path, clips: int, n_eval: int, seed: int, seconds: float) -> dict:
     sr = DEMO_DEFAULTS["asc"]["sample_rate"]
     n = round(seconds * sr)
     rng = np.random.default_rng([seed, 0])
@@ -215,7 +215,7 @@ def _write_tau22(out: Path, clips: int, seed: int, seconds: float) -> dict:
     (out / "audio").mkdir(parents=True, exist_ok=True)
     rows: dict[str, list[dict[str, str]]] = {"train": [], "eval": []}
     scenes = list(SCENES)
-    for loc, segment, sub, device in _asc_recordings(rng, clips):
+    for loc, segment, sub, device in _asc_recordings(rng, clips, n_eval):
         key = [seed, 1, scenes.index(loc.scene), loc.number, segment, sub]
         audio = record_scene(loc, devices[device], key, 1 + ASC_DEVICES.index(device), n, sr)
         filename = f"audio/{loc.scene}-{loc.city}-{loc.number}-{segment}-{sub}-{device}.wav"
@@ -364,11 +364,10 @@ def _youtube_ids(rng: np.random.Generator, count: int) -> list[str]:
     return list(ids)
 
 
-def _event_clips(task: str, clips: int, seed: int, seconds: float):
+def _event_clips(task: str, clips: int, n_eval: int, seed: int, seconds: float):
     """Yields ``(split, ytid, index, audio, events)``; every class occurs in every split (so the AudioSet-Strong
     vocabulary, read from the train TSV, is always the 10 classes)."""
     sr = DEMO_DEFAULTS[task]["sample_rate"]
-    n_eval = max(1, round(clips * EVAL_FRACTION[task]))
     sizes = {"train": clips - n_eval, "eval": n_eval}
     ids = _youtube_ids(np.random.default_rng([seed, 2]), clips)
     for i, ytid in enumerate(ids):
@@ -394,13 +393,13 @@ def _mp3_bytes(audio: np.ndarray, sr: int) -> bytes:
     return buffer.getvalue()
 
 
-def _write_audioset_hdf5(out: Path, clips: int, seed: int, seconds: float) -> dict:
+def _write_audioset_hdf5(out: Path, clips: int, n_eval: int, seed: int, seconds: float) -> dict:
     if "MP3" not in sf.available_formats():
         raise DatasetError(f"libsndfile {sf.__libsndfile_version__} cannot write MP3 (needs >= 1.1 built with "
                            "mpg123/LAME), and the AudioSet HDF5 layout stores mp3 bytes")
     sr = DEMO_DEFAULTS["tagging"]["sample_rate"]
     rows: dict[str, list[tuple[str, bytes, np.ndarray]]] = {"train": [], "eval": []}
-    for split, ytid, _, audio, events in _event_clips("tagging", clips, seed, seconds):
+    for split, ytid, _, audio, events in _event_clips("tagging", clips, n_eval, seed, seconds):
         multi_hot = np.zeros(len(SOUND_CLASSES), dtype=bool)
         multi_hot[[e[2] for e in events]] = True
         rows[split].append((f"Y{ytid}.mp3", _mp3_bytes(audio, sr), np.packbits(multi_hot)))
@@ -418,10 +417,10 @@ def _write_audioset_hdf5(out: Path, clips: int, seed: int, seconds: float) -> di
             "splits": {s: len(r) for s, r in rows.items()}}
 
 
-def _write_audioset_strong(out: Path, clips: int, seed: int, seconds: float) -> dict:
+def _write_audioset_strong(out: Path, clips: int, n_eval: int, seed: int, seconds: float) -> dict:
     sr = DEMO_DEFAULTS["sed"]["sample_rate"]
     rows: dict[str, list[dict[str, str]]] = {"train": [], "eval": []}
-    for split, ytid, i, audio, events in _event_clips("sed", clips, seed, seconds):
+    for split, ytid, i, audio, events in _event_clips("sed", clips, n_eval, seed, seconds):
         segment_id = f"{ytid}_{1000 * (10 * (i % 30))}"
         folder = out / "audio" / split
         folder.mkdir(parents=True, exist_ok=True)
@@ -456,7 +455,7 @@ WRITERS = {"asc": _write_tau22, "tagging": _write_audioset_hdf5, "sed": _write_a
 
 
 def make_demo_data(out: str | Path, task: str, clips: int | None = None, seed: int = 0,
-                   seconds: float | None = None, overwrite: bool = False) -> dict:
+                   seconds: float | None = None, overwrite: bool = False, eval_clips: int | None = None) -> dict:
     """Writes a synthetic dataset for ``task`` into ``out`` (see the module docstring) and describes it.
 
     Args:
@@ -467,13 +466,16 @@ def make_demo_data(out: str | Path, task: str, clips: int | None = None, seed: i
         seed: Everything but the simulated devices follows it; the same seed writes the same audio.
         seconds: Clip length (defaults: asc 1 s like TAU22, tagging 3 s, sed 4 s; AudioSet's own is 10 s).
         overwrite: Allow writing into a non-empty folder.
+        eval_clips: Clips in the eval split (default: asc 30 %, tagging and sed 25 % of ``clips``); the rest
+            train. A larger eval split measures students more finely without making training slower.
 
     Returns:
         ``{"task", "path", "spec", "clips", "seed", "seconds", "sample_rate", "classes", "splits": {split: n}}``,
         plus ``"devices": {"seen", "unseen"}`` for asc. ``spec`` is what ``open_dataset`` / ``--dataset`` take.
 
     Raises:
-        DatasetError: unknown task, too few clips, or a non-empty ``out`` without ``overwrite``.
+        DatasetError: unknown task, too few clips (or eval clips out of range), or a non-empty ``out`` without
+            ``overwrite``.
     """
     if task not in WRITERS:
         raise DatasetError(f"unknown demo task {task!r}; use asc, tagging or sed")
@@ -483,6 +485,11 @@ def make_demo_data(out: str | Path, task: str, clips: int | None = None, seed: i
     minimum = MIN_CLIPS[task]
     if clips < minimum:
         raise DatasetError(f"{task} demo data needs at least {minimum} clips ({MIN_REASON[task]}), got {clips}")
+    n_eval = max(1, round(clips * EVAL_FRACTION[task])) if eval_clips is None else int(eval_clips)
+    most = clips - MIN_TRAIN_CLIPS[task]
+    if not 1 <= n_eval <= most:
+        raise DatasetError(f"{task} demo data of {clips} clips takes 1 to {most} eval clips (the training split "
+                           f"needs at least {MIN_TRAIN_CLIPS[task]}), got {n_eval}")
     if seconds <= 0:
         raise DatasetError(f"demo clip length must be positive, got {seconds} s")
     out = Path(out).expanduser().resolve()
@@ -491,5 +498,5 @@ def make_demo_data(out: str | Path, task: str, clips: int | None = None, seed: i
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise DatasetError(f"{out} is not empty; choose an empty folder (or pass overwrite)")
     out.mkdir(parents=True, exist_ok=True)
-    info = WRITERS[task](out, clips, seed, seconds)
+    info = WRITERS[task](out, clips, n_eval, seed, seconds)
     return {"task": task, "path": str(out), "clips": clips, "seed": seed, "seconds": seconds, **info}

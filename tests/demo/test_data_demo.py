@@ -42,6 +42,19 @@ def test_asc_layout_and_device_structure_match_tau22(tmp_path):
     assert len(set(segments)) < len(segments)
 
 
+def test_eval_clips_sizes_the_eval_split_from_its_own_locations(tmp_path):
+    info = make_demo_data(tmp_path / "asc", "asc", clips=300, eval_clips=200, seed=2)
+    train, evaluate = open_dataset(info["spec"]), open_dataset(info["spec"], split="eval")
+    assert (len(train), len(evaluate)) == (info["splits"]["train"], info["splits"]["eval"]) == (100, 200)
+    assert {c.labels[0] for c in train} == set(range(10))
+    locations = [{c.id.rsplit("-", 3)[0] for c in split} for split in (train, evaluate)]
+    assert not locations[0] & locations[1] and len(locations[1]) > len(locations[0])
+    with pytest.raises(DatasetError, match="takes 1 to 290 eval clips"):
+        make_demo_data(tmp_path / "x", "asc", clips=300, eval_clips=291)
+    tagging = make_demo_data(tmp_path / "tagging", "tagging", clips=12, eval_clips=9)
+    assert tagging["splits"] == {"train": 3, "eval": 9}
+
+
 def test_simulated_devices_are_fixed_and_colour_the_sound_differently():
     flat = device_response("a", 44100)
     freqs = np.geomspace(100, 10000, 50)
