@@ -31,9 +31,10 @@ bit; see BENCHMARKS.md for the times and the held-out accuracy per epoch)::
     python scripts/pretrain_demo_teachers.py --teachers ast_tiny --threads 1 &
     python scripts/pretrain_demo_teachers.py --teachers cp_resnet --threads 1
 
-The transformer releases then went on in two more stages, each from the best weights of the one before
-(``--init WORKDIR/<name>[-stage2]/best.pt --stage stage2|stage3`` with the options in ``teachers._registry.DEMO_STAGES``,
-also recorded in each release's ``pretraining`` cfg); a release is its last stage's best held-out epoch.
+The transformer releases then went on in three more stages, each from the best weights of the one before
+(``--init WORKDIR/<name>[-stage2]/best.pt --stage stage2|stage3``, then ``--init teachers/releases/<name>_demo.pt
+--stage stage4`` from the stage-3 release, with the options in ``teachers._registry.DEMO_STAGES`` and the model's
+cfg, also recorded in each release's ``pretraining`` cfg); a release is its last stage's best held-out epoch.
 """
 from __future__ import annotations
 

@@ -26,14 +26,17 @@ DEMO_PRETRAINING = {
 }
 
 
-# How the transformer releases were pretrained (scripts/pretrain_demo_teachers.py, BENCHMARKS.md): three stages,
-# each from the best weights of the one before; a release is the best held-out epoch of its last stage so far, and its
-# "epochs" count the epochs along that path (each stage up to its best epoch)
+# How the transformer releases were pretrained (scripts/pretrain_demo_teachers.py, BENCHMARKS.md): four stages,
+# each from the best weights of the one before; a release is the best held-out epoch of its last stage, and its
+# "epochs" count the epochs along that path (each stage up to its best epoch). Stage 4 is the rest of stage 3's
+# ramp-down, from the stage-3 release (its learning rate and length per model in the model's cfg).
 DEMO_STAGES = {
     "stage1": "labels; SpecAugment masks, PaSST patchout 3/4; lr 1e-3",
     "stage2": "--stage stage2 --soft-targets cp_resnet --lr 3e-4 (labels and the CNN release's soft targets)",
     "stage3": "--stage stage3 --soft-targets cp_resnet --kd-lambda 0.5 --lr 5e-4 --no-masks --patchout 2 1 "
               "--epochs 20 --warmup-epochs 0.5",
+    "stage4": "--init <the stage-3 release> --stage stage4 --soft-targets cp_resnet --kd-lambda 0.5 --no-masks "
+              "--warmup-epochs 0.2 --rampdown-start 0",
 }
 
 
