@@ -63,7 +63,7 @@ class TaskPlan:
 
 PLANS = {
     "asc": TaskPlan((("passt", "passt_tiny"), ("ast", "ast_tiny"), ("cpr", "cp_resnet")), "cp_mobile", 1.0,
-                    3e-4, 4e-3, teacher_epochs=4, student_epochs=24, pretrained=True, eval_every=4, clips=1020,
+                    3e-4, 4e-3, teacher_epochs=4, student_epochs=24, pretrained=True, eval_every=8, clips=1020,
                     eval_clips=600),
     "tagging": TaskPlan((("passt", "passt_tiny"), ("ast", "ast_tiny")), "mn04", 3.0, 1e-3, 2e-3, 8, 10),
     "sed": TaskPlan((("passt_a", "passt_tiny_frame"), ("passt_b", "passt_tiny_frame")), "fmn04_gru", 4.0, 1e-3,
