@@ -8,18 +8,18 @@ and devices, ``scripts/pretrain_demo_teachers.py``) are fine-tuned on the demo A
 the same budget from the ensemble, from each teacher alone, and from labels alone (``--teachers none``). Scores are
 last-epoch eval accuracies (no selection on the eval split).
 
-The quick start's eval split holds 180 clips: one clip is 0.56 points, and a run's accuracy on it has a sampling
-error of about 3 points, as large as the gain being measured. So each student's last-epoch weights are also scored
-on the eval split of a second demo set (``--test-clips`` clips over both splits, seed 1: other recording locations,
-the same scenes and devices, never trained on), a test set several times larger than the quick start's eval split.
+The quick start's eval split holds 600 clips of 10 recording locations a scene (``--eval-clips``; the demo's
+default 180 clips of 3 locations moved a run by about 3 points, as much as the gain being measured). Each
+student's last-epoch weights are also scored on the eval split of a second demo set (``--test-clips`` clips over
+both splits, seed 1: other recording locations, the same scenes and devices, never trained on or selected on).
 
 The last line is one JSON object: ``kd_accuracy`` and ``baseline_accuracy`` (ensemble-distilled and label-only,
 means over seeds), ``gain`` (their difference) and ``gain_sigma`` (the standard deviation of the per-seed gains),
 the same per single teacher (``gain_passt``, ``gain_ast``, ...), the same on the larger test set (``test_gain``,
 ``test_gain_sigma``, ``test_kd_accuracy``, ...), the per-seed scores and the teachers' accuracy.
 
-    python benchmarks/kd_gain.py [--quick] [--seeds 3] [--first-seed 0] [--student-epochs N] [--test-clips N]
-        [--workdir DIR]
+    python benchmarks/kd_gain.py [--quick] [--seeds 3] [--first-seed 0] [--student-epochs N] [--clips N]
+        [--eval-clips N] [--test-clips N] [--workdir DIR]
 """
 from __future__ import annotations
 
