@@ -635,6 +635,9 @@ def export_cmd(checkpoint, out_path, frontend, seconds, quantize, calibration, c
         table.add_row(f"{q.metric}, {q.check_clips} eval clips",
                       f"float32 {q.float32:.4f}, int8 {q.int8:.4f}: drop {q.drop:+.4f} ({verdict})" + (
                           "" if q.post_training_int8 is None else f"; post-training int8 was {q.post_training_int8:.4f}"))
+        faster = "int8 is the faster file here" if q.int8_ms < q.float32_ms else \
+            "[yellow]float32 is the faster file on this machine[/]"
+        table.add_row("latency, one clip, one thread", f"float32 {q.float32_ms:.2f} ms, int8 {q.int8_ms:.2f} ms: {faster}")
     table.add_row("parameter memory", f"{cost.param_bytes:,} bytes ({cost.param_bytes / 1024:,.1f} KiB)")
     table.add_row("DCASE'23 limits", _dcase_verdict(cost.dcase23))
     table.add_row("checkpoint sha256", meta["checkpoint_sha256"])

@@ -30,8 +30,6 @@ import json
 import platform
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +43,7 @@ from kd.core.checkpoints import load_student
 from kd.demo.data import make_demo_data
 from kd.deploy.config import ExportConfig
 from kd.deploy.export import export_student
-from kd.deploy.onnx_runtime import OnnxStudent
+from kd.deploy.onnx_runtime import OnnxStudent, median_ms
 from kd.train.distill import DistillConfig, TeacherChoice, distill
 from kd_errors import KdError
 from students import create_student, student_cfg
@@ -60,20 +58,6 @@ FAMILIES = {
 }
 DEMO_CLIPS = {"asc": 600, "tagging": 400, "sed": 300}
 DEMO_FORMAT = {"asc": "tau22", "tagging": "audioset-hdf5", "sed": "audioset-strong"}
-
-
-def medians_ms(runs: dict[str, Callable[[], object]], repeats: int, warmup: int = 3) -> dict[str, float]:
-    """Median milliseconds of each run, the runs taking turns (a load on the machine hits them alike)."""
-    for _ in range(warmup):  # the first calls of a new input shape pay for kernel selection and allocation
-        for run in runs.values():
-            run()
-    timings: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(repeats):
-        for name, run in runs.items():
-            start = time.perf_counter()
-            run()
-            timings[name].append(time.perf_counter() - start)
-    return {name: 1e3 * float(np.median(values)) for name, values in timings.items()}
 
 
 def network_session(path: str) -> ort.InferenceSession:
@@ -116,7 +100,7 @@ def bench_family(name: str, spec: str, checkpoint: str, folder: Path, repeats: i
         for kind in exports:
             runs[kind] = lambda r=runtimes[kind]: r.logits(wave)
             runs[f"net_{kind}"] = lambda n=networks[kind]: n.run(None, feed)
-        latency = medians_ms(runs, repeats)
+        latency = median_ms(runs, repeats)
     row = {
         "student": name, "latency_seconds": seconds,
         "torch_ms": round(latency["torch"], 3), "ort_float32_ms": round(latency["float32"], 3),

@@ -125,6 +125,9 @@ class QuantReport:
     Attributes:
         method: ``post-training`` or ``quantisation-aware (N epochs)``, the one the file holds.
         post_training_int8: the post-training figure, when quantisation-aware fine-tuning replaced it.
+        float32_ms, int8_ms: one clip through the whole float32 and int8 files on one thread of the exporting
+            machine (median of 20 turns). int8 is not faster everywhere: ONNX Runtime's float32 kernels on x86
+            are strong, and its int8 depthwise convolutions and element-wise operators are not (BENCHMARKS.md).
     """
 
     recipe: str
@@ -136,6 +139,8 @@ class QuantReport:
     check_clips: int
     calibration_clips: int
     post_training_int8: float | None = None
+    float32_ms: float | None = None
+    int8_ms: float | None = None
 
 
 @dataclass(frozen=True)

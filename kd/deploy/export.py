@@ -70,6 +70,7 @@ from kd.deploy.graph import (
 )
 from kd.deploy.onnx_runtime import FORMAT_VERSION, OnnxStudent
 from kd.deploy.quantize import (
+    latencies,
     load_clips,
     open_calibration,
     quant_report,
@@ -160,6 +161,8 @@ def export_student(cfg: ExportConfig, on_step: ProgressFn | None = None) -> Expo
             qat = quant_report(cfg, model, meta, candidate, seconds, method)
             if qat.drop < report.drop:
                 final, report = candidate, replace(qat, post_training_int8=report.int8)
+        step("timing int8 against float32 (one clip, one thread)")
+        report = replace(report, **latencies(float_model, final, samples))
         if cfg.strict and report.drop > cfg.max_drop:
             raise KdError(f"int8 loses {report.drop:.4f} {report.metric} ({report.float32:.4f} -> {report.int8:.4f}), "
                           f"more than --max-drop {cfg.max_drop}; {cfg.out} was not written")

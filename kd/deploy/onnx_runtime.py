@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,7 @@ from kd_errors import KdError
 from layers import MelSTFT
 
 __all__ = ["FORMAT_VERSION", "METADATA_KEYS", "ExportedModelInfo", "OnnxStudent", "frontend_from_settings",
-           "onnx_providers"]
+           "median_ms", "onnx_providers", "single_clip_latency_ms"]
 
 FORMAT_VERSION = "1"
 METADATA_KEYS = (
@@ -150,3 +152,26 @@ class OnnxStudent:
     def logits(self, waveforms: np.ndarray) -> np.ndarray:
         """Logits ``[B, C]`` (or frame logits ``[B, T, C]``) of float32 waveforms ``[B, N]`` at ``sample_rate``."""
         return self.session.run(None, {self.input_name: self.model_input(waveforms)})[0]
+
+
+def median_ms(runs: dict[str, Callable[[], object]], repeats: int, warmup: int = 3) -> dict[str, float]:
+    """Median milliseconds of each run, the runs taking turns (so that a load on the machine hits them alike);
+    the first calls of a new input shape, which pay for kernel selection and allocation, are not timed."""
+    for _ in range(warmup):
+        for run in runs.values():
+            run()
+    timings: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            timings[name].append(time.perf_counter() - start)
+    return {name: 1e3 * float(np.median(values)) for name, values in timings.items()}
+
+
+def single_clip_latency_ms(models: dict[str, OnnxStudent], waveform: np.ndarray, repeats: int = 20) -> dict[str, float]:
+    """Median milliseconds of each model's session on one clip ``waveform`` ``[1, N]`` in the form it takes (the
+    waveform, or its spectrogram for a frontend-less file), the models taking turns."""
+    feeds = {name: {m.input_name: m.model_input(waveform)} for name, m in models.items()}
+    return median_ms({name: lambda m=m, feed=feeds[name]: m.session.run(None, feed) for name, m in models.items()},
+                     repeats)

@@ -25,15 +25,16 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from kd.data import AudioError, Dataset, open_dataset
 from kd.deploy.config import CALIBRATORS, LAYER_OPS, ExportConfig, QuantRecipe, QuantReport
-from kd.deploy.graph import without_metadata
-from kd.deploy.onnx_runtime import OnnxStudent
+from kd.deploy.graph import probe_noise, without_metadata
+from kd.deploy.onnx_runtime import OnnxStudent, single_clip_latency_ms
 from kd.deploy.predict import TorchPredictor, evaluate_predictor
 from kd.train.loaders import ClipDataset, make_loader
 from kd_errors import KdError
 from students import Student
 
-__all__ = ["FakeQuantized", "constant_products_as_scales", "fold_batchnorm", "in_int8_operators", "load_clips",
-           "open_calibration", "quant_report", "quantization_aware_finetune", "quantize_network", "spectrogram_batches", "spread"]
+__all__ = ["FakeQuantized", "constant_products_as_scales", "fold_batchnorm", "in_int8_operators", "latencies",
+           "load_clips", "open_calibration", "quant_report", "quantization_aware_finetune", "quantize_network",
+           "spectrogram_batches", "spread"]
 
 
 # --- int8 ----------------------------------------------------------------------------------------------------------
@@ -315,3 +316,12 @@ def quant_report(cfg: ExportConfig, model: Student, meta: dict[str, Any], quanti
     metric = data.task.primary_metric
     return QuantReport(cfg.recipe.describe(), method, metric, float(reference[metric]), float(int8[metric]),
                        float(reference[metric] - int8[metric]), len(clips), calibration_clips)
+
+
+def latencies(float32: onnx.ModelProto, int8: onnx.ModelProto, samples: int) -> dict[str, float]:
+    """``{"float32_ms", "int8_ms"}``: one clip of ``samples`` through each whole file on one thread, timed in turns
+    (see :class:`kd.deploy.config.QuantReport`)."""
+    models = {kind: OnnxStudent(model.SerializeToString(), device="cpu", threads=1, name=f"the {kind} model")
+              for kind, model in (("float32", float32), ("int8", int8))}
+    ms = single_clip_latency_ms(models, probe_noise(1, samples).numpy())
+    return {"float32_ms": ms["float32"], "int8_ms": ms["int8"]}

@@ -344,6 +344,7 @@ def test_int8_export_quantises_the_network_and_checks_it(demo_asc, tiny_asc, tmp
     assert report is not None and report.metric == "accuracy" and report.calibration_clips == 24
     assert report.check_clips == len(open_dataset(demo_asc["spec"], split="eval").labelled_clips)
     assert report.drop == pytest.approx(report.float32 - report.int8)
+    assert report.float32_ms > 0 and report.int8_ms > 0  # what the deployer learns about speed on this machine
     ops = {n.op_type for n in onnx.load(result.path).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops and "STFT" not in ops
     assert result.metadata["quantization"].startswith("int8")
@@ -402,8 +403,11 @@ def test_export_command_reports_the_checks(demo_asc, tiny_asc, tmp_path):
     # the whole file within PyTorch's own distance from exact logits, as in test_exported_frontend_and_network_match_pytorch
     assert report["parity"] <= max(PARITY, 4 * report["torch_vs_exact"])
     assert report["metadata"]["student"] == "cp_mobile_tiny" and out.is_file()
-    table = _run("export", checkpoint, "--out", str(out))
-    assert table.exit_code == 0 and "float32 parity" in table.output and "DCASE'23" in table.output
+    table = _run("export", checkpoint, "--out", str(tmp_path / "int8.onnx"), "--quantize", "int8", "--calibration",
+                 demo_asc["spec"], "--calibration-clips", "8", "--qat-epochs", "0")
+    assert table.exit_code == 0, table.output
+    assert "float32 parity" in table.output and "DCASE'23" in table.output
+    assert "latency, one clip, one thread" in table.output and "ms, int8" in table.output
 
 
 # --- every family ---------------------------------------------------------------------------------------------------
