@@ -19,12 +19,6 @@ def pytest_configure(config):
         os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)  # scripts the tests start
 
 
-def pytest_collection_modifyitems(items):
-    """The slow tests first (longest-first scheduling): under pytest-xdist the suite then ends on short tests that
-    keep both workers busy, not on one long benchmark run while the other worker idles."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
-
-
 @pytest.fixture(scope="session")
 def demo_asc(tmp_path_factory):
     return make_demo_data(tmp_path_factory.mktemp("demo") / "asc", "asc", clips=40, seed=0)
