@@ -123,11 +123,11 @@ def seed_study_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workdir", default=None, help="keep everything here; a rerun reuses data, teachers, stores")
 
 
-def study_sizes(args: argparse.Namespace) -> tuple[dict[str, int], range]:
-    """``(sizes, seeds)`` of a study: the full one, or ``--quick``'s 40 clips (12 eval), one epoch each and one
-    seed."""
+def study_sizes(args: argparse.Namespace) -> tuple[dict[str, int | None], range]:
+    """``(sizes, seeds)`` of a study: the full one, or ``--quick``'s 40 clips (the demo's share in the eval split),
+    one epoch each and one seed."""
     if args.quick:
-        return ({"clips": 40, "eval_clips": 12, "teacher_epochs": 1, "student_epochs": 1},
+        return ({"clips": 40, "eval_clips": None, "teacher_epochs": 1, "student_epochs": 1},
                 range(args.first_seed, args.first_seed + 1))
     return ({"clips": args.clips, "eval_clips": args.eval_clips, "teacher_epochs": args.teacher_epochs,
              "student_epochs": args.student_epochs}, range(args.first_seed, args.first_seed + args.seeds))

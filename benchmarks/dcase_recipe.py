@@ -34,7 +34,7 @@ AVERAGE_LAST = 3
 DEVICE_EPOCHS, DEVICE_LR = 2, 1e-4
 
 
-def run(work: Path, clips: int, eval_clips: int, teacher_epochs: int, student_epochs: int, seeds: range,
+def run(work: Path, clips: int, eval_clips: int | None, teacher_epochs: int, student_epochs: int, seeds: range,
         teacher_clips: int, pretrain_epochs: int, splits: tuple[str, ...] = SUBSET_SPLITS) -> dict:
     start = time.perf_counter()
     work.mkdir(parents=True, exist_ok=True)

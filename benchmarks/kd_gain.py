@@ -38,7 +38,7 @@ from kd.teach.run import run_teach
 TEST_SEED = 1  # the quick start's data is seed 0
 
 
-def run(work: Path, clips: int, eval_clips: int, teacher_epochs: int, student_epochs: int, seeds: range,
+def run(work: Path, clips: int, eval_clips: int | None, teacher_epochs: int, student_epochs: int, seeds: range,
         test_clips: int) -> dict:
     start = time.perf_counter()
     work.mkdir(parents=True, exist_ok=True)

@@ -36,7 +36,8 @@ from kd.teach.run import run_teach
 LABELLED_DEVICES = ("a",)
 
 
-def run(work: Path, clips: int, eval_clips: int, teacher_epochs: int, student_epochs: int, seeds: range) -> dict:
+def run(work: Path, clips: int, eval_clips: int | None, teacher_epochs: int, student_epochs: int,
+        seeds: range) -> dict:
     start = time.perf_counter()
     work.mkdir(parents=True, exist_ok=True)
     tracking = f"sqlite:///{work / 'mlflow.db'}"

@@ -58,7 +58,7 @@ def synthetic_impulse_responses(folder: Path, count: int = 24, sample_rate: int 
     return folder
 
 
-def run(work: Path, clips: int, eval_clips: int, teacher_epochs: int, student_epochs: int, seeds: range,
+def run(work: Path, clips: int, eval_clips: int | None, teacher_epochs: int, student_epochs: int, seeds: range,
         irs: str | None, teacher_clips: int, pretrain_epochs: int) -> dict:
     start = time.perf_counter()
     work.mkdir(parents=True, exist_ok=True)

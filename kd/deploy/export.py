@@ -161,11 +161,11 @@ def export_student(cfg: ExportConfig, on_step: ProgressFn | None = None) -> Expo
             qat = quant_report(cfg, model, meta, candidate, seconds, method)
             if qat.drop < report.drop:
                 final, report = candidate, replace(qat, post_training_int8=report.int8)
-        step("timing int8 against float32 (one clip, one thread)")
-        report = replace(report, **latencies(float_model, final, samples))
         if cfg.strict and report.drop > cfg.max_drop:
             raise KdError(f"int8 loses {report.drop:.4f} {report.metric} ({report.float32:.4f} -> {report.int8:.4f}), "
                           f"more than --max-drop {cfg.max_drop}; {cfg.out} was not written")
+        step("timing int8 against float32 (one clip, one thread)")
+        report = replace(report, **latencies(float_model, final, samples))
     nbytes = write_atomically(final, cfg.out)
     return ExportResult(str(cfg.out), nbytes, {p.key: p.value for p in final.metadata_props}, parity, network_parity,
                         frontend_parity, torch_vs_exact, parity_inputs, exported_complexity(cfg.out), report)

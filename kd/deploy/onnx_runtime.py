@@ -27,7 +27,7 @@ from kd_errors import KdError
 from layers import MelSTFT
 
 __all__ = ["FORMAT_VERSION", "METADATA_KEYS", "ExportedModelInfo", "OnnxStudent", "frontend_from_settings",
-           "median_ms", "onnx_providers", "single_clip_latency_ms"]
+           "median_ms", "onnx_providers"]
 
 FORMAT_VERSION = "1"
 METADATA_KEYS = (
@@ -168,10 +168,3 @@ def median_ms(runs: dict[str, Callable[[], object]], repeats: int, warmup: int =
             timings[name].append(time.perf_counter() - start)
     return {name: 1e3 * float(np.median(values)) for name, values in timings.items()}
 
-
-def single_clip_latency_ms(models: dict[str, OnnxStudent], waveform: np.ndarray, repeats: int = 20) -> dict[str, float]:
-    """Median milliseconds of each model's session on one clip ``waveform`` ``[1, N]`` in the form it takes (the
-    waveform, or its spectrogram for a frontend-less file), the models taking turns."""
-    feeds = {name: {m.input_name: m.model_input(waveform)} for name, m in models.items()}
-    return median_ms({name: lambda m=m, feed=feeds[name]: m.session.run(None, feed) for name, m in models.items()},
-                     repeats)

@@ -26,7 +26,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from kd.data import AudioError, Dataset, open_dataset
 from kd.deploy.config import CALIBRATORS, LAYER_OPS, ExportConfig, QuantRecipe, QuantReport
 from kd.deploy.graph import probe_noise, without_metadata
-from kd.deploy.onnx_runtime import OnnxStudent, single_clip_latency_ms
+from kd.deploy.onnx_runtime import OnnxStudent, median_ms
 from kd.deploy.predict import TorchPredictor, evaluate_predictor
 from kd.train.loaders import ClipDataset, make_loader
 from kd_errors import KdError
@@ -321,7 +321,10 @@ def quant_report(cfg: ExportConfig, model: Student, meta: dict[str, Any], quanti
 def latencies(float32: onnx.ModelProto, int8: onnx.ModelProto, samples: int) -> dict[str, float]:
     """``{"float32_ms", "int8_ms"}``: one clip of ``samples`` through each whole file on one thread, timed in turns
     (see :class:`kd.deploy.config.QuantReport`)."""
-    models = {kind: OnnxStudent(model.SerializeToString(), device="cpu", threads=1, name=f"the {kind} model")
-              for kind, model in (("float32", float32), ("int8", int8))}
-    ms = single_clip_latency_ms(models, probe_noise(1, samples).numpy())
-    return {"float32_ms": ms["float32"], "int8_ms": ms["int8"]}
+    clip = probe_noise(1, samples).numpy()
+    runs = {}
+    for kind, model in (("float32", float32), ("int8", int8)):
+        student = OnnxStudent(model.SerializeToString(), device="cpu", threads=1, name=f"the {kind} model")
+        feed = {student.input_name: student.model_input(clip)}  # the waveform, or a frontend-less file's spectrogram
+        runs[f"{kind}_ms"] = lambda session=student.session, feed=feed: session.run(None, feed)
+    return median_ms(runs, repeats=20)
