@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from kd.core.devices import DistEnv
+from kd.core.memory import keep_freed_memory
 from kd.train.loss import LossTerms
 from kd_errors import KdError
 from layers import read_checkpoint
@@ -225,6 +226,7 @@ class Trainer:
         on_batch: Callable[[int, int], None] | None = None,
     ) -> list[dict[str, float]]:
         """Train from ``self.epoch`` to ``cfg.epochs``; returns the per-epoch history (train loss + eval metrics)."""
+        keep_freed_memory()
         while self.epoch < self.cfg.epochs:
             seed_everything(epoch_seed(self.seed, self.epoch))
             for sampler in (getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None)):
