@@ -83,6 +83,16 @@ def test_same_seed_same_data_other_seed_other_data(tmp_path, task):
         assert filecmp.cmp(a.clips[0].source, b.clips[0].source, shallow=False)
 
 
+def test_asc_files_are_the_same_written_by_one_process_or_several(tmp_path, monkeypatch):
+    make_demo_data(tmp_path / "one", "asc", clips=20, seed=3)
+    monkeypatch.setattr("kd.demo.data.PARALLEL_JOBS_PER_PROCESS", 5)  # 20 clips: a writer process per core
+    make_demo_data(tmp_path / "several", "asc", clips=20, seed=3)
+    comparison = filecmp.dircmp(tmp_path / "one" / "audio", tmp_path / "several" / "audio")
+    assert len(comparison.common_files) == 20 and not comparison.left_only and not comparison.right_only
+    _, differ, unreadable = filecmp.cmpfiles(comparison.left, comparison.right, comparison.common_files, shallow=False)
+    assert differ == unreadable == []
+
+
 def test_tagging_hdf5_has_the_efficientat_layout(tmp_path):
     info = make_demo_data(tmp_path / "t", "tagging", clips=16, seconds=2.0)
     assert info["splits"] == {"train": 12, "eval": 4}
