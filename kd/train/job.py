@@ -15,6 +15,7 @@ reads (its splits, transfer sets and store: MLflow's dataset tracking).
 """
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +30,7 @@ from kd.core.complexity import Complexity
 from kd.core.devices import init_distributed, select_device
 from kd.core.views import ImpulseResponses
 from kd.data import Dataset, open_dataset
-from kd.evaluate.loop import evaluate, predict
+from kd.evaluate.loop import predict, score
 from kd.tasks import Task
 from kd.track.tracking import DatasetInput, RunLogger
 from kd.train.augment import DeviceImpulseResponses, mix, mixup_params, random_gain, time_roll
@@ -131,10 +132,28 @@ class TrainingJob:
     train_set: ClipDataset | None = None
     teacher: TeacherTargets | None = None
     log_model: bool = False
+    # the weights evaluated last (their fingerprint) and their logits and clip indices: the checkpoint a run hands
+    # on is mostly the state it evaluated last, whose predictions evaluate_best then reuses
+    last_evaluation: tuple[str, np.ndarray, np.ndarray] | None = field(default=None, repr=False)
 
     @property
     def device(self) -> torch.device:
         return self.trainer.device
+
+    def evaluate(self, model: nn.Module) -> dict[str, Any]:
+        """The task's metrics of ``model`` on the eval split, keeping its predictions for :func:`evaluate_best`."""
+        logits, indices = predict(model, self.eval_loader, self.device)
+        self.last_evaluation = (weights_fingerprint(model), logits, indices)
+        return score(self.eval_loader, logits, indices)
+
+
+def weights_fingerprint(model: nn.Module) -> str:
+    """A digest of the model's parameters and buffers: models with the same digest predict the same logits."""
+    digest = hashlib.blake2b(digest_size=16)
+    for name, value in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -298,8 +317,7 @@ def train(job: TrainingJob, run: RunLogger, on_epoch: EpochCallback | None = Non
         if on_epoch:
             on_epoch(epoch, record)
 
-    history = job.trainer.fit(job.train_loader, job.step, lambda m: evaluate(m, job.eval_loader, job.device),
-                              on_epoch_end=epoch_end, on_batch=on_batch)
+    history = job.trainer.fit(job.train_loader, job.step, job.evaluate, on_epoch_end=epoch_end, on_batch=on_batch)
     if cost:  # no epoch left to train (a finished run resumed)
         run.log_metrics(cost)
     return history
@@ -315,8 +333,13 @@ class Evaluation:
 
 
 def evaluate_best(job: TrainingJob, checkpoint: Path) -> Evaluation:
-    """Load ``checkpoint`` (the best one) into ``job.model`` and run it over the eval split."""
+    """Load ``checkpoint`` (the best one) into ``job.model`` and run it over the eval split (or take the predictions
+    of the training's last evaluation, where that evaluated these weights)."""
     job.model.load_state_dict(read_checkpoint(checkpoint, map_location=job.device)["model"])
-    logits, indices = predict(job.model, job.eval_loader, job.device)
+    kept = job.last_evaluation
+    if kept is not None and kept[0] == weights_fingerprint(job.model):
+        logits, indices = kept[1:]
+    else:
+        logits, indices = predict(job.model, job.eval_loader, job.device)
     dataset: ClipDataset = job.eval_loader.dataset
     return Evaluation(dataset, [dataset.clips[i] for i in indices], logits)

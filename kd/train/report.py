@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
+import numpy as np
 import torch
 
 from kd.evaluate import figures
@@ -38,8 +39,9 @@ def report(job: TrainingJob, run: RunLogger, scored: Evaluation) -> None:
     roll = (eval_set, clips, logits, None, "eval")
     if job.teacher is not None:
         probe, split = teacher_probe(job)
-        loader = make_loader(probe, job.options.batch_size, train=False, decode_workers=job.options.decode_workers)
-        student, order = predict(model, loader, device)
+        student, order = probe_logits(probe, scored) if split == "eval" else predict(
+            model, make_loader(probe, job.options.batch_size, train=False, decode_workers=job.options.decode_workers),
+            device)
         teacher = probe.teacher_logits(probe.ids[order]).float().numpy()
         where = (f"frames of {len(order)} " if task.frame_level else "") + f"{split} clips" + (
             "" if split == "eval" else " (the store holds no eval clip)")
@@ -69,6 +71,14 @@ def teacher_probe(job: TrainingJob) -> tuple[ClipDataset, str]:
     data, clips, split = (eval_set.data, held, "eval") if held else (train.data, train.clips, "training")
     clips = clips[:: max(1, len(clips) // AGREEMENT_CLIPS)][:AGREEMENT_CLIPS]
     return make_dataset(data, clips, job.model, eval_set.seconds, teacher=targets), split
+
+
+def probe_logits(probe: ClipDataset, scored: Evaluation) -> tuple[np.ndarray, np.ndarray]:
+    """The student's logits of the probe's eval clips, taken from the evaluation (the same clips, read alike), and
+    the probe's indices of the clips they belong to (a clip the evaluation could not decode has none)."""
+    rows = {clip.id: i for i, clip in enumerate(scored.clips)}
+    order = np.array([i for i, clip in enumerate(probe.clips) if clip.id in rows], dtype=np.int64)
+    return scored.logits[[rows[probe.clips[i].id] for i in order]], order
 
 
 def event_roll(job: TrainingJob, dataset: ClipDataset, clips: Sequence[Any], logits: Any, teacher: Any, split: str):

@@ -9,9 +9,13 @@ from interrupt import Killed, kill_after_epoch
 
 from kd.core.checkpoints import TeacherSpec
 from kd.deploy.predict import evaluate_checkpoint, predict_files
+from kd.evaluate.loop import predict
 from kd.teach.config import TeachConfig
 from kd.teach.run import run_teach
-from kd.train.distill import DistillConfig, TeacherChoice, distill
+from kd.train.distill import DistillConfig, TeacherChoice, distill, prepare_distillation
+from kd.train.job import evaluate_best
+from kd.train.loaders import make_dataset, make_loader
+from kd.train.report import probe_logits
 from kd_errors import KdError
 from layers import read_checkpoint
 
@@ -191,3 +195,31 @@ def test_an_averaged_student_is_the_checkpoint_handed_on(demo_asc, tmp_path, tra
     averaged = read_checkpoint(result.checkpoint)["averaged_metrics"]
     assert evaluate_checkpoint(result.checkpoint, demo_asc["spec"], device="cpu")["accuracy"] == pytest.approx(
         averaged["accuracy"])
+
+
+def test_the_handed_on_checkpoint_reuses_the_last_evaluation_only_for_the_same_weights(demo_asc, tmp_path,
+                                                                                        tracking_uri, monkeypatch):
+    job = prepare_distillation(_cfg(demo_asc, None, tmp_path / "job", tracking_uri, teachers="none", eval_every=2))
+    job.trainer.fit(job.train_loader, job.step, job.evaluate)  # 2 epochs, evaluated after the second
+    calls = []
+    monkeypatch.setattr("kd.train.job.predict", lambda *args: calls.append(args) or predict(*args))
+    last = tmp_path / "job" / "last.pt"
+    reused = evaluate_best(job, last)
+    assert not calls
+    job.last_evaluation = None
+    np.testing.assert_array_equal(evaluate_best(job, last).logits, reused.logits)
+    assert len(calls) == 1
+    # the report's agreement with the teachers reads the logits of eval clips off the evaluation
+    eval_set = job.eval_loader.dataset
+    probe = make_dataset(eval_set.data, eval_set.clips[1::3], job.model, eval_set.seconds)
+    logits, order = probe_logits(probe, reused)
+    assert order.tolist() == list(range(len(probe.clips)))
+    np.testing.assert_allclose(logits, predict(job.model, make_loader(probe, 8, train=False), job.device)[0],
+                               rtol=1e-5, atol=1e-6)
+
+    other = read_checkpoint(last)
+    other["model"] = {k: v + 1 if v.is_floating_point() else v for k, v in other["model"].items()}
+    torch.save(other, tmp_path / "other.pt")
+    job.evaluate(job.model)  # the last evaluation is again of last.pt's weights
+    assert not np.array_equal(evaluate_best(job, tmp_path / "other.pt").logits, reused.logits)
+    assert len(calls) == 3
