@@ -43,7 +43,7 @@ def test_asc_layout_and_device_structure_match_tau22(tmp_path):
 
 
 def test_eval_clips_sizes_the_eval_split_from_its_own_locations(tmp_path):
-    info = make_demo_data(tmp_path / "asc", "asc", clips=300, eval_clips=200, seed=2)
+    info = make_demo_data(tmp_path / "asc", "asc", clips=300, eval_clips=200, seed=2, seconds=0.2)
     train, evaluate = open_dataset(info["spec"]), open_dataset(info["spec"], split="eval")
     assert (len(train), len(evaluate)) == (info["splits"]["train"], info["splits"]["eval"]) == (100, 200)
     assert {c.labels[0] for c in train} == set(range(10))
