@@ -45,6 +45,7 @@ import torch
 
 from kd.core.checkpoints import build_teacher
 from kd.core.devices import select_device
+from kd.core.memory import keep_freed_memory
 from kd.core.views import ImpulseResponses, apply_view, draw_views, view_seeds
 from kd.data import AudioError, ClipLengths, Dataset, open_dataset
 from kd.data.base import LENGTH_TOLERANCE
@@ -63,6 +64,7 @@ class _Context:
     """What a worker process builds once per job: the dataset, the store handle, the teachers and the decode pool."""
 
     def __init__(self, cfg: TeachConfig, job: WorkerJob) -> None:
+        keep_freed_memory()  # every batch frees and retakes the same activations (dask's workers trim at 64 KiB)
         self.job = job
         self.data = open_dataset(cfg.dataset, split=cfg.split)
         self.sources = {c.id: (data, c) for data in taught_datasets(cfg, self.data) for c in data.clips}
