@@ -6,7 +6,7 @@ the orchestrating core, in subpackages by stage of that pipeline, each importing
 (pyproject's ``kd-stages`` contract): :mod:`kd.demo` (quick start, demo data), :mod:`kd.deploy` (export,
 ONNX Runtime, ``kd eval``/``kd predict``), :mod:`kd.teach` | :mod:`kd.train` (independent of each other),
 :mod:`kd.track` (MLflow, ``kd compare``), :mod:`kd.evaluate` (the model-over-loader loop, figures),
-:mod:`kd.core` (views, checkpoints, devices, complexity, failures), :mod:`kd.data` (dataset readers),
+:mod:`kd.core` (views, checkpoints, devices, memory, complexity, failures), :mod:`kd.data` (dataset readers),
 :mod:`kd.tasks` (the tasks, their losses and metrics) and :mod:`kd.options` (the option vocabularies). The model
 families live in ``teachers`` and ``students``, the storage layer in ``logit_store``.
 """
