@@ -1,6 +1,6 @@
 """The one loop that runs a model over a loader of clips, and the scores of what it returns.
 
-Training evaluates its model each epoch (:func:`evaluate`), reporting draws from its logits (:func:`predict`), and
+Training scores its model's logits (:func:`predict`, then :func:`score`) when it evaluates and reports, and
 ``kd eval`` and ``kd export``'s int8 check run a :class:`kd.deploy.predict.Predictor` (PyTorch or ONNX Runtime)
 through the same :func:`run_loader` (a device-specific checkpoint: each clip through its device's model), so every
 number kd reports comes from one loop and one scoring call. A loader here is a ``DataLoader`` over a
@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 
 from kd.tasks import Task
 
-__all__ = ["LogitsOf", "evaluate", "predict", "run_loader", "score"]
+__all__ = ["LogitsOf", "predict", "run_loader", "score"]
 
 LogitsOf = Callable[[torch.Tensor], np.ndarray]  # a batch of waveforms [B, N] -> its logits as float32 NumPy
 
@@ -66,8 +66,3 @@ def score(loader: DataLoader, logits: np.ndarray, indices: np.ndarray) -> dict[s
     dataset = loader.dataset
     clips = [dataset.clips[i] for i in indices]
     return dataset.data.task.metrics(dataset.data, clips, logits, dataset.frames_per_second)
-
-
-def evaluate(model: nn.Module, loader: DataLoader, device: torch.device) -> dict[str, Any]:
-    """The task's metrics of ``model`` on the loader's clips (see :func:`score`)."""
-    return score(loader, *predict(model, loader, device))

@@ -34,9 +34,9 @@ _NEVER_DATA = (NotImplementedError, RecursionError)
 MAX_FAILED_FRACTION = 0.05  # kd teach's default --max-failed
 
 
-
-
 def is_data_error(error: BaseException) -> bool:
+    """Whether ``error`` is what a bad file makes a decoder raise (the clip is recorded as failed and the job goes
+    on), not a bug (which stops the job with its traceback)."""
     return isinstance(error, DATA_ERRORS) and not isinstance(error, _NEVER_DATA)
 
 
